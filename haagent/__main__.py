@@ -1,0 +1,3 @@
+from haagent.cli import main
+
+raise SystemExit(main())
