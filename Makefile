@@ -1,0 +1,60 @@
+# haagent — every target installs what it needs by itself and can be run again.
+# Needs root for the lab (network namespaces) and for apt.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+APT_PACKAGES := etcd-server etcd-client iproute2 nftables
+PYTEST_ARGS ?=
+
+.PHONY: help deps system-deps venv lint typecheck unit test demo lab-clean clean
+
+help:
+	@echo "make demo   - build a 3-host lab, show a VIP fail over, tear it down (DEMO_ARGS=--keep to leave it up)"
+	@echo "make test   - lint, type-check and run the whole test suite (unit + lab, needs root)"
+	@echo "make unit   - only the fast unit tests (no root needed)"
+	@echo "make lab-clean - remove every leftover lab namespace and process"
+
+deps: system-deps venv
+
+# apt only when something is missing, so repeated runs are fast and offline-friendly.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check haagent tests
+	$(VENV)/bin/ruff format --check haagent tests
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
+
+# pytest exits 5 when it collected no test: a broken suite, never a pass.
+test: deps lint typecheck
+	@rc=0; $(VENV)/bin/pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+demo: deps
+	$(PY) -m haagent.lab.demo $(DEMO_ARGS)
+
+lab-clean: venv
+	$(PY) -m haagent lab down --all
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
