@@ -1,0 +1,819 @@
+import copy
+import hashlib
+import re
+import socket
+from ipaddress import IPv4Interface, IPv6Address, IPv6Interface
+from pathlib import Path
+
+import pytest
+import yaml
+
+from haagent.config import (
+    NAME_RE,
+    AnnounceConfig,
+    Config,
+    ConfigError,
+    ConfigErrors,
+    EtcdConfig,
+    LeaseConfig,
+    TLSConfig,
+    VipConfig,
+    check_host,
+    describe,
+    load_config,
+    parse_config,
+    parse_endpoint,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "haagent.example.yaml"
+
+BASE: dict[str, object] = {
+    "cluster": "db",
+    "node": "pg1",
+    "etcd": {"endpoints": ["http://198.51.100.2:2379"], "timeout": 1.0},
+    "lease": {"ttl": 5, "margin": 1.5},
+    "announce": {"count": 3, "interval": 0.2, "refresh": 0},
+    "vips": [
+        {"name": "db", "address": "198.51.100.200/32", "interface": "eth0"},
+        {
+            "name": "db6",
+            "address": "2001:db8:100::200",
+            "interface": "eth0",
+            "announce": {"count": 5},
+        },
+    ],
+}
+
+
+def doc(**changes: object) -> dict[str, object]:
+    """BASE with top-level keys replaced (None deletes the key)."""
+    d = copy.deepcopy(BASE)
+    for k, v in changes.items():
+        if v is None:
+            d.pop(k, None)
+        else:
+            d[k] = v
+    return d
+
+
+def with_etcd(**kw: object) -> dict[str, object]:
+    d = doc()
+    etcd = d["etcd"]
+    assert isinstance(etcd, dict)
+    etcd.update(kw)
+    return d
+
+
+def errors(data: object, **kw: object) -> dict[str, str]:
+    """key -> reason for every error; fails the test if the config is accepted."""
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(data, "test.yaml", **kw)  # type: ignore[arg-type]
+    out: dict[str, str] = {}
+    for e in info.value.errors:
+        assert e.file == "test.yaml"
+        assert e.key not in out, f"two errors for {e.key}: {out.get(e.key)!r} / {e.reason!r}"
+        out[e.key] = e.reason
+    return out
+
+
+def one_error(data: object) -> tuple[str, str]:
+    errs = errors(data)
+    assert len(errs) == 1, errs
+    return next(iter(errs.items()))
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+def test_base_parses_into_frozen_dataclasses_with_tuples():
+    cfg = parse_config(doc())
+    assert cfg.cluster == "db" and cfg.node == "pg1"
+    assert cfg.etcd.endpoints == ("http://198.51.100.2:2379",)
+    assert isinstance(cfg.vips, tuple)
+    db = cfg.vip("db")
+    assert db.address == IPv4Interface("198.51.100.200/32")
+    assert db.family == 4 and str(db.ip) == "198.51.100.200"
+    db6 = cfg.vip("db6")
+    assert db6.address == IPv6Interface("2001:db8:100::200/128")
+    assert db6.family == 6 and db6.ip == IPv6Address("2001:db8:100::200")
+    with pytest.raises(AttributeError):
+        cfg.cluster = "x"  # type: ignore[misc]
+    with pytest.raises(KeyError):
+        cfg.vip("nope")
+
+
+def test_defaults():
+    cfg = parse_config({"vips": [{"name": "v", "address": "198.51.100.10", "interface": "eth0"}]})
+    assert cfg.cluster == "default"
+    assert cfg.node == socket.gethostname().split(".")[0].lower()
+    assert cfg.log_level == "info"
+    assert cfg.etcd == EtcdConfig()
+    assert cfg.etcd.endpoints == ("http://127.0.0.1:2379",)
+    assert cfg.etcd.tls is None and cfg.etcd.username is None and cfg.etcd.password is None
+    assert cfg.etcd.timeout == 1.0 and cfg.etcd.retry_interval == 1.0
+    assert cfg.lease == LeaseConfig(ttl=5, margin=1.5, keepalive_interval=None)
+    assert cfg.lease.interval == 1.0
+    assert cfg.announce == AnnounceConfig(count=3, interval=0.2, refresh=0.0, arp_reply=False)
+    assert cfg.vips[0].announce == cfg.announce
+    assert cfg.vips[0].address.network.prefixlen == 32
+    assert cfg.source is None and cfg.digest == ""
+
+
+def test_default_node_must_be_a_valid_name(monkeypatch):
+    monkeypatch.setattr(socket, "gethostname", lambda: "Web_Server-.example.com")
+    key, reason = one_error(doc(node=None))
+    assert key == "node"
+    assert "web_server-" in reason and "set node explicitly" in reason
+    monkeypatch.setattr(socket, "gethostname", lambda: "PG2.example.com")
+    assert parse_config(doc(node=None)).node == "pg2"
+
+
+def test_null_sections_mean_defaults():
+    cfg = parse_config(doc(etcd=None, lease=None, announce=None) | {"etcd": None})
+    assert cfg.etcd == EtcdConfig() and cfg.lease == LeaseConfig()
+
+
+def test_announce_per_vip_overrides_field_by_field():
+    d = doc(announce={"count": 2, "interval": 0.5, "refresh": 30, "arp_reply": True})
+    cfg = parse_config(d)
+    assert cfg.announce == AnnounceConfig(count=2, interval=0.5, refresh=30.0, arp_reply=True)
+    assert cfg.vip("db").announce == cfg.announce
+    assert cfg.vip("db6").announce == AnnounceConfig(
+        count=5, interval=0.5, refresh=30.0, arp_reply=True
+    )
+
+
+def test_numbers_become_floats_and_log_level_is_normalised():
+    cfg = parse_config(doc(log_level="WARNING", lease={"ttl": 10, "margin": 2}))
+    assert cfg.log_level == "warning"
+    assert isinstance(cfg.lease.margin, float) and cfg.lease.margin == 2.0
+    assert cfg.lease.interval == 2.0
+
+
+def test_explicit_keepalive_interval():
+    cfg = parse_config(doc(lease={"ttl": 5, "margin": 1.5, "keepalive_interval": 0.5}))
+    assert cfg.lease.interval == 0.5
+
+
+def test_password_is_not_in_repr():
+    cfg = parse_config(with_etcd(username="u", password="s3cret-pw"))
+    assert cfg.etcd.password == "s3cret-pw"
+    assert "s3cret-pw" not in repr(cfg)
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+@pytest.mark.parametrize(
+    "url,parsed",
+    [
+        ("http://198.51.100.2:2379", ("198.51.100.2", 2379, False)),
+        ("https://etcd-1.example.net:2379", ("etcd-1.example.net", 2379, True)),
+        ("HTTPS://etcd:2379/", ("etcd", 2379, True)),
+        ("http://[2001:db8::2]:2379", ("2001:db8::2", 2379, False)),
+        ("https://[2001:db8::2]:12379", ("2001:db8::2", 12379, True)),
+    ],
+)
+def test_parse_endpoint(url, parsed):
+    assert parse_endpoint(url) == parsed
+
+
+def test_parsed_endpoints_keeps_order():
+    cfg = parse_config(
+        with_etcd(
+            endpoints=["https://[2001:db8::2]:2379", "https://198.51.100.3:2380"],
+            tls={"ca": "/etc/ca.pem"},
+        )
+    )
+    assert cfg.etcd.parsed_endpoints() == (
+        ("2001:db8::2", 2379, True),
+        ("198.51.100.3", 2380, True),
+    )
+    assert EtcdConfig().parsed_endpoints() == (("127.0.0.1", 2379, False),)
+
+
+@pytest.mark.parametrize(
+    "url,reason",
+    [
+        ("ftp://h:1", "use http or https"),
+        ("198.51.100.2:2379", "expected http://host:port"),
+        ("http://h", "port is required"),
+        ("http://h:0", "out of range"),
+        ("http://h:65536", "out of range"),
+        ("http://h:abc", "not a number"),
+        ("http://2001:db8::2:2379", "must be in brackets"),
+        ("http://[2001:db8::2]", "port is required"),
+        ("http://[2001:db8::zz]:2379", "bad IPv6 address"),
+        ("http://[2001:db8::2:2379", "missing ']'"),
+        ("http://198.51.100.300:2379", "Octet 300"),
+        ("http://h:2379/v3", "no path"),
+        ("http://u:p@h:2379", "etcd.username"),
+        ("http://:2379", "host is missing"),
+        ("http://bad_host:2379", "not a valid host name"),
+    ],
+)
+def test_bad_endpoint(url, reason):
+    key, got = one_error(with_etcd(endpoints=["http://198.51.100.2:2379", url]))
+    assert key == "etcd.endpoints[1]"
+    assert reason in got and url.strip() in got
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        parse_endpoint(url)
+
+
+def test_endpoints_shape():
+    assert one_error(with_etcd(endpoints=[])) == (
+        "etcd.endpoints",
+        "at least one endpoint is required",
+    )
+    key, reason = one_error(with_etcd(endpoints="http://h:2379"))
+    assert key == "etcd.endpoints" and "expected a list" in reason and "a string" in reason
+    key, reason = one_error(with_etcd(endpoints=["http://h:2379", 2379]))
+    assert key == "etcd.endpoints[1]" and "expected a string" in reason
+    key, reason = one_error(with_etcd(endpoints=["http://h:2379", "http://H:2379"]))
+    assert key == "etcd.endpoints[1]" and "duplicate of etcd.endpoints[0]" in reason
+
+
+# --------------------------------------------------------------------------- TLS and auth
+
+
+def test_https_requires_ca():
+    key, reason = one_error(with_etcd(endpoints=["http://a:2379", "https://b:2379"]))
+    assert key == "etcd.tls.ca"
+    assert "etcd.endpoints[1] uses https" in reason
+    key, _ = one_error(with_etcd(endpoints=["https://b:2379"], tls={"cert": "c", "key": "k"}))
+    assert key == "etcd.tls.ca"
+
+
+def test_tls_without_https_is_refused():
+    key, reason = one_error(with_etcd(tls={"ca": "/ca.pem"}))
+    assert key == "etcd.tls" and "no endpoint uses https" in reason
+
+
+def test_tls_cert_and_key_go_together():
+    base = {"endpoints": ["https://b:2379"]}
+    key, reason = one_error(with_etcd(**base, tls={"ca": "ca", "cert": "c"}))
+    assert key == "etcd.tls.cert" and "etcd.tls.key" in reason
+    key, reason = one_error(with_etcd(**base, tls={"ca": "ca", "key": "k"}))
+    assert key == "etcd.tls.key" and "etcd.tls.cert" in reason
+
+
+def test_tls_paths_relative_to_base_dir(tmp_path):
+    d = with_etcd(
+        endpoints=["https://b:2379"],
+        tls={"ca": "ca.pem", "cert": "/abs/c.pem", "key": "k.pem"},
+    )
+    cfg = parse_config(d, base_dir=tmp_path)
+    assert cfg.etcd.tls == TLSConfig(
+        ca=tmp_path / "ca.pem", cert=Path("/abs/c.pem"), key=tmp_path / "k.pem"
+    )
+    assert parse_config(d).etcd.tls == TLSConfig(
+        ca=Path("ca.pem"), cert=Path("/abs/c.pem"), key=Path("k.pem")
+    )
+
+
+def test_tls_unknown_key():
+    errs = errors(with_etcd(endpoints=["https://b:2379"], tls={"ca": "x", "crt": "y"}))
+    assert errs == {"etcd.tls.crt": "unknown key 'crt'; did you mean 'cert'?"}
+
+
+def test_username_needs_password_and_vice_versa():
+    key, reason = one_error(with_etcd(username="u"))
+    assert key == "etcd.username" and "etcd.password" in reason
+    key, reason = one_error(with_etcd(password="p"))
+    assert key == "etcd.password" and "etcd.username" in reason
+
+
+def test_password_and_password_file_are_exclusive(tmp_path):
+    (tmp_path / "pw").write_text("x\n")
+    key, reason = one_error(
+        with_etcd(username="u", password="p", password_file=str(tmp_path / "pw"))
+    )
+    assert (
+        key == "etcd.password_file" and "etcd.password" in reason and "one or the other" in reason
+    )
+
+
+def test_password_file_is_read_and_newline_stripped(tmp_path):
+    (tmp_path / "pw").write_text("s3cret\n")
+    cfg = parse_config(with_etcd(username="u", password_file="pw"), base_dir=tmp_path)
+    assert cfg.etcd.password == "s3cret"
+
+
+def test_password_file_problems(tmp_path):
+    key, reason = one_error(with_etcd(username="u", password_file=str(tmp_path / "missing")))
+    assert key == "etcd.password_file" and "cannot read" in reason and "missing" in reason
+    (tmp_path / "empty").write_text("\n")
+    key, reason = one_error(with_etcd(username="u", password_file=str(tmp_path / "empty")))
+    assert key == "etcd.password_file" and "is empty" in reason
+
+
+# --------------------------------------------------------------------------- lease and timing
+
+
+def test_ttl_must_be_an_integer_of_at_least_2():
+    assert one_error(doc(etcd={"timeout": 0.2}, lease={"ttl": 1, "margin": 0.4})) == (
+        "lease.ttl",
+        "must be an integer of at least 2 seconds, found 1",
+    )
+    key, reason = one_error(doc(lease={"ttl": 5.5}))
+    assert key == "lease.ttl" and "expected an integer" in reason and "5.5" in reason
+    key, reason = one_error(doc(lease={"ttl": True}))
+    assert key == "lease.ttl" and "true/false" in reason
+    key, reason = one_error(doc(lease={"ttl": "5s"}))
+    assert key == "lease.ttl" and "a string ('5s')" in reason
+
+
+def test_ttl_2_is_the_smallest_working_lease():
+    cfg = parse_config(doc(etcd={"timeout": 0.2}, lease={"ttl": 2, "margin": 0.5}))
+    assert cfg.lease.interval == 0.4
+
+
+def test_margin_positive_and_below_half_ttl():
+    key, reason = one_error(doc(lease={"ttl": 5, "margin": 0}))
+    assert key == "lease.margin" and "greater than 0" in reason
+    key, reason = one_error(doc(lease={"ttl": 6, "margin": 3}))
+    assert key == "lease.margin" and "less than half of lease.ttl (3 s)" in reason
+
+
+def test_timeout_must_be_below_margin_and_says_why():
+    key, reason = one_error(doc(etcd={"timeout": 1.5}, lease={"ttl": 5, "margin": 1.5}))
+    assert key == "etcd.timeout"
+    assert "less than lease.margin (1.5 s)" in reason
+    assert "expires its lease" in reason
+    key, reason = one_error(doc(etcd={"timeout": 0}))
+    assert key == "etcd.timeout" and "greater than 0" in reason
+
+
+def test_timeout_vs_margin_uses_defaults_when_one_side_is_absent():
+    key, _ = one_error(doc(etcd={"timeout": 2.0}, lease=None))
+    assert key == "etcd.timeout"
+    key, _ = one_error(doc(etcd=None, lease={"ttl": 5, "margin": 0.9}))
+    assert key == "etcd.timeout"
+
+
+def test_keepalive_interval_below_ttl_minus_margin():
+    key, reason = one_error(doc(lease={"ttl": 5, "margin": 1.5, "keepalive_interval": 3.5}))
+    assert key == "lease.keepalive_interval"
+    assert "less than lease.ttl - lease.margin (3.5 s)" in reason
+    key, reason = one_error(doc(lease={"ttl": 5, "keepalive_interval": 0}))
+    assert key == "lease.keepalive_interval" and "greater than 0" in reason
+
+
+def test_retry_interval_positive_and_not_bool():
+    key, reason = one_error(with_etcd(retry_interval=-1))
+    assert key == "etcd.retry_interval" and "greater than 0" in reason
+    key, reason = one_error(with_etcd(retry_interval=False))
+    assert key == "etcd.retry_interval" and "true/false" in reason
+
+
+def test_non_finite_numbers_are_refused():
+    key, reason = one_error(with_etcd(timeout=float("nan")))
+    assert key == "etcd.timeout" and "finite" in reason
+
+
+# --------------------------------------------------------------------------- announce
+
+
+@pytest.mark.parametrize(
+    "announce,key,reason",
+    [
+        ({"count": 0}, "announce.count", "at least 1"),
+        ({"count": 2.5}, "announce.count", "expected an integer"),
+        ({"interval": 0}, "announce.interval", "greater than 0"),
+        ({"refresh": -1}, "announce.refresh", "0 (off) or at least 1 second"),
+        ({"refresh": 0.5}, "announce.refresh", "0 (off) or at least 1 second"),
+        ({"arp_reply": "yes"}, "announce.arp_reply", "expected true or false"),
+        ({"cuont": 1}, "announce.cuont", "did you mean 'count'?"),
+    ],
+)
+def test_bad_announce(announce, key, reason):
+    got_key, got = one_error(doc(announce=announce))
+    assert (got_key, reason in got) == (key, True), got
+    vip_key = f"vips[0].{key}"
+    d = doc()
+    vips = d["vips"]
+    assert isinstance(vips, list)
+    vips[0]["announce"] = announce
+    got_key, got = one_error(d)
+    assert (got_key, reason in got) == (vip_key, True), got
+
+
+def test_refresh_of_one_second_is_allowed():
+    assert parse_config(doc(announce={"refresh": 1})).announce.refresh == 1.0
+
+
+# --------------------------------------------------------------------------- names and top level
+
+
+@pytest.mark.parametrize("name", ["db", "a", "pg-1.primary_x", "0", "a" * 63])
+def test_good_names(name):
+    assert re.match(NAME_RE, name)
+    assert parse_config(doc(cluster=name)).cluster == name
+
+
+@pytest.mark.parametrize(
+    "name,hint",
+    [
+        ("DB", "lower-case"),
+        ("-db", "1-63 characters"),
+        ("db-", "1-63 characters"),
+        ("a" * 64, "1-63 characters"),
+        ("db/x", "1-63 characters"),
+        ("d b", "1-63 characters"),
+    ],
+)
+def test_bad_names(name, hint):
+    for field in ("cluster", "node"):
+        key, reason = one_error(doc(**{field: name}))
+        assert key == field and hint in reason and repr(name) in reason
+
+
+def test_name_given_as_number_says_quote_it():
+    key, reason = one_error(doc(node=1))
+    assert key == "node" and "an integer (1)" in reason and "quote it" in reason
+
+
+def test_unknown_top_level_key_with_suggestion():
+    assert errors(doc(clustr="x")) == {"clustr": "unknown key 'clustr'; did you mean 'cluster'?"}
+    reason = errors(doc(zzz=1))["zzz"]
+    assert "unknown key 'zzz'" in reason and "expected one of" in reason and "vips" in reason
+
+
+def test_unknown_nested_keys():
+    errs = errors(doc(lease={"ttl": 5, "marign": 1}, etcd={"endpoint": ["http://a:1"]}))
+    assert errs == {
+        "lease.marign": "unknown key 'marign'; did you mean 'margin'?",
+        "etcd.endpoint": "unknown key 'endpoint'; did you mean 'endpoints'?",
+    }
+
+
+def test_log_level():
+    key, reason = one_error(doc(log_level="warn"))
+    assert key == "log_level" and "did you mean 'warning'?" in reason
+    key, reason = one_error(doc(log_level=3))
+    assert key == "log_level" and "expected a string" in reason
+
+
+@pytest.mark.parametrize("data,found", [(None, "null"), ([1, 2], "a list"), ("x", "a string")])
+def test_top_level_must_be_a_mapping(data, found):
+    errs = errors(data)
+    assert list(errs) == [""]
+    assert "must be a mapping" in errs[""] and found in errs[""]
+
+
+def test_sections_must_be_mappings():
+    errs = errors(doc(etcd=["http://a:1"], lease=5, announce="loud"))
+    assert errs == {
+        "etcd": "expected a mapping, found a list",
+        "lease": "expected a mapping, found an integer (5)",
+        "announce": "expected a mapping, found a string ('loud')",
+    }
+
+
+# --------------------------------------------------------------------------- vips
+
+
+def vip_doc(*vips: object) -> dict[str, object]:
+    return doc(vips=list(vips))
+
+
+def V(
+    name: str = "v", address: object = "198.51.100.10", interface: object = "eth0", **kw: object
+) -> dict[str, object]:
+    return {"name": name, "address": address, "interface": interface, **kw}
+
+
+def test_at_least_one_vip():
+    for d in (doc(vips=[]), doc(vips=None), doc() | {"vips": None}):
+        key, reason = one_error(d)
+        assert key == "vips" and "at least one VIP is required" in reason
+    key, reason = one_error(doc(vips={"name": "x"}))
+    assert key == "vips" and "expected a list" in reason
+
+
+@pytest.mark.parametrize(
+    "address,expected",
+    [
+        ("198.51.100.10", IPv4Interface("198.51.100.10/32")),
+        ("198.51.100.10/24", IPv4Interface("198.51.100.10/24")),
+        ("198.51.100.10/31", IPv4Interface("198.51.100.10/31")),
+        ("203.0.113.7/32", IPv4Interface("203.0.113.7/32")),
+        ("2001:db8::10", IPv6Interface("2001:db8::10/128")),
+        ("2001:DB8::10/64", IPv6Interface("2001:db8::10/64")),
+    ],
+)
+def test_good_addresses(address, expected):
+    assert parse_config(vip_doc(V(address=address))).vips[0].address == expected
+
+
+@pytest.mark.parametrize(
+    "address,reason",
+    [
+        ("198.51.100.300", "Octet 300 (> 255) not permitted"),
+        ("198.51.100", "Expected 4 octets"),
+        ("2001:db8::zz", "Only hex digits"),
+        ("db.example.com", "host names are not allowed"),
+        ("198.51.100.10/33", "not a prefix length from 1 to 32"),
+        ("2001:db8::1/129", "not a prefix length from 1 to 128"),
+        ("198.51.100.10/", "missing prefix length"),
+        ("198.51.100.10/0", "/0 prefix"),
+        ("198.51.100.0/24", "network address of 198.51.100.0/24"),
+        ("198.51.100.255/24", "broadcast address of 198.51.100.0/24"),
+        ("2001:db8::/64", "subnet-router anycast address"),
+        ("0.0.0.0", "unspecified"),
+        ("127.0.0.2", "loopback"),
+        ("::1", "loopback"),
+        ("224.0.0.18", "multicast"),
+        ("fe80::1", "link-local"),
+        ("fe80::1%eth0", "scoped"),
+        ("255.255.255.255", "broadcast"),
+        ("::ffff:198.51.100.10", "plain IPv4"),
+    ],
+)
+def test_bad_addresses(address, reason):
+    key, got = one_error(vip_doc(V(address=address)))
+    assert key == "vips[0].address"
+    assert reason in got and repr(address) in got
+
+
+def test_address_given_as_number():
+    key, reason = one_error(vip_doc(V(address=3325256714)))
+    assert key == "vips[0].address" and "expected a string" in reason
+
+
+def test_required_vip_fields():
+    errs = errors(vip_doc(V(), {"name": "w"}, {}))
+    assert errs == {
+        "vips[1].address": "required",
+        "vips[1].interface": "required",
+        "vips[2].name": "required",
+        "vips[2].address": "required",
+        "vips[2].interface": "required",
+    }
+
+
+def test_vip_item_must_be_a_mapping_and_unknown_keys():
+    errs = errors(vip_doc(V(), "db", V(name="w", address="198.51.100.11", adress="x")))
+    assert errs == {
+        "vips[1]": "expected a mapping, found a string ('db')",
+        "vips[2].adress": "unknown key 'adress'; did you mean 'address'?",
+    }
+
+
+def test_duplicate_vip_names_and_addresses():
+    errs = errors(
+        vip_doc(
+            V("a", "198.51.100.10"),
+            V("a", "198.51.100.11"),
+            V("b", "198.51.100.10/24"),
+            V("c", "2001:db8::1"),
+            V("d", "2001:DB8:0::1/64"),
+        )
+    )
+    assert errs == {
+        "vips[1].name": "duplicate VIP name 'a' (also vips[0])",
+        "vips[2].address": "198.51.100.10 is already the address of vips[0]",
+        "vips[4].address": "2001:db8::1 is already the address of vips[3]",
+    }
+
+
+@pytest.mark.parametrize(
+    "interface,reason",
+    [
+        ("eth0:1", "address labels"),
+        ("a" * 16, "longer than 15 bytes"),
+        ("eth 0", "white space"),
+        ("a/b", "'/'"),
+        ("..", "not a valid interface name"),
+        ("", "must not be empty"),
+    ],
+)
+def test_bad_interface_names(interface, reason):
+    key, got = one_error(vip_doc(V(interface=interface)))
+    assert key == "vips[0].interface" and reason in got
+
+
+def test_all_errors_are_collected_across_sections():
+    d = doc(
+        cluster="DB",
+        log_level="loud",
+        etcd={"endpoints": ["http://h"], "timeout": "1"},
+        lease={"ttl": 1},
+        announce={"count": 0},
+        vips=[V(address="198.51.100.300"), V(name="w", address="198.51.100.11", interface=5)],
+    )
+    assert set(errors(d)) == {
+        "cluster",
+        "log_level",
+        "etcd.endpoints[0]",
+        "etcd.timeout",
+        "lease.ttl",
+        "announce.count",
+        "vips[0].address",
+        "vips[1].interface",
+    }
+
+
+# --------------------------------------------------------------------------- errors as text
+
+
+def test_error_strings():
+    e = ConfigError("/etc/haagent.yaml", "vips[1].address", "bad")
+    assert str(e) == "/etc/haagent.yaml: vips[1].address: bad"
+    assert (e.file, e.key, e.reason) == ("/etc/haagent.yaml", "vips[1].address", "bad")
+    assert str(ConfigError("f.yaml", "", "cannot read")) == "f.yaml: cannot read"
+    errs = ConfigErrors([e, ConfigError("f", "k", "r")])
+    assert str(errs) == "/etc/haagent.yaml: vips[1].address: bad\nf: k: r"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write(tmp_path: Path, text: str, name: str = "haagent.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_load_config_sets_source_and_digest(tmp_path):
+    p = write(tmp_path, yaml.safe_dump(BASE))
+    cfg = load_config(p)
+    assert cfg.source == p
+    assert cfg.digest == hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+    assert re.fullmatch(r"[0-9a-f]{12}", cfg.digest)
+    p.write_text(p.read_text() + "# a comment changes the digest\n")
+    assert load_config(str(p)).digest != cfg.digest
+
+
+def test_load_config_errors_name_the_file(tmp_path):
+    p = write(tmp_path, yaml.safe_dump(doc(cluster="DB")))
+    with pytest.raises(ConfigErrors) as info:
+        load_config(p)
+    assert [e.file for e in info.value.errors] == [str(p)]
+    assert str(info.value).startswith(f"{p}: cluster: ")
+
+
+def test_load_config_relative_paths_follow_the_file(tmp_path):
+    (tmp_path / "pw").write_text("pw\n")
+    d = with_etcd(username="u", password_file="pw")
+    p = write(tmp_path, yaml.safe_dump(d))
+    assert load_config(p).etcd.password == "pw"
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigErrors) as info:
+        load_config(tmp_path / "nope.yaml")
+    (err,) = info.value.errors
+    assert err.key == "" and "cannot read" in err.reason and "No such file" in err.reason
+
+
+def test_yaml_syntax_error_has_line_and_column(tmp_path):
+    p = write(tmp_path, "cluster: db\nvips:\n  - name: a\n   address: x\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(p)
+    (err,) = info.value.errors
+    assert err.file == str(p)
+    assert err.line == 4 and err.column is not None
+    assert "line 4, column" in err.reason and "YAML" in err.reason
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    p = write(tmp_path, "cluster: db\nlease:\n  ttl: 5\n  ttl: 50\nvips: []\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(p)
+    (err,) = info.value.errors
+    assert "duplicate key 'ttl' (first at line 3)" in err.reason and err.line == 4
+
+
+def test_empty_file(tmp_path):
+    with pytest.raises(ConfigErrors) as info:
+        load_config(write(tmp_path, ""))
+    assert "the file is empty" in str(info.value)
+
+
+def test_not_utf8(tmp_path):
+    p = tmp_path / "bin.yaml"
+    p.write_bytes(b"cluster: \xff\n")
+    with pytest.raises(ConfigErrors, match="not UTF-8"):
+        load_config(p)
+
+
+# --------------------------------------------------------------------------- the example file
+
+
+def test_example_file_loads():
+    cfg = load_config(EXAMPLE)
+    assert cfg.cluster == "db" and cfg.node == "pg1"
+    assert [v.name for v in cfg.vips] == ["db", "db6"]
+    assert cfg.vip("db6").announce.count == 5
+    assert cfg.vip("db6").announce.interval == cfg.announce.interval
+
+
+def test_example_file_mentions_every_option():
+    text = EXAMPLE.read_text()
+    options = [
+        "cluster",
+        "node",
+        "log_level",
+        "etcd",
+        "endpoints",
+        "timeout",
+        "retry_interval",
+        "tls",
+        "ca",
+        "cert",
+        "key",
+        "username",
+        "password",
+        "password_file",
+        "lease",
+        "ttl",
+        "margin",
+        "keepalive_interval",
+        "announce",
+        "count",
+        "interval",
+        "refresh",
+        "arp_reply",
+        "vips",
+        "name",
+        "address",
+        "interface",
+    ]
+    missing = [o for o in options if not re.search(rf"^[ #-]*{o}:", text, re.M)]
+    assert not missing
+
+
+def test_example_commented_options_are_valid_when_enabled(tmp_path):
+    """Uncommenting TLS and auth in the example (with https endpoints) still validates."""
+    text = EXAMPLE.read_text()
+    text = re.sub(
+        r"^  # (tls:|  ca:|  cert:|  key:|username:|password:)", r"  \1", text, flags=re.M
+    )
+    text = text.replace('"http://', '"https://')
+    cfg = parse_config(yaml.safe_load(text), "example")
+    assert cfg.etcd.tls is not None and cfg.etcd.tls.cert is not None
+    assert cfg.etcd.username == "haagent" and cfg.etcd.password == "change-me"
+
+
+# --------------------------------------------------------------------------- host checks
+
+
+def test_check_host_interfaces(monkeypatch):
+    monkeypatch.setattr(socket, "if_nameindex", lambda: [(1, "lo"), (2, "eth0")])
+    cfg = parse_config(vip_doc(V("a", interface="eth0"), V("b", "198.51.100.11", "eth9")))
+    problems = check_host(cfg)
+    assert [(p.key, p.file) for p in problems] == [("vips[1].interface", "<config>")]
+    assert "no interface 'eth9'" in problems[0].reason and "eth0, lo" in problems[0].reason
+
+
+def test_check_host_tls_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(socket, "if_nameindex", lambda: [(2, "eth0")])
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+    (tmp_path / "c.pem").write_text("not pem")
+    d = with_etcd(
+        endpoints=["https://b:2379"], tls={"ca": "ca.pem", "cert": "c.pem", "key": "k.pem"}
+    )
+    p = write(tmp_path, yaml.safe_dump(d))
+    problems = {e.key: e for e in check_host(load_config(p))}
+    assert set(problems) == {"etcd.tls.cert", "etcd.tls.key"}
+    assert "not PEM" in problems["etcd.tls.cert"].reason
+    assert "cannot read" in problems["etcd.tls.key"].reason
+    assert problems["etcd.tls.key"].file == str(p)
+
+
+def test_check_host_clean(monkeypatch):
+    monkeypatch.setattr(socket, "if_nameindex", lambda: [(2, "eth0")])
+    assert check_host(parse_config(doc())) == []
+
+
+# --------------------------------------------------------------------------- describe
+
+
+def test_describe_summarises():
+    cfg = Config(
+        cluster="db",
+        node="pg1",
+        etcd=EtcdConfig(
+            endpoints=("http://198.51.100.2:2379",), username="u", password="hunter2-pw"
+        ),
+        lease=LeaseConfig(ttl=5, margin=1.5),
+        vips=(
+            VipConfig("db", IPv4Interface("198.51.100.200/32"), "eth0"),
+            VipConfig(
+                "db6",
+                IPv6Interface("2001:db8::200/128"),
+                "eth1",
+                AnnounceConfig(count=5, refresh=10),
+            ),
+        ),
+        digest="0123456789ab",
+    )
+    text = describe(cfg)
+    assert "cluster db, node pg1" in text and "0123456789ab" in text
+    assert "http://198.51.100.2:2379" in text and "user u" in text
+    assert "ttl 5 s" in text and "3.5 s" in text and "margin 1.5 s" in text
+    assert "198.51.100.200/32 on eth0" in text
+    assert "2001:db8::200/128 on eth1 (announce 5 x 0.2 s, refresh every 10 s)" in text
+    assert "hunter2-pw" not in text
+    assert len(text.splitlines()) == 6
