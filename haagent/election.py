@@ -157,7 +157,9 @@ class Election:
     @property
     def key_is_mine(self) -> bool:
         h = self.holder
-        return h is not None and h.node == self.node and self.lease is not None and h.lease == self.lease
+        if h is None or self.lease is None:
+            return False
+        return h.node == self.node and h.lease == self.lease
 
     def _reconcile(self, reason: str) -> list[Action]:
         actions: list[Action] = []

@@ -57,9 +57,11 @@ class Keys:
         parts = text[len(self.prefix) :].split("/")
         if len(parts) == 2 and parts[0] == "members" and parts[1]:
             return ParsedKey("member", parts[1])
-        if len(parts) == 3 and parts[0] == "vips" and parts[1] and parts[2] in ("holder", "request"):
-            kind: KeyKind = "holder" if parts[2] == "holder" else "request"
-            return ParsedKey(kind, parts[1])
+        if len(parts) == 3 and parts[0] == "vips" and parts[1]:
+            if parts[2] == "holder":
+                return ParsedKey("holder", parts[1])
+            if parts[2] == "request":
+                return ParsedKey("request", parts[1])
         return None
 
 

@@ -1,0 +1,553 @@
+"""The agent: one event loop that wires config, store, elections and net together.
+
+Threads only *report* (keepalive answers, watch events, signals) into one queue; every decision
+and every bind/unbind happens on the loop's thread, in order. The loop wakes at the lease
+deadline even when nothing arrives, so a holder cut off from etcd unbinds on time.
+
+Blocking calls on the loop are etcd RPCs bounded by ``etcd.timeout``, which config validation
+keeps below ``lease.margin``: the loop can be late for the deadline by at most one RPC, and
+the margin absorbs it before etcd could expire the lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import heapq
+import itertools
+import logging
+import os
+import queue
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from haagent import __version__
+from haagent.config import Config, VipConfig
+from haagent.election import Action, Bind, Campaign, Election, Holder, Resign, State, Unbind
+from haagent.events import (
+    Event,
+    HolderChanged,
+    KeepaliveAcked,
+    KeepaliveFailed,
+    LeaseGone,
+    MemberChanged,
+    Snapshot,
+    Stop,
+    Wake,
+    WatchBroken,
+    WatchResumed,
+)
+from haagent.lease import LeaseClock
+from haagent.net.addresses import AddressManager, NetError
+from haagent.net.announce import Announcer
+from haagent.schema import HolderRecord, Keys, MemberRecord
+from haagent.store import ETCD_ERRORS, STORE_ERRORS, LeaseKeeper, Store, describe_error
+
+log = logging.getLogger("haagent.agent")
+
+DEFAULT_STATE_DIR = Path("/run/haagent")
+CAMPAIGN_RETRY = 0.5  # seconds before retrying a campaign that got no answer
+REGRANT_RETRY = 0.5  # seconds between attempts to get a new lease
+BIND_FAILURE_HOLDOFF = 5.0  # seconds a VIP we could not bind stays ineligible
+
+
+class AgentError(Exception):
+    pass
+
+
+class _StopRequested(Exception):
+    pass
+
+
+@dataclass(order=True)
+class _Timer:
+    when: float
+    seq: int
+    fn: Callable[[], None] = field(compare=False)
+    key: str = field(compare=False, default="")
+    cancelled: bool = field(compare=False, default=False)
+
+
+class Agent:
+    def __init__(self, cfg: Config, *, state_dir: Path = DEFAULT_STATE_DIR) -> None:
+        self.cfg = cfg
+        self.node = cfg.node
+        self.keys = Keys(cfg.cluster)
+        self.state_dir = state_dir
+        self.store = Store(cfg.etcd, self.keys)
+        self.clock = LeaseClock(ttl=cfg.lease.ttl, margin=cfg.lease.margin)
+        self.lease_ok = False
+        self.elections = {v.name: Election(v.name, self.node) for v in cfg.vips}
+        self.vips = {v.name: v for v in cfg.vips}
+        self.members: dict[str, MemberRecord] = {}
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.started = time.time()
+        self._timers: list[_Timer] = []
+        self._timer_seq = itertools.count()
+        self._keeper: LeaseKeeper | None = None
+        self._net: AddressManager | None = None
+        self._announcer: Announcer | None = None
+        self._macs: dict[str, str] = {}
+        self._running = False
+        self._lock_fd: int | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_sighup)
+        try:
+            self._lock()
+            self._net = AddressManager()
+            self._announcer = Announcer()
+            self._start()
+            self._running = True
+            self._loop()
+            return 0
+        except _StopRequested:
+            log.info("stopped during start-up")
+            return 0
+        finally:
+            self._running = False
+            self._shutdown()
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if not self._running:
+            raise _StopRequested(name)
+        self.events.put(Stop(name))
+
+    def _on_sighup(self, _signum: int, _frame: FrameType | None) -> None:
+        log.warning(
+            "SIGHUP: configuration reload is not supported by this version; restart to apply"
+        )
+
+    def _lock(self) -> None:
+        """One agent per (cluster, node) on this host: a second one would share our lease."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / f"{self.cfg.cluster}-{self.node}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AgentError(
+                f"another haagent already runs for cluster {self.cfg.cluster!r} node {self.node!r} "
+                f"(lock {path} is held)"
+            ) from None
+        self._lock_fd = fd
+
+    @property
+    def _lease_file(self) -> Path:
+        return self.state_dir / f"{self.cfg.cluster}-{self.node}.lease"
+
+    def _start(self) -> None:
+        log.info(
+            "haagent %s starting: cluster %s, node %s, %d vip(s), lease ttl %ds margin %.1fs",
+            __version__,
+            self.cfg.cluster,
+            self.node,
+            len(self.vips),
+            self.cfg.lease.ttl,
+            self.cfg.lease.margin,
+        )
+        self.store.connect()
+        snap = self.store.snapshot()
+        lease_id = self._adopt_or_grant(snap)
+        self._reconcile_addresses(snap, lease_id)
+        self._publish_member()
+        adopted = lease_id == self._previous_lease()
+        self._lease_file.write_text(f"{lease_id:x}\n")
+        for name, e in self.elections.items():
+            e.observe(snap.holders.get(name), snap.revision)
+        self._set_lease_ok(True, "own key found on adopted lease" if adopted else "lease granted")
+        self._keeper = LeaseKeeper(self.store, lease_id, self.cfg.lease.interval, self.events.put)
+        self._keeper.start()
+        self.store.start_watch(snap.revision + 1, self.events.put)
+
+    def _previous_lease(self) -> int | None:
+        try:
+            return int(self._lease_file.read_text().strip(), 16)
+        except (OSError, ValueError):
+            return None
+
+    def _adopt_or_grant(self, snap: Snapshot) -> int:
+        """Keep the lease of our previous run if it is still alive in etcd, else take a new one.
+
+        Adoption lets a restarted agent keep its VIPs without a failover. Only a lease this
+        host wrote down itself is adopted, and only if etcd still has our member key on it, so
+        a second host misconfigured with the same node name never shares our lease.
+        """
+        previous = self._previous_lease()
+        member = snap.members.get(self.node)
+        if previous is not None and member is not None and member.lease == previous:
+            try:
+                ttl, sent = self.store.keepalive(previous)
+            except STORE_ERRORS as exc:
+                log.info("previous lease %x not renewable (%s)", previous, describe_error(exc))
+            else:
+                if ttl > 0:
+                    self.clock.acknowledged(previous, sent, ttl)
+                    log.info("adopted lease %x of the previous run (ttl %ds)", previous, ttl)
+                    return previous
+        lease_id, ttl, sent = self.store.grant(self.cfg.lease.ttl)
+        self.clock.acknowledged(lease_id, sent, ttl)
+        log.info("granted lease %x (ttl %ds)", lease_id, ttl)
+        return lease_id
+
+    def _reconcile_addresses(self, snap: Snapshot, lease_id: int) -> None:
+        """Remove VIP addresses left bound by an earlier run unless etcd says they are ours."""
+        for name, vip in self.vips.items():
+            if not self.net.is_bound(vip.interface, vip.address):
+                continue
+            h = snap.holders.get(name)
+            if h is not None and h.node == self.node and h.lease == lease_id:
+                log.info(
+                    "kept address of vip %s (%s): etcd says this node holds it", name, vip.address
+                )
+                continue
+            who = "nobody" if h is None else f"{h.node} (lease {h.lease:x})"
+            self.net.unbind(vip.interface, vip.address)
+            log.info(
+                "removed stale address of vip %s (%s): etcd says it is held by %s",
+                name,
+                vip.address,
+                who,
+            )
+
+    def _publish_member(self) -> None:
+        lease_id = self.clock.lease_id
+        if lease_id is None:
+            return
+        vip = next(iter(self.vips.values()), None)
+        record = MemberRecord(
+            node=self.node,
+            address=self._node_address(vip) if vip else None,
+            version=__version__,
+            started=self.started,
+            config_digest=self.cfg.digest,
+            lease=lease_id,
+            vips=tuple(self.vips),
+        )
+        self.store.put_member(record, lease_id)
+
+    def _node_address(self, vip: VipConfig) -> str | None:
+        """The node's own address on the VIP's interface: what operators ssh to."""
+        for ip in sorted(self.net.bound_ips(vip.interface), key=str):
+            if ip.version == vip.family and not ip.is_link_local and ip != vip.ip:
+                return str(ip)
+        return None
+
+    @property
+    def net(self) -> AddressManager:
+        assert self._net is not None
+        return self._net
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            self._check_deadline()
+            now = time.monotonic()
+            waits = [1.0]
+            if self._timers:
+                waits.append(self._timers[0].when - now)
+            remaining = self.clock.remaining(now)
+            if self.lease_ok and remaining is not None:
+                waits.append(remaining)
+            try:
+                ev: Event = self.events.get(timeout=max(0.0, min(waits)))
+            except queue.Empty:
+                ev = Wake()
+            self._check_deadline()
+            if isinstance(ev, Stop):
+                log.info("stopping: %s", ev.reason)
+                return
+            self._handle(ev)
+            self._run_timers()
+
+    def _check_deadline(self) -> None:
+        now = time.monotonic()
+        if self.lease_ok and not self.clock.valid(now):
+            ack = self.clock.last_ack
+            ago = f"{now - ack:.1f}s" if ack is not None else "never"
+            self._set_lease_ok(False, f"lease deadline passed (last keepalive answered {ago} ago)")
+
+    def _set_lease_ok(self, ok: bool, reason: str) -> None:
+        if ok and not self.clock.valid(time.monotonic()):
+            return  # the proof arrived too late to be used; the next keepalive decides
+        self.lease_ok = ok
+        lease_id = self.clock.lease_id
+        for e in self.elections.values():
+            if ok and lease_id is not None:
+                self._execute(e, e.lease_valid(lease_id, reason))
+            else:
+                self._execute(e, e.lease_lost(reason))
+
+    def _handle(self, ev: Event) -> None:
+        match ev:
+            case HolderChanged(vip=vip, holder=holder, revision=rev):
+                e = self.elections.get(vip)
+                if e is not None:
+                    self._execute(e, e.observe(holder, rev))
+            case Snapshot():
+                self._apply_snapshot(ev)
+            case MemberChanged(node=node, member=member):
+                if member is None:
+                    self.members.pop(node, None)
+                else:
+                    self.members[node] = member
+            case KeepaliveAcked(lease_id=lease_id, sent_at=sent, ttl=ttl):
+                if lease_id != self.clock.lease_id:
+                    return
+                self.clock.acknowledged(lease_id, sent, ttl)
+                if not self.lease_ok and self.clock.valid(time.monotonic()):
+                    self._regain_lease("keepalive answered again before the lease expired")
+            case LeaseGone(lease_id=lease_id, reason=reason):
+                if lease_id == self.clock.lease_id:
+                    self._lease_gone(reason)
+            case KeepaliveFailed():
+                pass  # the keeper logs; the deadline decides
+            case WatchBroken() | WatchResumed() | Wake():
+                pass
+
+    def _apply_snapshot(self, snap: Snapshot) -> None:
+        self.members = dict(snap.members)
+        for name, e in self.elections.items():
+            self._execute(e, e.observe(snap.holders.get(name), snap.revision))
+
+    def _regain_lease(self, reason: str) -> None:
+        """After a deadline miss the lease turned out alive: re-read etcd, then hold again."""
+        try:
+            snap = self.store.snapshot()
+        except ETCD_ERRORS as exc:
+            log.warning("cannot re-read etcd after regaining the lease: %s", describe_error(exc))
+            return
+        self.store.request_rewatch()
+        self._apply_snapshot(snap)
+        self._set_lease_ok(True, reason)
+
+    def _lease_gone(self, reason: str) -> None:
+        if self._keeper is not None:
+            self._keeper.stop()
+            self._keeper = None
+        self.clock.forget()
+        self._set_lease_ok(False, f"lease lost: {reason}")
+        self._regrant()
+
+    def _regrant(self) -> None:
+        try:
+            lease_id, ttl, sent = self.store.grant(self.cfg.lease.ttl)
+        except ETCD_ERRORS as exc:
+            log.warning("cannot get a new lease (%s); retrying", describe_error(exc))
+            self._after(REGRANT_RETRY, self._regrant, key="regrant")
+            return
+        self.clock.acknowledged(lease_id, sent, ttl)
+        log.info("granted lease %x (ttl %ds)", lease_id, ttl)
+        with contextlib.suppress(OSError):
+            self._lease_file.write_text(f"{lease_id:x}\n")
+        self._keeper = LeaseKeeper(self.store, lease_id, self.cfg.lease.interval, self.events.put)
+        self._keeper.start()
+        try:
+            self._publish_member()
+        except ETCD_ERRORS as exc:
+            log.warning("cannot publish member record: %s", describe_error(exc))
+        self._regain_lease("new lease granted")
+
+    # -- actions -------------------------------------------------------------------------
+
+    def _execute(self, e: Election, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Unbind():
+                    self._unbind(action)
+                case Resign():
+                    self._resign(e, action)
+                case Campaign():
+                    self._campaign(e, action)
+                case Bind():
+                    self._bind(e, action)
+
+    def _campaign(self, e: Election, action: Campaign) -> None:
+        lease_id = self.clock.lease_id
+        if not self.lease_ok or lease_id is None:
+            return
+        record = HolderRecord(
+            node=self.node,
+            since=time.time(),
+            epoch=action.epoch,
+            reason=action.reason,
+            lease=lease_id,
+        )
+        try:
+            won, holder, rev = self.store.campaign(action.vip, record)
+        except ETCD_ERRORS as exc:
+            log.warning(
+                "campaign for vip %s got no answer (%s); retrying", action.vip, describe_error(exc)
+            )
+            self._execute(e, e.campaign_failed(describe_error(exc)))
+            self._after(
+                CAMPAIGN_RETRY, lambda: self._execute(e, e.retry()), key=f"retry:{action.vip}"
+            )
+            return
+        if won and holder is not None:
+            self._execute(e, e.campaign_won(holder))
+        else:
+            log.debug("campaign for vip %s lost to %s", action.vip, holder.node if holder else "?")
+            self._execute(e, e.campaign_lost(holder, rev))
+
+    def _bind(self, e: Election, action: Bind) -> None:
+        vip = self.vips[action.vip]
+        # The campaign RPC may have eaten into the lease: never bind past the deadline.
+        self._check_deadline()
+        if not self.lease_ok or e.state is not State.HOLDER:
+            return
+        try:
+            self.net.bind(vip.interface, vip.address)
+        except NetError as exc:
+            log.error(
+                "cannot bind vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, exc
+            )
+            self._execute(e, e.set_eligible(False, f"bind failed: {exc}"))
+            self._after(
+                BIND_FAILURE_HOLDOFF,
+                lambda: self._execute(e, e.set_eligible(True, "retrying after bind failure")),
+                key=f"rebind:{vip.name}",
+            )
+            return
+        holder = e.holder
+        epoch = f", epoch {holder.epoch}" if holder else ""
+        log.info(
+            "acquired vip %s (%s on %s%s): %s",
+            vip.name,
+            vip.address,
+            vip.interface,
+            epoch,
+            action.reason,
+        )
+        self._announce(vip, vip.announce.count)
+
+    def _unbind(self, action: Unbind) -> None:
+        vip = self.vips[action.vip]
+        self._cancel(f"announce:{vip.name}")
+        try:
+            self.net.unbind(vip.interface, vip.address)
+        except NetError as exc:
+            log.error(
+                "cannot unbind vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, exc
+            )
+        log.info(
+            "released vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, action.reason
+        )
+
+    def _resign(self, e: Election, action: Resign) -> None:
+        try:
+            done = self.store.resign(action.vip, action.create_revision)
+        except ETCD_ERRORS as exc:
+            log.warning("cannot resign vip %s (%s); retrying", action.vip, describe_error(exc))
+
+            def retry() -> None:
+                if e.holder is not None and e.holder.create_revision == action.create_revision:
+                    self._resign(e, action)
+
+            self._after(CAMPAIGN_RETRY, retry, key=f"resign:{action.vip}")
+            return
+        log.info(
+            "resigned vip %s in etcd: %s%s",
+            action.vip,
+            action.reason,
+            "" if done else " (key already gone)",
+        )
+
+    def _announce(self, vip: VipConfig, remaining: int) -> None:
+        e = self.elections[vip.name]
+        if e.state is not State.HOLDER or self._announcer is None:
+            return
+        if remaining > 0:
+            try:
+                mac = self._macs.get(vip.interface) or self.net.mac(vip.interface)
+                self._macs[vip.interface] = mac
+                self._announcer.announce(
+                    vip.interface, vip.ip, mac, arp_reply=vip.announce.arp_reply
+                )
+            except (OSError, NetError) as exc:
+                log.warning("announcement for vip %s failed: %s", vip.name, exc)
+            if remaining > 1:
+                self._after(
+                    vip.announce.interval,
+                    lambda: self._announce(vip, remaining - 1),
+                    key=f"announce:{vip.name}",
+                )
+                return
+        if vip.announce.refresh > 0:
+            self._after(
+                vip.announce.refresh, lambda: self._announce(vip, 1), key=f"announce:{vip.name}"
+            )
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _after(self, delay: float, fn: Callable[[], None], *, key: str) -> None:
+        self._cancel(key)
+        heapq.heappush(
+            self._timers, _Timer(time.monotonic() + delay, next(self._timer_seq), fn, key)
+        )
+
+    def _cancel(self, key: str) -> None:
+        for t in self._timers:
+            if t.key == key:
+                t.cancelled = True
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0].when <= now:
+            t = heapq.heappop(self._timers)
+            if not t.cancelled:
+                t.fn()
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Hand every VIP over: unbind first, then revoke the lease so the others see DELETEs."""
+        for e in self.elections.values():
+            with contextlib.suppress(Exception):
+                self._execute(e, e.shutdown("shutdown"))
+        if self._keeper is not None:
+            self._keeper.stop()
+        lease_id = self.clock.lease_id
+        if lease_id is not None and self.store._client is not None:
+            try:
+                self.store.revoke(lease_id)
+                log.info("revoked lease %x: holder and member keys deleted", lease_id)
+                with contextlib.suppress(OSError):
+                    self._lease_file.unlink()
+            except ETCD_ERRORS as exc:
+                log.warning(
+                    "cannot revoke lease %x (%s); etcd expires it within %ds",
+                    lease_id,
+                    describe_error(exc),
+                    self.cfg.lease.ttl,
+                )
+        self.store.close()
+        if self._announcer is not None:
+            self._announcer.close()
+        if self._net is not None:
+            self._net.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- introspection (tests, future status CLI) ----------------------------------------
+
+    def holding(self) -> Iterator[str]:
+        return (name for name, e in self.elections.items() if e.state is State.HOLDER)
+
+
+__all__ = ["Agent", "AgentError", "Holder"]

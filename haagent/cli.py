@@ -1,0 +1,170 @@
+"""The ``haagent`` command line: run the agent, check a config, drive the lab."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from haagent import __version__
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _UTCFormatter(logging.Formatter):
+    """ISO-8601 UTC timestamps with milliseconds: log lines from several hosts sort together."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{t}.{int(record.msecs):03d}Z"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_UTCFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # gRPC and scapy are chatty at INFO; their warnings still show.
+    for noisy in ("scapy", "pyroute2", "grpc"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _print_config_errors(exc: Exception) -> None:
+    from haagent.config import ConfigErrors
+
+    errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+    for err in errors:
+        print(f"error: {err}", file=sys.stderr)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from haagent.config import ConfigErrors, check_host, describe, load_config
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigErrors as exc:
+        _print_config_errors(exc)
+        return EXIT_ERROR
+    problems = [] if args.no_host_checks else check_host(cfg)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "file": str(args.file),
+                    "ok": not problems,
+                    "errors": [
+                        {"file": p.file, "key": p.key, "reason": p.reason} for p in problems
+                    ],
+                    "digest": cfg.digest,
+                }
+            )
+        )
+    else:
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        if not problems:
+            print(describe(cfg))
+            print(f"{args.file}: OK")
+    return EXIT_ERROR if problems else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from haagent.agent import Agent, AgentError
+    from haagent.config import ConfigErrors, check_host, load_config
+    from haagent.net.addresses import NetError
+    from haagent.store import StoreError
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigErrors as exc:
+        _print_config_errors(exc)
+        return EXIT_ERROR
+    setup_logging(args.log_level or cfg.log_level)
+    problems = check_host(cfg)
+    if problems:
+        for p in problems:
+            logging.getLogger("haagent").error("%s", p)
+        return EXIT_ERROR
+    try:
+        return Agent(cfg, state_dir=Path(args.state_dir)).run()
+    except (AgentError, StoreError, NetError) as exc:
+        logging.getLogger("haagent").error("%s", exc)
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="haagent",
+        description=(
+            "Keep virtual IPs highly available on plain Linux hosts. One agent per host "
+            "campaigns for each VIP on an etcd lease; the winner binds the address and "
+            "announces it with gratuitous ARP / unsolicited neighbour advertisements."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"haagent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the agent in the foreground",
+        description=(
+            "Run the agent: connect to etcd, campaign for every configured VIP, bind the ones "
+            "won. SIGTERM or SIGINT hands every VIP over and exits."
+        ),
+    )
+    run.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
+    run.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="override log_level"
+    )
+    run.add_argument(
+        "--state-dir",
+        default="/run/haagent",
+        help="where the per-node lock and lease files live (default: %(default)s)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file (exit 0 if valid, 1 if not)",
+        description=(
+            "Validate a config file: syntax, every key and value, and, unless --no-host-checks, "
+            "what only this host can tell (interfaces exist, TLS files readable)."
+        ),
+    )
+    check.add_argument("file", type=Path)
+    check.add_argument(
+        "--no-host-checks", action="store_true", help="skip checks against this host"
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable result")
+    check.set_defaults(func=cmd_check_config)
+
+    try:
+        from haagent.lab.cli import add_lab_parser
+    except ImportError:  # pragma: no cover - the lab ships with the package
+        pass
+    else:
+        add_lab_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

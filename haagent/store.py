@@ -1,0 +1,439 @@
+"""The Store: the only module that talks to etcd.
+
+It owns the client, the agent's lease keepalive thread and the prefix watch, and turns what it
+reads into the typed events of ``haagent.events``. Values it cannot decode are logged once and
+ignored (or, for holder keys, treated as held by nobody we know) — never raised into the agent.
+
+Facts about the client that shaped this code (measured against etcd 3.4 and etcd-sdk-python):
+
+* An endpoint that failed once is skipped for ``time_retry`` seconds (default 300). After an
+  etcd restart keepalives would fail for five minutes, so endpoints are created with the
+  configured short ``retry_interval`` and failover on.
+* gRPC's own reconnect backoff grows to two minutes; it is capped at two seconds here.
+* No watch resumes by itself: the watch thread re-creates it from the last seen revision + 1,
+  and falls back to a fresh range read when that revision has been compacted away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pyetcd
+import pyetcd.events
+from pyetcd import exceptions as etcd_exc
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential,
+)
+
+from haagent.config import EtcdConfig
+from haagent.election import Holder
+from haagent.events import (
+    Event,
+    HolderChanged,
+    KeepaliveAcked,
+    KeepaliveFailed,
+    LeaseGone,
+    MemberChanged,
+    Snapshot,
+    WatchBroken,
+    WatchResumed,
+)
+from haagent.schema import HolderRecord, Keys, MemberRecord, SchemaError
+
+log = logging.getLogger("haagent.store")
+
+# Every failure the client can raise for an RPC: its own exceptions, and raw gRPC errors for
+# status codes it does not translate (PERMISSION_DENIED, UNAUTHENTICATED, …).
+ETCD_ERRORS: tuple[type[BaseException], ...] = (etcd_exc.Etcd3Exception, grpc.RpcError)
+
+UNREADABLE = "(unreadable)"
+
+Sink = Callable[[Event], None]
+
+
+class StoreError(Exception):
+    pass
+
+
+# What a single Store call can raise: etcd/gRPC failures and our own.
+STORE_ERRORS: tuple[type[BaseException], ...] = (*ETCD_ERRORS, StoreError)
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        return f"{getattr(code, 'name', code)}: {details}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _grpc_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        # Detect a silently dead connection (partition) under a long-lived watch. etcd refuses
+        # pings more often than every 5 s (--grpc-keepalive-min-time), hence 6 s.
+        ("grpc.keepalive_time_ms", 6000),
+        ("grpc.keepalive_timeout_ms", 3000),
+    ]
+
+
+class Store:
+    def __init__(self, cfg: EtcdConfig, keys: Keys) -> None:
+        self.cfg = cfg
+        self.keys = keys
+        self._client: Any = None
+        self._warned: set[tuple[str, int]] = set()
+        self._watch_thread: threading.Thread | None = None
+        self._watch_stop = threading.Event()
+        self._rewatch = threading.Event()
+        self._next_revision = 0
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        creds = None
+        tls = self.cfg.tls
+        if tls is not None:
+            creds = grpc.ssl_channel_credentials(
+                tls.ca.read_bytes() if tls.ca else None,
+                tls.key.read_bytes() if tls.key else None,
+                tls.cert.read_bytes() if tls.cert else None,
+            )
+        endpoints = [
+            pyetcd.Endpoint(
+                host,
+                port,
+                secure=secure,
+                creds=creds if secure else None,
+                time_retry=self.cfg.retry_interval,
+                opts=_grpc_options(),
+            )
+            for host, port, secure in self.cfg.parsed_endpoints()
+        ]
+        client = pyetcd.MultiEndpointEtcd3Client(
+            endpoints=endpoints,
+            timeout=self.cfg.timeout,
+            user=self.cfg.username,
+            password=self.cfg.password,
+            failover=True,
+        )
+        client.status()  # prove it answers before anyone relies on it
+        return client
+
+    def connect(self, *, give_up_after: float | None = None) -> None:
+        """Connect, retrying with capped exponential backoff; forever unless ``give_up_after``."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "etcd %s not reachable (%s); retry %d in %.1fs",
+                ",".join(self.cfg.endpoints),
+                describe_error(exc) if exc else "?",
+                state.attempt_number,
+                wait,
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(ETCD_ERRORS),
+            wait=wait_exponential(multiplier=0.2, max=5.0),
+            stop=stop_never if give_up_after is None else stop_after_delay(give_up_after),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            self._client = retrying(self._make_client)
+        except ETCD_ERRORS as exc:
+            raise StoreError(
+                f"etcd {','.join(self.cfg.endpoints)} not reachable: {describe_error(exc)}"
+            ) from None
+        log.info("connected to etcd %s", ",".join(self.cfg.endpoints))
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise StoreError("not connected")
+        return self._client
+
+    def close(self) -> None:
+        self.stop_watch()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- decoding ------------------------------------------------------------------------
+
+    def _warn_once(self, key: str, revision: int, why: str) -> None:
+        if (key, revision) not in self._warned:
+            self._warned.add((key, revision))
+            log.warning("ignoring %s (revision %d): %s", key, revision, why)
+
+    def _holder_from_kv(
+        self, key: str, value: bytes, lease: int, create_rev: int, mod_rev: int
+    ) -> Holder:
+        try:
+            rec = HolderRecord.from_json(value)
+        except SchemaError as exc:
+            # The key exists, so nobody can create it; report it held by an unknown party
+            # rather than absent, which would make every node campaign in vain.
+            self._warn_once(key, mod_rev, f"malformed holder record: {exc}")
+            return Holder(node=UNREADABLE, lease=lease, create_revision=create_rev)
+        return Holder(
+            node=rec.node,
+            lease=lease,
+            create_revision=create_rev,
+            since=rec.since,
+            epoch=rec.epoch,
+            reason=rec.reason,
+        )
+
+    def _member_from_kv(self, key: str, value: bytes, mod_rev: int) -> MemberRecord | None:
+        try:
+            return MemberRecord.from_json(value)
+        except SchemaError as exc:
+            self._warn_once(key, mod_rev, f"malformed member record: {exc}")
+            return None
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        resp = self.client.get_prefix_response(self.keys.prefix)
+        holders: dict[str, Holder] = {}
+        members: dict[str, MemberRecord] = {}
+        for kv in resp.kvs:
+            key = kv.key.decode("utf-8", "replace")
+            parsed = self.keys.parse(key)
+            if parsed is None:
+                self._warn_once(key, kv.mod_revision, "not a key this version knows")
+            elif parsed.kind == "holder":
+                holders[parsed.name] = self._holder_from_kv(
+                    key, kv.value, kv.lease, kv.create_revision, kv.mod_revision
+                )
+            elif parsed.kind == "member":
+                member = self._member_from_kv(key, kv.value, kv.mod_revision)
+                if member is not None:
+                    members[parsed.name] = member
+        return Snapshot(revision=resp.header.revision, holders=holders, members=members)
+
+    # -- lease ---------------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> tuple[int, int, float]:
+        """Grant a lease; returns (id, granted ttl, monotonic send time)."""
+        sent = time.monotonic()
+        lease = self.client.lease(ttl)
+        return int(lease.id), int(lease.ttl), sent
+
+    def keepalive(self, lease_id: int) -> tuple[int, float]:
+        """One keepalive; returns (granted ttl, monotonic send time). ttl <= 0: lease gone."""
+        sent = time.monotonic()
+        for resp in self.client.refresh_lease(lease_id):
+            return int(resp.TTL), sent
+        raise StoreError("keepalive stream closed without an answer")
+
+    def lease_alive(self, lease_id: int) -> bool:
+        resp = self.client.get_lease_info(lease_id)
+        return int(resp.TTL) > 0
+
+    def revoke(self, lease_id: int) -> None:
+        self.client.revoke_lease(lease_id)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def put_member(self, record: MemberRecord, lease_id: int) -> None:
+        self.client.put(self.keys.member(record.node), record.to_json(), lease=lease_id)
+
+    def campaign(self, vip: str, record: HolderRecord) -> tuple[bool, Holder | None, int]:
+        """Create the holder key on our lease only if absent.
+
+        Returns (won, holder as etcd now has it, revision of the answer).
+        """
+        key = self.keys.holder(vip)
+        tx = self.client.transactions
+        ok, responses = self.client.transaction(
+            compare=[tx.create(key) == 0],
+            success=[tx.put(key, record.to_json(), lease=record.lease), tx.get(key)],
+            failure=[tx.get(key)],
+        )
+        kvs = responses[-1]
+        if not kvs:
+            # Deleted between compare and read cannot happen inside one txn; be explicit anyway.
+            return bool(ok), None, 0
+        value, meta = kvs[0]
+        holder = self._holder_from_kv(
+            key, value, meta.lease_id, meta.create_revision, meta.mod_revision
+        )
+        return bool(ok), holder, int(meta.response_header.revision)
+
+    def resign(self, vip: str, create_revision: int) -> bool:
+        """Delete the holder key only if it is still the one we created."""
+        key = self.keys.holder(vip)
+        tx = self.client.transactions
+        ok, _ = self.client.transaction(
+            compare=[tx.create(key) == create_revision], success=[tx.delete(key)], failure=[]
+        )
+        return bool(ok)
+
+    # -- watch ---------------------------------------------------------------------------
+
+    def start_watch(self, from_revision: int, sink: Sink) -> None:
+        self._next_revision = from_revision
+        self._watch_stop.clear()
+        self._watch_thread = threading.Thread(
+            target=self._watch_loop, args=(sink,), name="haagent-watch", daemon=True
+        )
+        self._watch_thread.start()
+
+    def request_rewatch(self) -> None:
+        """Re-create the watch from the last seen revision (after a connection came back)."""
+        self._rewatch.set()
+
+    def stop_watch(self) -> None:
+        self._watch_stop.set()
+        if self._watch_thread is not None:
+            self._watch_thread.join(timeout=2.0)
+            self._watch_thread = None
+
+    def _watch_loop(self, sink: Sink) -> None:
+        backoff = 0.1
+        broken = False
+        while not self._watch_stop.is_set():
+            inbox: queue.Queue[Any] = queue.Queue()
+            self._rewatch.clear()
+            try:
+                watch_id = self.client.add_watch_prefix_callback(
+                    self.keys.prefix, inbox.put, start_revision=self._next_revision
+                )
+            except etcd_exc.RevisionCompactedError:
+                log.warning(
+                    "watch revision %d compacted; re-reading everything", self._next_revision
+                )
+                try:
+                    snap = self.snapshot()
+                except ETCD_ERRORS as exc:
+                    broken = self._watch_failed(sink, broken, exc, backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                self._next_revision = snap.revision + 1
+                sink(snap)
+                continue
+            except ETCD_ERRORS as exc:
+                broken = self._watch_failed(sink, broken, exc, backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if broken:
+                log.info("watch resumed from revision %d", self._next_revision)
+                sink(WatchResumed(self._next_revision))
+                broken = False
+            backoff = 0.1
+            err = self._pump(inbox, sink)
+            with contextlib.suppress(ETCD_ERRORS):
+                self.client.cancel_watch(watch_id)
+            if err is not None:
+                broken = self._watch_failed(sink, broken, err, 0.0)
+
+    def _watch_failed(
+        self, sink: Sink, broken: bool, exc: BaseException | str, wait: float
+    ) -> bool:
+        why = exc if isinstance(exc, str) else describe_error(exc)
+        if not broken:
+            log.warning("watch broken (%s); resuming from revision %d", why, self._next_revision)
+            sink(WatchBroken(why))
+        self._watch_stop.wait(wait)
+        return True
+
+    def _pump(self, inbox: queue.Queue[Any], sink: Sink) -> str | None:
+        """Deliver watch responses until the stream breaks (returns why) or we are told to stop."""
+        while not self._watch_stop.is_set():
+            if self._rewatch.is_set():
+                return None
+            try:
+                item = inbox.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            if item is None or isinstance(item, BaseException):
+                return "stream closed" if item is None else describe_error(item)
+            for ev in item.events:
+                out = self._translate(ev)
+                if out is not None:
+                    sink(out)
+            self._next_revision = max(self._next_revision, int(item.header.revision) + 1)
+        return None
+
+    def _translate(self, ev: Any) -> Event | None:
+        key = ev.key.decode("utf-8", "replace")
+        parsed = self.keys.parse(key)
+        rev = int(ev.mod_revision)
+        if parsed is None:
+            self._warn_once(key, rev, "not a key this version knows")
+            return None
+        deleted = isinstance(ev, pyetcd.events.DeleteEvent)
+        if parsed.kind == "holder":
+            holder = None
+            if not deleted:
+                holder = self._holder_from_kv(key, ev.value, ev.lease, ev.create_revision, rev)
+            return HolderChanged(parsed.name, holder, rev)
+        if parsed.kind == "member":
+            member = None if deleted else self._member_from_kv(key, ev.value, rev)
+            return MemberChanged(parsed.name, member, rev)
+        return None  # requests: handled by a later capability (move)
+
+
+class LeaseKeeper:
+    """Sends a keepalive every ``interval`` seconds from its own thread and reports each outcome.
+
+    It never decides anything: the agent turns ``KeepaliveAcked`` into a new deadline and acts
+    when the deadline passes, whatever this thread is doing (a keepalive can hang up to the RPC
+    timeout; it cannot hold the deadline back).
+    """
+
+    def __init__(self, store: Store, lease_id: int, interval: float, sink: Sink) -> None:
+        self.store = store
+        self.lease_id = lease_id
+        self.interval = interval
+        self.sink = sink
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="haagent-keepalive", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.store.cfg.timeout + 1.0)
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                ttl, sent = self.store.keepalive(self.lease_id)
+            except STORE_ERRORS as exc:
+                if not failing:
+                    log.warning(
+                        "keepalive for lease %x failed: %s", self.lease_id, describe_error(exc)
+                    )
+                failing = True
+                self.sink(KeepaliveFailed(self.lease_id, describe_error(exc)))
+            else:
+                if ttl <= 0:
+                    self.sink(LeaseGone(self.lease_id, "etcd says the lease no longer exists"))
+                    return
+                if failing:
+                    log.info("keepalive for lease %x answered again", self.lease_id)
+                failing = False
+                self.sink(KeepaliveAcked(self.lease_id, sent, ttl))
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))

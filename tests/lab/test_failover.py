@@ -1,0 +1,170 @@
+"""End-to-end: three real agents, a real etcd, real namespaces, a real client."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from ipaddress import ip_address
+from pathlib import Path
+from subprocess import Popen
+
+import pytest
+
+from haagent.lab.probe import read_records, summarize
+from haagent.lab.topology import Lab
+from tests.lab.conftest import Agents, wait_until
+
+pytestmark = pytest.mark.lab
+
+PORT = 7000
+
+
+def client_probe(lab: Lab, target: object, *, tcp: bool = False) -> str | None:
+    """Ask the responder behind ``target`` who it is, from inside the client namespace."""
+    by = lab.probe_once(str(target), PORT, tcp=tcp, timeout=0.3)["by"]
+    return str(by) if by else None
+
+
+def probe_during(lab: Lab, target: object, seconds: float, tag: str) -> tuple[Path, Popen[bytes]]:
+    out = lab.workdir / f"probe-{tag}.jsonl"
+    proc = lab.start_probe(str(target), out, port=PORT, interval=0.005, duration=seconds)
+    # The probe is ready once it has written its first record.
+    wait_until(lambda: out.exists() and out.stat().st_size > 0, 5)
+    return out, proc
+
+
+def etcd_holder(lab: Lab, cluster: str, vip: str) -> str | None:
+    r = lab.run(
+        lab.client,
+        [
+            "etcdctl",
+            "--endpoints",
+            ",".join(lab.etcd_endpoints),
+            "get",
+            f"/haagent/v1/{cluster}/vips/{vip}/holder",
+            "--print-value-only",
+        ],
+        check=False,
+    )
+    out = r.stdout.strip()
+    return json.loads(out)["node"] if out else None
+
+
+def test_exactly_one_holder_and_client_reaches_it(lab: Lab, agents: Agents) -> None:
+    agents.start_all()
+    v4, v6 = lab.vip4(0), lab.vip6(0)
+    h4 = agents.wait_single_holder(v4)
+    h6 = agents.wait_single_holder(v6)
+    assert etcd_holder(lab, agents.cluster, "web4") == h4
+    assert etcd_holder(lab, agents.cluster, "web6") == h6
+    for target, holder in ((v4, h4), (v6, h6)):
+        assert client_probe(lab, target) == holder, f"UDP to {target}\n{agents.dump()}"
+        assert client_probe(lab, target, tcp=True) == holder, f"TCP to {target}"
+    # Still exactly one holder after things settled (no late second bind).
+    time.sleep(0.5)
+    assert agents.holders(v4) == [h4] and agents.holders(v6) == [h6]
+    acquired = agents.events(lab.host(h4), r"acquired vip web4 .*: ")
+    assert acquired, agents.dump()
+
+
+def test_sigterm_hands_over_within_a_second(lab: Lab, agents: Agents) -> None:
+    agents.ttl = 5  # a takeover within 1 s proves it came from the watch, not lease expiry
+    agents.start_all()
+    v4 = lab.vip4(0)
+    old = agents.wait_single_holder(v4)
+    out, probe = probe_during(lab, v4, 4.0, "sigterm")
+    time.sleep(0.5)
+    agents.signal(lab.host(old), signal.SIGTERM)
+    assert agents.wait_exit(lab.host(old), timeout=1.0) == 0, "agent did not exit within 1 s"
+    probe.wait(timeout=15)
+    s = summarize(read_records(out))
+    assert len(s.responders) == 2 and s.responders[0] == old, (s.responders, agents.dump())
+    new = s.responders[1]
+    # One switch from old to new, never back, never interleaved.
+    assert [(a, b) for _, a, b in s.transitions] == [(old, new)]
+    assert s.longest_gap_ms is not None and s.longest_gap_ms < 1000, s.longest_gap_ms
+    assert agents.holders(v4) == [new]
+    assert agents.events(lab.host(old), r"released vip web4 .*: shutdown"), agents.log(
+        lab.host(old)
+    )
+
+
+def test_sigkill_and_link_cut_fails_over_within_ttl(lab: Lab, agents: Agents) -> None:
+    agents.start_all()
+    v4 = lab.vip4(0)
+    old = agents.wait_single_holder(v4)
+    old_host = lab.host(old)
+    agents.signal(old_host, signal.SIGKILL, group=True)
+    lab.cut_link(old_host)
+    t0 = time.monotonic()
+    new = wait_until(
+        lambda: [h for h in agents.holders(v4) if h != old] or None, agents.ttl + 1.0, 0.02
+    )
+    took = time.monotonic() - t0
+    assert new, f"no takeover within TTL + 1 s\n{agents.dump()}"
+    assert client_probe(lab, v4) == new[0]  # type: ignore[index]
+    assert took <= agents.ttl + 1.0
+
+
+def test_holder_cut_from_etcd_unbinds_before_new_holder_binds(lab: Lab, agents: Agents) -> None:
+    agents.start_all()
+    v4 = lab.vip4(0)
+    old = agents.wait_single_holder(v4)
+    old_host = lab.host(old)
+    out, probe = probe_during(lab, v4, agents.ttl + 4.0, "partition")
+    time.sleep(0.3)
+    lab.block_etcd(old_host)  # clients still reach it; etcd does not
+    probe.wait(timeout=30)
+    s = summarize(read_records(out))
+    assert len(s.responders) == 2 and s.responders[0] == old, (s.responders, agents.dump())
+    new = s.responders[1]
+    # The client saw one switch and never an answer from the old holder afterwards.
+    assert [(a, b) for _, a, b in s.transitions] == [(old, new)], s.transitions
+    new_host = lab.host(new)
+    released = agents.events(old_host, r"released vip web4 .*lease deadline passed")
+    acquired = agents.events(new_host, r"acquired vip web4 ")
+    assert released, agents.log(old_host)
+    assert acquired, agents.log(new_host)
+    assert released[-1].at < acquired[-1].at, (
+        f"old holder released at {released[-1].at}, new bound at {acquired[-1].at}"
+    )
+    assert agents.holders(v4) == [new]
+
+
+def test_restarted_agent_removes_stale_address_and_never_doubles(lab: Lab, agents: Agents) -> None:
+    agents.start_all()
+    v4 = lab.vip4(0)
+    old = agents.wait_single_holder(v4)
+    old_host = lab.host(old)
+    # A crash with the link cut leaves the address bound on the old host, out of reach.
+    agents.signal(old_host, signal.SIGKILL, group=True)
+    lab.cut_link(old_host)
+    new = wait_until(lambda: [h for h in agents.holders(v4) if h != old] or None, agents.ttl + 2)
+    assert new, agents.dump()
+    assert v4 in lab.bound(old_host)  # the stale address
+    agents.start(old_host)  # restart while still cut off from the switch: it must clean up
+    wait_until(lambda: v4 not in lab.bound(old_host), 10)
+    lab.restore_link(old_host)
+    assert v4 not in lab.bound(old_host), agents.log(old_host)
+    time.sleep(1.0)
+    assert agents.holders(v4) == new
+    assert "removed stale address of vip web4" in agents.log(old_host)
+
+
+def test_restart_within_ttl_adopts_lease_without_failover(lab: Lab, agents: Agents) -> None:
+    agents.ttl = 5
+    agents.start_all()
+    v4 = lab.vip4(0)
+    old = agents.wait_single_holder(v4)
+    old_host = lab.host(old)
+    agents.signal(old_host, signal.SIGKILL, group=True)
+    agents.wait_exit(old_host, 2)
+    agents.start(old_host)
+    assert wait_until(lambda: "adopted lease" in agents.log(old_host), 10), agents.log(old_host)
+    # Stays with the old host the whole time: nobody else ever binds it.
+    for _ in range(20):
+        assert agents.holders(v4) == [old]
+        time.sleep(0.1)
+    assert etcd_holder(lab, agents.cluster, "web4") == old
+    assert ip_address(str(v4)) in lab.bound(old_host)
