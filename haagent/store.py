@@ -340,7 +340,7 @@ class Store:
                 broken = False
             backoff = 0.1
             err = self._pump(inbox, sink)
-            with contextlib.suppress(ETCD_ERRORS):
+            with contextlib.suppress(*ETCD_ERRORS):
                 self.client.cancel_watch(watch_id)
             if err is not None:
                 broken = self._watch_failed(sink, broken, err, 0.0)
