@@ -813,6 +813,17 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
             "the agent could still hold its VIPs when etcd expires its lease and another node "
             "takes them over; lower etcd.timeout or raise lease.margin",
         )
+    elif timeout is not _MISSING and not col.errors:
+        # A keepalive that hangs for the whole timeout must still leave room for the next one
+        # before the deadline, or one slow etcd answer costs every VIP this node holds.
+        budget = lease.ttl - lease.margin
+        if lease.interval + timeout >= budget:
+            col.error(
+                "lease.keepalive_interval",
+                f"keepalive interval ({lease.interval:g} s) + etcd.timeout ({timeout:g} s) must be "
+                f"less than lease.ttl - lease.margin ({budget:g} s): otherwise a single slow "
+                "keepalive makes the agent drop its VIPs; shorten the interval or raise lease.ttl",
+            )
     announce = _parse_announce(col, raw.get("announce"), "announce", AnnounceConfig())
     vips = _parse_vips(col, raw.get("vips"), announce)
 

@@ -115,7 +115,8 @@ class Store:
             )
         endpoints = [
             pyetcd.Endpoint(
-                host,
+                # gRPC targets are "host:port": an IPv6 literal needs its brackets back.
+                f"[{host}]" if ":" in host else host,
                 port,
                 secure=secure,
                 creds=creds if secure else None,

@@ -8,7 +8,6 @@ the client keep reaching it. Tears everything down unless --keep is given.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import subprocess
 import sys
@@ -83,14 +82,13 @@ def _probe(lab: Lab, ip: IPv4Address | IPv6Address, seconds: float) -> subproces
 
 
 def _summarise(lab: Lab, ip: IPv4Address | IPv6Address) -> None:
-    from haagent.lab.probe import ProbeRecord, summarize
+    from haagent.lab.probe import read_records, summarize
 
-    path = lab.workdir / f"probe-{ip.version}.jsonl"
-    records = [ProbeRecord(**json.loads(line)) for line in path.read_text().splitlines() if line]
-    s = summarize(records)
+    s = summarize(read_records(lab.workdir / f"probe-{ip.version}.jsonl"))
+    gap = "n/a" if s.longest_gap_ms is None else f"{s.longest_gap_ms:.0f} ms"
     console.print(
-        f"client probes to {ip}: {s.answered}/{len(records)} answered, "
-        f"longest gap {s.longest_gap_ms:.0f} ms, answered by {' → '.join(s.responders)}"
+        f"client probes to {ip}: {s.answered}/{s.sent} answered, longest gap {gap}, "
+        f"answered by {' → '.join(s.responders) or 'nobody'}"
     )
 
 

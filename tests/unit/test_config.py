@@ -817,3 +817,12 @@ def test_describe_summarises():
     assert "2001:db8::200/128 on eth1 (announce 5 x 0.2 s, refresh every 10 s)" in text
     assert "hunter2-pw" not in text
     assert len(text.splitlines()) == 6
+
+
+def test_keepalive_interval_plus_timeout_must_fit_before_the_deadline():
+    # 2.5 s between keepalives + 1 s for one to hang = 3.5 s: the deadline (5 - 1.5) is missed.
+    key, reason = one_error(doc(lease={"ttl": 5, "margin": 1.5, "keepalive_interval": 2.5}))
+    assert key == "lease.keepalive_interval"
+    assert "+ etcd.timeout (1 s)" in reason and "single slow keepalive" in reason
+    cfg = parse_config(doc(lease={"ttl": 5, "margin": 1.5, "keepalive_interval": 2.4}))
+    assert cfg.lease.interval == 2.4
