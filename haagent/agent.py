@@ -45,7 +45,14 @@ from haagent.lease import LeaseClock
 from haagent.net.addresses import AddressManager, NetError
 from haagent.net.announce import Announcer
 from haagent.schema import HolderRecord, Keys, MemberRecord
-from haagent.store import ETCD_ERRORS, STORE_ERRORS, LeaseKeeper, Store, describe_error
+from haagent.store import (
+    ETCD_ERRORS,
+    STORE_ERRORS,
+    LeaseKeeper,
+    Store,
+    StoreError,
+    describe_error,
+)
 
 log = logging.getLogger("haagent.agent")
 
@@ -159,7 +166,7 @@ class Agent:
             self.cfg.lease.ttl,
             self.cfg.lease.margin,
         )
-        self.store.connect()
+        self._connect()
         snap = self.store.snapshot()
         lease_id = self._adopt_or_grant(snap)
         self._reconcile_addresses(snap, lease_id)
@@ -172,6 +179,23 @@ class Agent:
         self._keeper = LeaseKeeper(self.store, lease_id, self.cfg.lease.interval, self.events.put)
         self._keeper.start()
         self.store.start_watch(snap.revision + 1, self.events.put)
+
+    def _connect(self) -> None:
+        """Connect to etcd; if it does not answer at once, drop VIP addresses left bound.
+
+        An address from an earlier run may only stay if etcd confirms this node still holds it
+        on a live lease. Until etcd answers nothing is confirmed, and the other nodes may
+        already have moved on, so waiting with the address bound could make two holders.
+        """
+        try:
+            self.store.connect(give_up_after=self.cfg.lease.margin)
+            return
+        except StoreError as exc:
+            reason = f"etcd unreachable at start-up ({exc}), cannot prove this node holds it"
+        for name, vip in self.vips.items():
+            if self.net.unbind(vip.interface, vip.address):
+                log.info("removed stale address of vip %s (%s): %s", name, vip.address, reason)
+        self.store.connect()
 
     def _previous_lease(self) -> int | None:
         try:

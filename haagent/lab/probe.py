@@ -329,6 +329,11 @@ def write_records(records: Iterable[ProbeRecord], out: Path | None) -> None:
         tmp.replace(out)
 
 
+def started_marker(out: Path) -> Path:
+    """The file a probe run creates when it starts sending (its records come at the end)."""
+    return out.with_name(out.name + ".started")
+
+
 def read_records(path: Path) -> list[ProbeRecord]:
     records = []
     for line in path.read_text().splitlines():
@@ -374,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if args.out is not None:
+        # Records are written at the end; this marker lets a test act once probing has begun.
+        started_marker(args.out).touch()
     records = run_probe(
         args.target,
         args.port,

@@ -11,7 +11,7 @@ from subprocess import Popen
 
 import pytest
 
-from haagent.lab.probe import read_records, summarize
+from haagent.lab.probe import read_records, started_marker, summarize
 from haagent.lab.topology import Lab
 from tests.lab.conftest import Agents, wait_until
 
@@ -29,8 +29,7 @@ def client_probe(lab: Lab, target: object, *, tcp: bool = False) -> str | None:
 def probe_during(lab: Lab, target: object, seconds: float, tag: str) -> tuple[Path, Popen[bytes]]:
     out = lab.workdir / f"probe-{tag}.jsonl"
     proc = lab.start_probe(str(target), out, port=PORT, interval=0.005, duration=seconds)
-    # The probe is ready once it has written its first record.
-    wait_until(lambda: out.exists() and out.stat().st_size > 0, 5)
+    assert wait_until(started_marker(out).exists, 10), "probe did not start"
     return out, proc
 
 
