@@ -98,7 +98,6 @@ class Agent:
         self._keeper: LeaseKeeper | None = None
         self._net: AddressManager | None = None
         self._announcer: Announcer | None = None
-        self._macs: dict[str, str] = {}
         self._running = False
         self._lock_fd: int | None = None
 
@@ -113,6 +112,7 @@ class Agent:
             self._lock()
             self._net = AddressManager()
             self._announcer = Announcer()
+            self._announcer.prepare({v.interface for v in self.vips.values()})
             self._start()
             self._running = True
             self._loop()
@@ -497,8 +497,8 @@ class Agent:
             return
         if remaining > 0:
             try:
-                mac = self._macs.get(vip.interface) or self.net.mac(vip.interface)
-                self._macs[vip.interface] = mac
+                # Read each time (0.6 ms): an interface re-created since start has a new MAC.
+                mac = self.net.mac(vip.interface)
                 self._announcer.announce(
                     vip.interface, vip.ip, mac, arp_reply=vip.announce.arp_reply
                 )
