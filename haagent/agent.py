@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from haagent.events import (
     WatchBroken,
     WatchResumed,
 )
+from haagent.fence import FenceClient
 from haagent.lease import LeaseClock
 from haagent.net.addresses import AddressManager, NetError
 from haagent.net.announce import Announcer
@@ -98,7 +100,8 @@ class Agent:
         self._keeper: LeaseKeeper | None = None
         self._net: AddressManager | None = None
         self._announcer: Announcer | None = None
-        self._running = False
+        self._fence = FenceClient()
+        self._stop_requested = threading.Event()
         self._lock_fd: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -111,26 +114,31 @@ class Agent:
         try:
             self._lock()
             self._net = AddressManager()
+            self._fence.start()
             self._announcer = Announcer()
             self._announcer.prepare({v.interface for v in self.vips.values()})
+            self._check_stop()
             self._start()
-            self._running = True
             self._loop()
             return 0
         except _StopRequested:
             log.info("stopped during start-up")
             return 0
         finally:
-            self._running = False
             self._shutdown()
             for s, h in previous.items():
                 signal.signal(s, h)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Never raise from here: the signal can land anywhere, even inside an import. Start-up
+        # checks the flag between steps; the loop sees the Stop event.
         name = signal.Signals(signum).name
-        if not self._running:
-            raise _StopRequested(name)
+        self._stop_requested.set()
         self.events.put(Stop(name))
+
+    def _check_stop(self) -> None:
+        if self._stop_requested.is_set():
+            raise _StopRequested()
 
     def _on_sighup(self, _signum: int, _frame: FrameType | None) -> None:
         log.warning(
@@ -167,6 +175,7 @@ class Agent:
             self.cfg.lease.margin,
         )
         self._connect()
+        self._check_stop()
         snap = self.store.snapshot()
         lease_id = self._adopt_or_grant(snap)
         self._reconcile_addresses(snap, lease_id)
@@ -188,14 +197,19 @@ class Agent:
         already have moved on, so waiting with the address bound could make two holders.
         """
         try:
-            self.store.connect(give_up_after=self.cfg.lease.margin)
+            self.store.connect(give_up_after=self.cfg.lease.margin, cancel=self._stop_requested)
             return
         except StoreError as exc:
             reason = f"etcd unreachable at start-up ({exc}), cannot prove this node holds it"
         for name, vip in self.vips.items():
             if self.net.unbind(vip.interface, vip.address):
                 log.info("removed stale address of vip %s (%s): %s", name, vip.address, reason)
-        self.store.connect()
+        self._check_stop()
+        try:
+            self.store.connect(cancel=self._stop_requested)
+        except StoreError:
+            self._check_stop()  # cancelled by a signal: a clean stop, not an error
+            raise
 
     def _previous_lease(self) -> int | None:
         try:
@@ -335,6 +349,8 @@ class Agent:
                 self.clock.acknowledged(lease_id, sent, ttl)
                 if not self.lease_ok and self.clock.valid(time.monotonic()):
                     self._regain_lease("keepalive answered again before the lease expired")
+                elif self.lease_ok:
+                    self._extend_bound()
             case LeaseGone(lease_id=lease_id, reason=reason):
                 if lease_id == self.clock.lease_id:
                     self._lease_gone(reason)
@@ -434,8 +450,11 @@ class Agent:
         self._check_deadline()
         if not self.lease_ok or e.state is not State.HOLDER:
             return
+        # The fence learns of the address before it exists: if we die right after binding,
+        # it still knows what to remove.
+        self._tell_fence()
         try:
-            self.net.bind(vip.interface, vip.address)
+            self.net.bind(vip.interface, vip.address, lifetime=self._lifetime())
         except NetError as exc:
             log.error(
                 "cannot bind vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, exc
@@ -471,6 +490,36 @@ class Agent:
         log.info(
             "released vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, action.reason
         )
+        self._tell_fence()
+
+    def _held(self) -> list[VipConfig]:
+        return [self.vips[n] for n, e in self.elections.items() if e.state is State.HOLDER]
+
+    def _lifetime(self) -> int | None:
+        return self.clock.address_lifetime(time.monotonic())
+
+    def _tell_fence(self) -> None:
+        deadline = self.clock.deadline if self.lease_ok else None
+        self._fence.tell(deadline, [(v.interface, v.address) for v in self._held()])
+
+    def _extend_bound(self) -> None:
+        """A keepalive was acknowledged: push the new deadline to the fence and the kernel."""
+        self._tell_fence()
+        lifetime = self._lifetime()
+        if lifetime is None:
+            return
+        for vip in self._held():
+            try:
+                if not self.net.refresh(vip.interface, vip.address, lifetime):
+                    log.error(
+                        "vip %s (%s) vanished from %s while held; binding it again",
+                        vip.name,
+                        vip.address,
+                        vip.interface,
+                    )
+                    self.net.bind(vip.interface, vip.address, lifetime=lifetime)
+            except NetError as exc:
+                log.error("cannot refresh vip %s (%s): %s", vip.name, vip.address, exc)
 
     def _resign(self, e: Election, action: Resign) -> None:
         try:
@@ -543,6 +592,7 @@ class Agent:
         for e in self.elections.values():
             with contextlib.suppress(Exception):
                 self._execute(e, e.shutdown("shutdown"))
+        self._fence.stop()
         if self._keeper is not None:
             self._keeper.stop()
         lease_id = self.clock.lease_id

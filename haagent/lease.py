@@ -11,7 +11,12 @@ Pure logic over a monotonic clock passed in by the caller, so it is testable wit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+# The kernel checks address lifetimes on whole-second ticks, so an address can outlive its
+# valid_lft by up to a second (measured: 0.01-0.35 s on Linux 6.x).
+KERNEL_LIFETIME_SLACK = 1.0
 
 
 @dataclass
@@ -38,6 +43,19 @@ class LeaseClock:
 
     def remaining(self, now: float) -> float | None:
         return None if self.deadline is None else self.deadline - now
+
+    def address_lifetime(self, now: float) -> int | None:
+        """Whole seconds of valid_lft that let the kernel drop a VIP before etcd can expire us.
+
+        etcd cannot expire the lease before ``last_ack + ttl`` (= deadline + margin). An address
+        given ``L`` seconds now is gone by ``now + L + slack``; the largest L that keeps that
+        before etcd's expiry, at least 1 (the kernel's minimum; with margin < 1 s the backstop
+        may then lag etcd's expiry by up to 1 s - margin, see docs/safety.md).
+        """
+        if self.deadline is None:
+            return None
+        earliest_expiry = self.deadline + self.margin
+        return max(1, math.floor(earliest_expiry - now - KERNEL_LIFETIME_SLACK))
 
     def forget(self) -> None:
         """The lease is gone (revoked, expired, or its deadline passed)."""

@@ -34,6 +34,7 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_delay,
     stop_never,
+    stop_when_event_set,
     wait_exponential,
 )
 
@@ -77,6 +78,10 @@ def describe_error(exc: BaseException) -> str:
         details = exc.details() if hasattr(exc, "details") else str(exc)
         return f"{getattr(code, 'name', code)}: {details}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _wait(event: threading.Event, seconds: float) -> None:
+    event.wait(seconds)
 
 
 def _grpc_options() -> list[tuple[str, int]]:
@@ -135,8 +140,14 @@ class Store:
         client.status()  # prove it answers before anyone relies on it
         return client
 
-    def connect(self, *, give_up_after: float | None = None) -> None:
-        """Connect, retrying with capped exponential backoff; forever unless ``give_up_after``."""
+    def connect(
+        self, *, give_up_after: float | None = None, cancel: threading.Event | None = None
+    ) -> None:
+        """Connect, retrying with capped exponential backoff.
+
+        Forever unless ``give_up_after`` seconds pass or ``cancel`` is set (then StoreError).
+        """
+        cancel = cancel or threading.Event()
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -152,7 +163,9 @@ class Store:
         retrying = Retrying(
             retry=retry_if_exception_type(ETCD_ERRORS),
             wait=wait_exponential(multiplier=0.2, max=5.0),
-            stop=stop_never if give_up_after is None else stop_after_delay(give_up_after),
+            stop=(stop_never if give_up_after is None else stop_after_delay(give_up_after))
+            | stop_when_event_set(cancel),
+            sleep=lambda seconds: _wait(cancel, seconds),  # a set cancel cuts the backoff short
             before_sleep=before_sleep,
             reraise=True,
         )

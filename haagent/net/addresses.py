@@ -104,7 +104,7 @@ class AddressManager:
 
     # -- changes ------------------------------------------------------------------------
 
-    def bind(self, ifname: str, address: IPInterface) -> bool:
+    def bind(self, ifname: str, address: IPInterface, *, lifetime: int | None = None) -> bool:
         """Add ``address`` to ``ifname``; True if added, False if its IP was already there.
 
         IPv6 is added with IFA_F_NODAD: it is usable at once instead of tentative for DAD's
@@ -114,31 +114,44 @@ class AddressManager:
         without the flag IPv6 adds a redundant /128 route to the main table. Wider prefixes
         get the kernel's usual prefix route, which it removes again on unbind unless another
         address of the same prefix still needs it.
+
+        With ``lifetime`` (whole seconds, >= 1) the address gets that valid and preferred
+        lifetime and the kernel deletes it by itself when it runs out (see ``refresh``); an
+        address already bound gets the new lifetime too.
         """
         ip = address.ip
-        flags = 0
-        if ip.version == 6:
-            flags |= IFA_F_NODAD
-        if address.network.prefixlen == ip.max_prefixlen:
-            flags |= IFA_F_NOPREFIXROUTE
         with self._lock:
             index = self._index(ifname, f"cannot bind {address} on {ifname}")
             assert index is not None
-            if self._prefixes(index, ip):
+            present = bool(self._prefixes(index, ip))
+            if present and lifetime is None:
                 return False
             try:
-                self._ipr.addr(
-                    "add",
-                    index=index,
-                    family=AF_INET if ip.version == 4 else AF_INET6,
-                    address=str(ip),
-                    prefixlen=address.network.prefixlen,
-                    flags=flags,
-                )
+                self._add("replace" if present else "add", index, address, lifetime)
             except NetlinkError as exc:
                 if exc.code == errno.EEXIST:  # raced with someone else adding it
                     return False
                 raise NetError(f"cannot bind {address} on {ifname}: {_reason(exc)}") from exc
+            return not present
+
+    def refresh(self, ifname: str, address: IPInterface, lifetime: int) -> bool:
+        """Reset the lifetime of a bound address; False (and nothing added) if it is absent.
+
+        The kernel removes an address whose valid lifetime ran out on its own, 0-0.35 s late
+        as measured (it checks on whole-second ticks). An agent that refreshes the lifetime
+        only on each acknowledged etcd keepalive therefore loses the address by itself once
+        it stops proving its lease — also when it is frozen or killed with everything it
+        started.
+        """
+        ip = address.ip
+        with self._lock:
+            index = self._index(ifname, f"cannot refresh {ip} on {ifname}", missing_ok=True)
+            if index is None or not self._prefixes(index, ip):
+                return False
+            try:
+                self._add("replace", index, address, lifetime)
+            except NetlinkError as exc:
+                raise NetError(f"cannot refresh {address} on {ifname}: {_reason(exc)}") from exc
             return True
 
     def unbind(self, ifname: str, address: IPInterface) -> bool:
@@ -171,6 +184,28 @@ class AddressManager:
             return removed
 
     # -- helpers (caller holds the lock) ------------------------------------------------
+
+    def _add(self, op: str, index: int, address: IPInterface, lifetime: int | None) -> None:
+        ip = address.ip
+        flags = 0
+        if ip.version == 6:
+            flags |= IFA_F_NODAD
+        if address.network.prefixlen == ip.max_prefixlen:
+            flags |= IFA_F_NOPREFIXROUTE
+        extra: dict[str, Any] = {}
+        if lifetime is not None:
+            if lifetime < 1:
+                raise ValueError(f"address lifetime must be at least 1 s, got {lifetime}")
+            extra["IFA_CACHEINFO"] = {"ifa_preferred": lifetime, "ifa_valid": lifetime}
+        self._ipr.addr(
+            op,
+            index=index,
+            family=AF_INET if ip.version == 4 else AF_INET6,
+            address=str(ip),
+            prefixlen=address.network.prefixlen,
+            flags=flags,
+            **extra,
+        )
 
     def _netlink(self, what: str = "netlink request") -> Any:
         if self._ipr is None:

@@ -29,3 +29,19 @@ def test_new_lease_resets_and_forget_invalidates():
     assert c.lease_id == 2 and c.deadline == 14.0
     c.forget()
     assert not c.valid(0.0) and c.remaining(0.0) is None
+
+
+def test_address_lifetime_expires_before_etcd_can():
+    c = LeaseClock(ttl=5, margin=1.5)
+    assert c.address_lifetime(0.0) is None
+    c.acknowledged(1, sent_at=100.0, granted_ttl=5)  # etcd expiry no earlier than 105.0
+    lifetime = c.address_lifetime(100.01)
+    assert lifetime == 3
+    # Even if the kernel is a whole second late, the address is gone by etcd's expiry.
+    assert 100.01 + lifetime + 1.0 <= 105.0
+
+
+def test_address_lifetime_never_below_one_second():
+    c = LeaseClock(ttl=2, margin=0.5)
+    c.acknowledged(1, sent_at=0.0, granted_ttl=2)
+    assert c.address_lifetime(1.4) == 1

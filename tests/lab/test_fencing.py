@@ -1,0 +1,99 @@
+"""Dead or frozen agent ⇒ dead address, before anyone else can bind it.
+
+Every peer we measured (keepalived, vip-manager, ucarp) left the VIP bound on the old host when
+only its daemon was SIGKILLed. These tests kill or freeze the holder's agent while its host and
+link stay up, and watch every host's kernel the whole time: the address must never be bound on
+two hosts at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from ipaddress import IPv4Address, IPv6Address
+
+import pytest
+
+from haagent.lab.topology import Lab
+from tests.lab.conftest import Agents, wait_until
+
+pytestmark = pytest.mark.lab
+
+
+class BoundWatcher:
+    """Samples which hosts have the VIP bound, continuously, from a thread (bounded run)."""
+
+    def __init__(self, agents: Agents, ip: IPv4Address | IPv6Address) -> None:
+        self.agents = agents
+        self.ip = ip
+        self.samples: list[tuple[float, list[str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 120
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self.samples.append((time.monotonic(), self.agents.holders(self.ip)))
+
+    def __enter__(self) -> BoundWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def doubles(self) -> list[tuple[float, list[str]]]:
+        return [(t, hs) for t, hs in self.samples if len(hs) > 1]
+
+
+def _other_holder(agents: Agents, ip: IPv4Address | IPv6Address, old: str, timeout: float) -> str:
+    got = wait_until(lambda: [h for h in agents.holders(ip) if h != old] or None, timeout, 0.02)
+    assert got, f"no takeover from {old} within {timeout}s\n{agents.dump()}"
+    assert isinstance(got, list)
+    return str(got[0])
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_sigkill_of_the_agents_process_group_never_leaves_two_holders(
+    lab: Lab, agents: Agents, family: int
+) -> None:
+    agents.start_all()
+    ip = lab.vip4(0) if family == 4 else lab.vip6(0)
+    vip = "web4" if family == 4 else "web6"
+    with BoundWatcher(agents, ip) as watcher:
+        for _ in range(3):
+            old = agents.wait_single_holder(ip)
+            old_host = lab.host(old)
+            agents.signal(old_host, signal.SIGKILL, group=True)
+            # The fence removes the address as soon as the agent's pipe closes.
+            gone = wait_until(lambda: ip not in lab.bound(old_host), 2, 0.01)  # noqa: B023
+            assert gone, agents.log(old_host)
+            new = _other_holder(agents, ip, old, agents.ttl + 2)
+            assert f"fence removed {ip}" in agents.log(old_host)
+            agents.wait_exit(old_host, 5)
+            agents.start(old_host)  # back as a standby for the next round
+            assert agents.wait_single_holder(ip) == new
+    assert watcher.samples, "watcher took no samples"
+    assert watcher.doubles() == [], f"{vip} bound on two hosts: {watcher.doubles()[:5]}"
+
+
+def test_frozen_agent_loses_the_address_before_the_lease_expires(lab: Lab, agents: Agents) -> None:
+    agents.start_all()
+    ip = lab.vip4(0)
+    with BoundWatcher(agents, ip) as watcher:
+        for _ in range(2):
+            old = agents.wait_single_holder(ip)
+            old_host = lab.host(old)
+            agents.signal(old_host, signal.SIGSTOP)
+            try:
+                new = _other_holder(agents, ip, old, agents.ttl + 2)
+                assert ip not in lab.bound(old_host)
+            finally:
+                agents.signal(old_host, signal.SIGCONT)
+            # Thawed, it finds its deadline long gone and stays a standby.
+            time.sleep(agents.ttl)
+            assert agents.holders(ip) == [new], agents.log(old_host)
+    assert watcher.doubles() == [], f"bound on two hosts: {watcher.doubles()[:5]}"
+    assert "lease deadline passed" in agents.log(old_host)

@@ -1,0 +1,57 @@
+"""The fence's decisions (pure); the lab tests show it removing real addresses."""
+
+from ipaddress import ip_interface
+
+from haagent.fence import Fence
+
+V4 = ("eth0", ip_interface("198.51.100.200/32"))
+V6 = ("eth0", ip_interface("2001:db8::200/128"))
+MSG = {
+    "deadline": 10.0,
+    "addresses": [["eth0", "198.51.100.200/32"], ["eth0", "2001:db8::200/128"]],
+}
+
+
+def test_nothing_to_do_without_addresses():
+    f = Fence()
+    f.update({"deadline": 1.0, "addresses": []})
+    assert f.timeout(5.0) is None
+    assert f.due(5.0) == ([], "")
+
+
+def test_waits_until_the_deadline_then_removes_everything_once():
+    f = Fence()
+    f.update(MSG)
+    assert f.timeout(4.0) == 6.0
+    assert f.due(9.99) == ([], "")
+    addresses, reason = f.due(10.25)
+    assert addresses == [V4, V6]
+    assert reason == "lease deadline passed 250 ms ago and the agent did not act"
+    assert f.due(11.0) == ([], "")
+
+
+def test_newer_deadline_postpones():
+    f = Fence()
+    f.update(MSG)
+    f.update({**MSG, "deadline": 20.0})
+    assert f.due(15.0) == ([], "")
+
+
+def test_addresses_without_a_deadline_are_due_at_once():
+    f = Fence()
+    f.update({"deadline": None, "addresses": MSG["addresses"]})
+    assert f.timeout(0.0) is None
+    assert f.due(0.0)[0] == [V4, V6]
+
+
+def test_exit_message_stops_and_keeps_nothing_to_remove_by_itself():
+    f = Fence()
+    f.update(MSG)
+    assert f.update({"exit": True}) is False
+
+
+def test_take_on_agent_death_returns_everything_once():
+    f = Fence()
+    f.update(MSG)
+    assert f.take() == [V4, V6]
+    assert f.take() == []
