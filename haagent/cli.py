@@ -99,6 +99,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from haagent.config import ConfigErrors, load_config
+    from haagent.net.addresses import AddressManager, NetError
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigErrors as exc:
+        _print_config_errors(exc)
+        return EXIT_ERROR
+    status = EXIT_OK
+    with AddressManager() as net:
+        for vip in cfg.vips:
+            try:
+                removed = net.unbind(vip.interface, vip.address)
+            except NetError as exc:
+                print(f"error: vip {vip.name}: {exc}", file=sys.stderr)
+                status = EXIT_ERROR
+                continue
+            state = "removed" if removed else "not bound"
+            print(f"vip {vip.name} ({vip.address} on {vip.interface}): {state}")
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="haagent",
@@ -144,6 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="machine-readable result")
     check.set_defaults(func=cmd_check_config)
+
+    cleanup = sub.add_parser(
+        "cleanup",
+        help="remove every configured VIP address from this host",
+        description=(
+            "Remove every VIP address of the config from this host, whoever holds it. Meant "
+            "for the service manager after the agent stopped or died (systemd: "
+            "ExecStopPost=haagent cleanup -c FILE): an agent that is not running holds nothing. "
+            "Do not run it while the agent runs."
+        ),
+    )
+    cleanup.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
+    cleanup.set_defaults(func=cmd_cleanup)
 
     try:
         from haagent.lab.cli import add_lab_parser

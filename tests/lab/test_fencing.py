@@ -8,7 +8,9 @@ two hosts at once.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 import time
 from ipaddress import IPv4Address, IPv6Address
@@ -97,3 +99,38 @@ def test_frozen_agent_loses_the_address_before_the_lease_expires(lab: Lab, agent
             assert agents.holders(ip) == [new], agents.log(old_host)
     assert watcher.doubles() == [], f"bound on two hosts: {watcher.doubles()[:5]}"
     assert "lease deadline passed" in agents.log(old_host)
+
+
+def _fence_pid(lab: Lab, agents: Agents, host_role: str) -> int:
+    agent_pid = agents.procs[host_role].pid
+    out = lab.run(lab.host(host_role), ["pgrep", "-P", str(agent_pid), "-f", "haagent.fence"])
+    return int(out.stdout.split()[0])
+
+
+def test_kernel_lifetime_removes_the_address_when_agent_and_fence_die(
+    lab: Lab, agents: Agents
+) -> None:
+    agents.start_all()
+    ip = lab.vip4(0)
+    with BoundWatcher(agents, ip) as watcher:
+        old = agents.wait_single_holder(ip)
+        old_host = lab.host(old)
+        fence = _fence_pid(lab, agents, old)
+        os.kill(fence, signal.SIGKILL)  # the fence first, so it cannot act on the pipe closing
+        agents.signal(old_host, signal.SIGKILL, group=True)
+        gone = wait_until(lambda: ip not in lab.bound(old_host), agents.ttl + 1, 0.01)
+        assert gone, "the address outlived its lifetime"
+        _other_holder(agents, ip, old, agents.ttl + 2)
+    assert watcher.doubles() == [], f"bound on two hosts: {watcher.doubles()[:5]}"
+
+
+def test_cleanup_command_removes_configured_addresses(lab: Lab, agents: Agents) -> None:
+    host = lab.hosts[0]
+    agents.start(host)
+    assert agents.wait_single_holder(lab.vip4(0)) == host.role
+    agents.signal(host, signal.SIGKILL, group=True)
+    agents.wait_exit(host, 5)
+    lab.add_address(host, lab.vip4(0))  # as if fence and lifetime had not run
+    r = lab.run(host, [sys.executable, "-m", "haagent", "cleanup", "-c", str(agents.configs["h1"])])
+    assert "vip web4 (198.51.100.200/32 on eth0): removed" in r.stdout
+    assert lab.vip4(0) not in lab.bound(host)
