@@ -1,0 +1,107 @@
+"""etcd failures with a three-member etcd cluster: what the agents do, and that they stay safe."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from haagent.lab.probe import read_records, started_marker, summarize
+from haagent.lab.topology import Lab, Node
+from tests.lab.conftest import Agents, _unavailable, wait_until
+
+pytestmark = pytest.mark.lab
+
+ELECTION_TIMEOUT = 1.0  # the lab's etcd runs with --election-timeout 1000
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    why = _unavailable("ip", "etcd", "etcdctl", "nft")
+    if why is not None:
+        pytest.skip(why)
+    with Lab(hosts=3, etcd_members=3) as lab:
+        for h in lab.hosts:
+            lab.start_responder(h)
+        yield lab
+
+
+@pytest.fixture(autouse=True)
+def all_members_up(lab: Lab) -> Iterator[None]:
+    """Whatever a test kills, the next one starts with the whole etcd cluster healthy."""
+    yield
+    for m in lab.etcd_nodes:
+        if not lab.etcd.healthy(m):
+            lab.etcd.stop(m)
+            lab.etcd.start(m)
+    lab.etcd.wait_healthy()
+
+
+def leader(lab: Lab) -> Node:
+    out = lab.etcd.etcdctl("endpoint", "status", "-w", "json").stdout
+    statuses = json.loads(out)
+    leader_id = statuses[0]["Status"]["leader"]
+    for st in statuses:
+        if st["Status"]["header"]["member_id"] == leader_id:
+            host = st["Endpoint"].split("//")[1].rsplit(":", 1)[0]
+            return next(m for m in lab.etcd_nodes if str(m.ipv4) == host)
+    raise AssertionError(f"no leader in {statuses}")
+
+
+def probe(lab: Lab, target: object, seconds: float, tag: str) -> tuple[Path, object]:
+    out = lab.workdir / f"probe-{tag}.jsonl"
+    proc = lab.start_probe(str(target), out, interval=0.005, duration=seconds)
+    assert wait_until(started_marker(out).exists, 10), "probe did not start"
+    return out, proc
+
+
+def test_agent_started_while_etcd_unreachable_binds_nothing_then_campaigns(
+    lab: Lab, agents: Agents
+) -> None:
+    host = lab.hosts[0]
+    lab.block_etcd(host)
+    agents.start(host)
+    assert wait_until(lambda: "not reachable" in agents.log(host), 10), agents.log(host)
+    time.sleep(1.0)
+    assert agents.holders(lab.vip4(0)) == []
+    lab.unblock_etcd(host)
+    assert agents.wait_single_holder(lab.vip4(0), timeout=15) == host.role
+    assert "acquired vip web4" in agents.log(host)
+
+
+def test_losing_the_etcd_leader_costs_at_most_ttl_plus_election(lab: Lab, agents: Agents) -> None:
+    agents.start_all()
+    ip = lab.vip4(0)
+    agents.wait_single_holder(ip)
+    budget = agents.ttl + ELECTION_TIMEOUT
+    out, proc = probe(lab, ip, budget + 6, "leader")
+    time.sleep(0.5)
+    lab.etcd.kill(leader(lab))
+    proc.wait(timeout=60)  # type: ignore[attr-defined]
+    s = summarize(read_records(out))
+    assert s.answered > 0 and s.last_answered is not None
+    gap = s.longest_gap_ms or 0.0
+    assert gap <= budget * 1000, f"VIP unreachable for {gap:.0f} ms > {budget} s\n{agents.dump()}"
+    assert len(agents.holders(ip)) == 1
+    # The client never saw two hosts interleave.
+    assert len(s.transitions) <= 1, s.transitions
+
+
+def test_whole_etcd_cluster_down_drops_vips_at_the_deadline_and_recovers(
+    lab: Lab, agents: Agents
+) -> None:
+    agents.start_all()
+    ip = lab.vip4(0)
+    old = agents.wait_single_holder(ip)
+    for m in lab.etcd_nodes:
+        lab.etcd.kill(m)
+    # A host cannot tell "etcd is down for everyone" from "I am cut off": it drops at its deadline.
+    assert wait_until(lambda: agents.holders(ip) == [], agents.ttl + 1), agents.dump()
+    assert "lease deadline passed" in agents.log(lab.host(old))
+    for m in lab.etcd_nodes:
+        lab.etcd.start(m)
+    lab.etcd.wait_healthy()
+    agents.wait_single_holder(ip, timeout=20)
