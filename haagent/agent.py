@@ -50,6 +50,7 @@ from haagent.schema import HolderRecord, Keys, MemberRecord
 from haagent.store import (
     ETCD_ERRORS,
     STORE_ERRORS,
+    UNREADABLE,
     LeaseKeeper,
     Store,
     StoreError,
@@ -93,6 +94,7 @@ class Agent:
         self.elections = {v.name: Election(v.name, self.node) for v in cfg.vips}
         self.vips = {v.name: v for v in cfg.vips}
         self.members: dict[str, MemberRecord] = {}
+        self._purged: dict[str, int] = {}  # vip -> create_revision of the invalid key we deleted
         self.events: queue.Queue[Event] = queue.Queue()
         self.started = time.time()
         self._timers: list[_Timer] = []
@@ -183,7 +185,7 @@ class Agent:
         adopted = lease_id == self._previous_lease()
         self._lease_file.write_text(f"{lease_id:x}\n")
         for name, e in self.elections.items():
-            e.observe(snap.holders.get(name), snap.revision)
+            self._observe(e, snap.holders.get(name), snap.revision)
         self._set_lease_ok(True, "own key found on adopted lease" if adopted else "lease granted")
         self._keeper = LeaseKeeper(self.store, lease_id, self.cfg.lease.interval, self.events.put)
         self._keeper.start()
@@ -335,7 +337,7 @@ class Agent:
             case HolderChanged(vip=vip, holder=holder, revision=rev):
                 e = self.elections.get(vip)
                 if e is not None:
-                    self._execute(e, e.observe(holder, rev))
+                    self._observe(e, holder, rev)
             case Snapshot():
                 self._apply_snapshot(ev)
             case MemberChanged(node=node, member=member):
@@ -362,7 +364,37 @@ class Agent:
     def _apply_snapshot(self, snap: Snapshot) -> None:
         self.members = dict(snap.members)
         for name, e in self.elections.items():
-            self._execute(e, e.observe(snap.holders.get(name), snap.revision))
+            self._observe(e, snap.holders.get(name), snap.revision)
+
+    def _observe(self, e: Election, holder: Holder | None, revision: int) -> None:
+        """Feed etcd's view of a holder key to the election, removing keys no holder wrote.
+
+        A holder key that cannot be decoded, or that hangs on no lease (written by hand),
+        would block the VIP forever: nobody can create the key while it exists and no lease
+        expiry will ever delete it. No haagent writes such a key, so any agent that sees one
+        deletes exactly that key (compare create_revision) and the election proceeds.
+        A well-formed key on a live lease naming an unknown node is respected: it disappears
+        with its lease like any other.
+        """
+        if holder is not None and (holder.node == UNREADABLE or holder.lease == 0):
+            why = "unreadable value" if holder.node == UNREADABLE else "attached to no lease"
+            if self._purged.get(e.vip) != holder.create_revision:
+                self._purged[e.vip] = holder.create_revision
+                try:
+                    done = self.store.resign(e.vip, holder.create_revision)
+                except ETCD_ERRORS as exc:
+                    log.warning(
+                        "cannot delete invalid holder key of vip %s: %s", e.vip, describe_error(exc)
+                    )
+                else:
+                    log.warning(
+                        "deleted invalid holder key of vip %s (%s, created at revision %d)%s",
+                        e.vip,
+                        why,
+                        holder.create_revision,
+                        "" if done else ": already gone",
+                    )
+        self._execute(e, e.observe(holder, revision))
 
     def _regain_lease(self, reason: str) -> None:
         """After a deadline miss the lease turned out alive: re-read etcd, then hold again."""
