@@ -9,8 +9,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from haagent import __version__
+
+if TYPE_CHECKING:
+    from haagent.config import Config
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -44,13 +48,22 @@ def _print_config_errors(exc: Exception) -> None:
         print(f"error: {err}", file=sys.stderr)
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
-    from haagent.config import ConfigErrors, check_host, describe, load_config
+def _load(path: Path) -> Config | None:
+    """The config, or None after printing every error in it."""
+    from haagent.config import ConfigErrors, load_config
 
     try:
-        cfg = load_config(args.file)
+        return load_config(path)
     except ConfigErrors as exc:
         _print_config_errors(exc)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from haagent.config import check_host, describe
+
+    cfg = _load(args.file)
+    if cfg is None:
         return EXIT_ERROR
     problems = [] if args.no_host_checks else check_host(cfg)
     if args.json:
@@ -77,14 +90,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from haagent.agent import Agent, AgentError
-    from haagent.config import ConfigErrors, check_host, load_config
+    from haagent.config import check_host
     from haagent.net.addresses import NetError
     from haagent.store import StoreError
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigErrors as exc:
-        _print_config_errors(exc)
+    cfg = _load(args.config)
+    if cfg is None:
         return EXIT_ERROR
     setup_logging(args.log_level or cfg.log_level)
     problems = check_host(cfg)
@@ -100,13 +111,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from haagent.config import ConfigErrors, load_config
     from haagent.net.addresses import AddressManager, NetError
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigErrors as exc:
-        _print_config_errors(exc)
+    cfg = _load(args.config)
+    if cfg is None:
         return EXIT_ERROR
     status = EXIT_OK
     with AddressManager() as net:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from haagent.lab.probe import started_marker
 from haagent.lab.topology import Lab, Node
 
 
@@ -53,6 +54,16 @@ def wait_until(pred: Callable[[], object], timeout: float, interval: float = 0.0
         if time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+def start_probe(
+    lab: Lab, target: object, seconds: float, tag: str
+) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A client probe every 5 ms for ``seconds``; returns once it is sending."""
+    out = lab.workdir / f"probe-{tag}.jsonl"
+    proc = lab.start_probe(str(target), out, interval=0.005, duration=seconds)
+    assert wait_until(started_marker(out).exists, 10), "probe did not start"
+    return out, proc
 
 
 LOG_LINE = re.compile(r"^(\S+Z) (\w+) (\S+): (.*)$")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from haagent.lab.probe import read_records, started_marker, summarize
+from haagent.lab.probe import read_records, summarize
 from haagent.lab.topology import Lab, Node
-from tests.lab.conftest import Agents, _unavailable, wait_until
+from tests.lab.conftest import Agents, _unavailable, start_probe, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -51,13 +50,6 @@ def leader(lab: Lab) -> Node:
     raise AssertionError(f"no leader in {statuses}")
 
 
-def probe(lab: Lab, target: object, seconds: float, tag: str) -> tuple[Path, object]:
-    out = lab.workdir / f"probe-{tag}.jsonl"
-    proc = lab.start_probe(str(target), out, interval=0.005, duration=seconds)
-    assert wait_until(started_marker(out).exists, 10), "probe did not start"
-    return out, proc
-
-
 def test_agent_started_while_etcd_unreachable_binds_nothing_then_campaigns(
     lab: Lab, agents: Agents
 ) -> None:
@@ -77,10 +69,10 @@ def test_losing_the_etcd_leader_costs_at_most_ttl_plus_election(lab: Lab, agents
     ip = lab.vip4(0)
     agents.wait_single_holder(ip)
     budget = agents.ttl + ELECTION_TIMEOUT
-    out, proc = probe(lab, ip, budget + 6, "leader")
+    out, proc = start_probe(lab, ip, budget + 6, "leader")
     time.sleep(0.5)
     lab.etcd.kill(leader(lab))
-    proc.wait(timeout=60)  # type: ignore[attr-defined]
+    proc.wait(timeout=60)
     s = summarize(read_records(out))
     assert s.answered > 0 and s.last_answered is not None
     gap = s.longest_gap_ms or 0.0

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import time
-from ipaddress import ip_address
-from pathlib import Path
-from subprocess import Popen
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 
-from haagent.lab.probe import read_records, started_marker, summarize
+from haagent.lab.probe import read_records, summarize
 from haagent.lab.topology import Lab
-from tests.lab.conftest import Agents, wait_until
+from tests.lab.conftest import Agents, start_probe, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -24,13 +22,6 @@ def client_probe(lab: Lab, target: object, *, tcp: bool = False) -> str | None:
     """Ask the responder behind ``target`` who it is, from inside the client namespace."""
     by = lab.probe_once(str(target), PORT, tcp=tcp, timeout=0.3)["by"]
     return str(by) if by else None
-
-
-def probe_during(lab: Lab, target: object, seconds: float, tag: str) -> tuple[Path, Popen[bytes]]:
-    out = lab.workdir / f"probe-{tag}.jsonl"
-    proc = lab.start_probe(str(target), out, port=PORT, interval=0.005, duration=seconds)
-    assert wait_until(started_marker(out).exists, 10), "probe did not start"
-    return out, proc
 
 
 def etcd_holder(lab: Lab, cluster: str, vip: str) -> str | None:
@@ -72,7 +63,7 @@ def test_sigterm_hands_over_within_a_second(lab: Lab, agents: Agents) -> None:
     agents.start_all()
     v4 = lab.vip4(0)
     old = agents.wait_single_holder(v4)
-    out, probe = probe_during(lab, v4, 4.0, "sigterm")
+    out, probe = start_probe(lab, v4, 4.0, "sigterm")
     time.sleep(0.5)
     agents.signal(lab.host(old), signal.SIGTERM)
     assert agents.wait_exit(lab.host(old), timeout=1.0) == 0, "agent did not exit within 1 s"
@@ -111,7 +102,7 @@ def test_holder_cut_from_etcd_unbinds_before_new_holder_binds(lab: Lab, agents: 
     v4 = lab.vip4(0)
     old = agents.wait_single_holder(v4)
     old_host = lab.host(old)
-    out, probe = probe_during(lab, v4, agents.ttl + 4.0, "partition")
+    out, probe = start_probe(lab, v4, agents.ttl + 4.0, "partition")
     time.sleep(0.3)
     lab.block_etcd(old_host)  # clients still reach it; etcd does not
     probe.wait(timeout=30)
@@ -182,10 +173,10 @@ def test_sigterm_while_etcd_is_unreachable_at_start_up_exits_cleanly(
 
 def test_rolling_restart_keeps_every_vip_reachable(lab: Lab, agents: Agents) -> None:
     agents.start_all()
-    vips = {"v4": lab.vip4(0), "v6": lab.vip6(0)}
+    vips: dict[str, IPv4Address | IPv6Address] = {"v4": lab.vip4(0), "v6": lab.vip6(0)}
     for ip in vips.values():
         agents.wait_single_holder(ip)
-    probes = {tag: probe_during(lab, ip, 14.0, f"rolling-{tag}") for tag, ip in vips.items()}
+    probes = {tag: start_probe(lab, ip, 14.0, f"rolling-{tag}") for tag, ip in vips.items()}
     time.sleep(0.5)
     for host in lab.hosts:
         runs = agents.log(host).count("granted lease")  # the log is appended to across runs
