@@ -18,9 +18,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
+import os
 import re
+import shlex
+import shutil
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import (
     AddressValueError,
@@ -31,26 +34,38 @@ from ipaddress import (
     NetmaskValueError,
 )
 from pathlib import Path
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, TypeVar, get_args
+from urllib.parse import urlsplit
 
 import yaml
 
 __all__ = [
+    "CHECK_TYPES",
     "LOG_LEVELS",
     "NAME_RE",
+    "SHELL",
     "AnnounceConfig",
+    "CheckConfig",
+    "CheckType",
     "Config",
     "ConfigError",
     "ConfigErrors",
     "EtcdConfig",
+    "ExecCheckConfig",
+    "HttpCheckConfig",
+    "InterfaceCheckConfig",
     "LeaseConfig",
+    "NotifyConfig",
     "TLSConfig",
+    "TcpCheckConfig",
     "VipConfig",
     "check_host",
     "describe",
     "load_config",
     "parse_config",
     "parse_endpoint",
+    "program_problem",
 ]
 
 # Cluster, node and VIP names become etcd key segments: lower-case, no slashes.
@@ -154,12 +169,104 @@ class AnnounceConfig:
     arp_reply: bool = False  # also send the reply form of gratuitous ARP
 
 
+CheckType = Literal["tcp", "http", "exec", "interface"]
+CHECK_TYPES: tuple[CheckType, ...] = get_args(CheckType)
+SHELL = "/bin/sh"  # a command written as one string runs as (SHELL, "-c", string)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckConfig:
+    """What every health check has; the subclass for its ``type`` adds the rest.
+
+    A check turns healthy after ``rise`` consecutive passes and unhealthy after ``fall``
+    consecutive failures (see haagent.health.state for the start-up rule). Each run is given up
+    and counted as a failure after ``timeout`` seconds; ``timeout <= interval``.
+    """
+
+    type: ClassVar[CheckType]
+    name: str
+    interval: float = 2.0  # seconds between the starts of two runs
+    timeout: float = 1.0  # seconds one run may take
+    rise: int = 2  # consecutive passes to become healthy
+    fall: int = 3  # consecutive failures to become unhealthy
+
+
+@dataclass(frozen=True, kw_only=True)
+class TcpCheckConfig(CheckConfig):
+    """Passes when a TCP connection to host:port is established within the timeout."""
+
+    type: ClassVar[CheckType] = "tcp"
+    host: str = "127.0.0.1"  # an IP address or a host name (resolved at every run)
+    port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpCheckConfig(CheckConfig):
+    """Passes when the URL answers with an expected status (and body) within the timeout."""
+
+    type: ClassVar[CheckType] = "http"
+    url: str  # http:// or https://
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: tuple[int, ...] = ()  # empty: any 2xx or 3xx (redirects are not followed)
+    expect_body: str | None = None  # substring of the first 64 KiB of the body
+    tls_verify: bool = True  # https: verify the server certificate and host name
+
+    def status_ok(self, status: int) -> bool:
+        if self.expect_status:
+            return status in self.expect_status
+        return 200 <= status < 400
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecCheckConfig(CheckConfig):
+    """Passes when the command exits 0 within the timeout."""
+
+    type: ClassVar[CheckType] = "exec"
+    command: tuple[str, ...]  # argv; a string in the file becomes (SHELL, "-c", string)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterfaceCheckConfig(CheckConfig):
+    """Passes when the interface is administratively up and has carrier (IFF_UP, IFF_RUNNING)."""
+
+    type: ClassVar[CheckType] = "interface"
+    interface: str | None = None  # None: the interface of each VIP that uses the check
+
+    def interface_for(self, vip: VipConfig) -> str:
+        return self.interface if self.interface is not None else vip.interface
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Commands run when this host acquires or releases a VIP, or a VIP's checks fail.
+
+    Each is an argv tuple (a string in the file becomes ``(SHELL, "-c", string)``) or None.
+    """
+
+    on_acquire: tuple[str, ...] | None = None
+    on_release: tuple[str, ...] | None = None
+    on_fault: tuple[str, ...] | None = None
+    timeout: float = 10.0  # seconds before a hook's process group is killed
+
+    def command(self, kind: str) -> tuple[str, ...] | None:
+        """The command for "acquire", "release" or "fault"."""
+        cmd: tuple[str, ...] | None = getattr(self, f"on_{kind}")
+        return cmd
+
+
+DEFAULT_HOLD_DOWN = 5.0
+
+
 @dataclass(frozen=True)
 class VipConfig:
     name: str
     address: IPv4Interface | IPv6Interface
     interface: str
     announce: AnnounceConfig = field(default_factory=AnnounceConfig)
+    checks: tuple[str, ...] = ()  # names in Config.checks; healthy here when all pass
+    hold_down: float = DEFAULT_HOLD_DOWN  # seconds without campaigning after this host released it
+    when_all_unhealthy: Literal["release", "keep"] = "release"
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     @property
     def ip(self) -> IPv4Address | IPv6Address:
@@ -183,6 +290,8 @@ class Config:
     announce: AnnounceConfig = field(default_factory=AnnounceConfig)  # defaults for each VIP
     vips: tuple[VipConfig, ...] = ()
     log_level: str = "info"
+    # Named health checks, referenced by VipConfig.checks; read-only.
+    checks: Mapping[str, CheckConfig] = field(default_factory=lambda: MappingProxyType({}))
     source: Path | None = None  # the file it came from
     digest: str = ""  # first 12 hex chars of sha256 over the file's bytes
 
@@ -191,6 +300,11 @@ class Config:
             if v.name == name:
                 return v
         raise KeyError(name)
+
+    def vip_checks(self, vip: VipConfig | str) -> tuple[CheckConfig, ...]:
+        """The checks a VIP depends on, in the order it lists them."""
+        v = self.vip(vip) if isinstance(vip, str) else vip
+        return tuple(self.checks[name] for name in v.checks)
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -426,7 +540,7 @@ def _positive(v: float) -> str | None:
 
 # --------------------------------------------------------------------------- sections
 
-_TOP_KEYS = ("cluster", "node", "log_level", "etcd", "lease", "announce", "vips")
+_TOP_KEYS = ("cluster", "node", "log_level", "etcd", "lease", "announce", "checks", "vips")
 _ETCD_KEYS = (
     "endpoints",
     "tls",
@@ -439,7 +553,27 @@ _ETCD_KEYS = (
 _TLS_KEYS = ("ca", "cert", "key")
 _LEASE_KEYS = ("ttl", "margin", "keepalive_interval")
 _ANNOUNCE_KEYS = ("count", "interval", "refresh", "arp_reply")
-_VIP_KEYS = ("name", "address", "interface", "announce")
+_VIP_KEYS = (
+    "name",
+    "address",
+    "interface",
+    "announce",
+    "checks",
+    "hold_down",
+    "when_all_unhealthy",
+    "notify",
+)
+_CHECK_KEYS = ("type", "interval", "timeout", "rise", "fall")
+_CHECK_TYPE_KEYS: dict[str, tuple[str, ...]] = {
+    "tcp": ("host", "port"),
+    "http": ("url", "method", "expect_status", "expect_body", "tls_verify"),
+    "exec": ("command",),
+    "interface": ("interface",),
+}
+_NOTIFY_KEYS = ("on_acquire", "on_release", "on_fault", "timeout")
+_WHEN_ALL_UNHEALTHY = ("release", "keep")
+_HTTP_METHODS = ("GET", "HEAD")
+MIN_CHECK_INTERVAL = 0.1
 
 
 def _parse_endpoints(col: _Collector, value: object, path: str) -> tuple[str, ...] | None:
@@ -711,7 +845,334 @@ def _interface_problem(name: str) -> str | None:
     return None
 
 
-def _parse_vips(col: _Collector, value: object, announce: AnnounceConfig) -> tuple[VipConfig, ...]:
+def _one_of(v: str, choices: Iterable[str]) -> str | None:
+    """Problem text when ``v`` is not one of ``choices``, with a did-you-mean."""
+    choices = list(choices)
+    if v in choices:
+        return None
+    reason = f"{v!r} is not one of {', '.join(choices)}"
+    if close := difflib.get_close_matches(v, choices, n=1, cutoff=0.6):
+        reason += f"; did you mean {close[0]!r}?"
+    return reason
+
+
+def _at_least_one(v: int) -> str | None:
+    return None if v >= 1 else f"must be at least 1, found {v}"
+
+
+def _not_negative(v: float) -> str | None:
+    return None if v >= 0 else f"must be 0 or more, found {v:g}"
+
+
+def _check_interval(v: float) -> str | None:
+    if v < MIN_CHECK_INTERVAL:
+        return (
+            f"must be at least {MIN_CHECK_INTERVAL:g} seconds, found {v:g}: faster checks only "
+            "load the host and the service"
+        )
+    return None
+
+
+def _host_problem(host: str) -> str | None:
+    """A host for a tcp check or in a URL: an IP address or a syntactically valid host name."""
+    if host.startswith("["):
+        return f"{host!r}: write an IPv6 address without brackets"
+    if ":" in host:
+        try:
+            IPv6Address(host)
+        except AddressValueError as exc:
+            return f"{host!r} is not a valid IPv6 address: {exc}"
+        return None
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            IPv4Address(host)
+        except AddressValueError as exc:
+            return f"{host!r} is not a valid IPv4 address: {exc}"
+        return None
+    name = host[:-1] if host.endswith(".") else host
+    if len(name) > 253 or not name or not all(_HOST_LABEL.match(p) for p in name.split(".")):
+        return f"{host!r} is not a valid host name or IP address"
+    return None
+
+
+def _url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"{url!r}: {exc}"
+    if parts.scheme.lower() not in ("http", "https"):
+        shown = parts.scheme or "none"
+        return f"{url!r}: scheme {shown!r} is not supported; use http:// or https://"
+    if "@" in parts.netloc:
+        return f"{url!r}: credentials in the URL are not supported"
+    if not parts.hostname:
+        return f"{url!r}: the host is missing"
+    if problem := _host_problem(parts.hostname):
+        return f"{url!r}: {problem}"
+    if port is not None and not 1 <= port <= 65535:
+        return f"{url!r}: port {port} is out of range 1-65535"
+    return None
+
+
+def _parse_command(col: _Collector, value: object, key: str) -> tuple[str, ...] | None:
+    """A list is argv, run without a shell; a string is run with ``/bin/sh -c``."""
+    if isinstance(value, str):
+        if not value.strip():
+            col.error(key, "must not be empty")
+            return None
+        return (SHELL, "-c", value)
+    if not isinstance(value, list):
+        col.error(
+            key,
+            "expected a list (the program and its arguments, run without a shell) or a string "
+            f"(run with {SHELL} -c), found {_found(value)}",
+        )
+        return None
+    if not value:
+        col.error(key, "must not be empty; give the program and its arguments")
+        return None
+    argv: list[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            hint = "; quote it" if isinstance(item, int | float) else ""
+            col.error(f"{key}[{i}]", f"expected a string, found {_found(item)}{hint}")
+            return None
+        argv.append(item)
+    if not argv[0].strip():
+        col.error(f"{key}[0]", "the program must not be empty")
+        return None
+    return tuple(argv)
+
+
+def _parse_status_list(col: _Collector, value: object, key: str) -> tuple[int, ...] | None:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        col.error(key, "must not be empty; leave it out to accept any 2xx or 3xx status")
+        return None
+    out: list[int] = []
+    for i, item in enumerate(items):
+        ikey = f"{key}[{i}]" if isinstance(value, list) else key
+        if isinstance(item, bool) or not isinstance(item, int):
+            col.error(ikey, f"expected an HTTP status code (an integer), found {_found(item)}")
+            return None
+        if not 100 <= item <= 599:
+            col.error(ikey, f"{item} is not an HTTP status code (100-599)")
+            return None
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def _parse_check(col: _Collector, name: str, value: object, path: str) -> CheckConfig | None:
+    if not isinstance(value, dict):
+        col.error(path, f"expected a mapping with at least 'type', found {_found(value)}")
+        return None
+    kind: str | None = None
+    if value.get("type") is None:
+        col.error(_join(path, "type"), f"required; one of: {', '.join(CHECK_TYPES)}")
+    else:
+        text = col.string(value["type"], _join(path, "type"))
+        if text is not None:
+            if problem := _one_of(text, CHECK_TYPES):
+                col.error(_join(path, "type"), problem)
+            else:
+                kind = text
+    if kind is None:
+        # Without a type the other keys cannot be judged; report only unknown keys.
+        everything = list(_CHECK_KEYS) + [k for ks in _CHECK_TYPE_KEYS.values() for k in ks]
+        col.mapping(value, path, everything)
+        return None
+    own = _CHECK_KEYS + _CHECK_TYPE_KEYS[kind]
+    body: dict[object, object] = {}
+    for k, v in value.items():
+        others = [t for t, ks in _CHECK_TYPE_KEYS.items() if t != kind and k in ks]
+        if others and k not in own:
+            col.error(
+                _join(path, str(k)),
+                f"{k!r} belongs to {' and '.join(others)} checks; this check is type {kind!r}",
+            )
+        else:
+            body[k] = v
+    raw = col.mapping(body, path, own)
+    s = _Section(col, raw, path)
+    s.take("interval", col.number, _check_interval)
+    s.take("timeout", col.number, _positive)
+    s.take("rise", col.integer, _at_least_one)
+    s.take("fall", col.integer, _at_least_one)
+    interval = s.get("interval", CheckConfig.interval)
+    timeout = s.get("timeout", CheckConfig.timeout)
+    if interval is not _MISSING and timeout is not _MISSING and timeout > interval:
+        col.error(
+            s.key("timeout"),
+            f"must not be more than interval ({interval:g} s), found {timeout:g}: runs of one "
+            "check never overlap, so a longer timeout would silently stretch the interval, and "
+            "fall x interval would no longer bound how long a hung service goes unnoticed",
+        )
+    common: dict[str, Any] = {
+        k: s.values[k] for k in ("interval", "timeout", "rise", "fall") if k in s.values
+    }
+
+    def required(key: str) -> bool:
+        if s.raw.get(key) is None:
+            if key not in s.bad:
+                col.error(s.key(key), f"required for {kind} checks")
+            return False
+        return True
+
+    ok = not s.bad
+    if kind == "tcp":
+        s.take("host", col.string, _host_problem)
+        if required("port"):
+            s.take(
+                "port",
+                col.integer,
+                lambda v: None if 1 <= v <= 65535 else f"port {v} is out of range 1-65535",
+            )
+        if s.bad or "port" not in s.values or not ok:
+            return None
+        host = s.values.get("host", TcpCheckConfig.host)
+        return TcpCheckConfig(name=name, host=host, port=s.values["port"], **common)
+    if kind == "http":
+        if required("url"):
+            s.take("url", col.string, _url_problem)
+        s.take(
+            "method",
+            col.string,
+            lambda v: None if v.upper() in _HTTP_METHODS else _one_of(v, _HTTP_METHODS),
+        )
+        if "expect_status" in s.raw:
+            status = _parse_status_list(col, s.raw["expect_status"], s.key("expect_status"))
+            if status is None:
+                s.bad.add("expect_status")
+            else:
+                s.values["expect_status"] = status
+        s.take("expect_body", col.string)
+        s.take("tls_verify", col.boolean)
+        method = s.values.get("method", "GET").upper()
+        if method == "HEAD" and "expect_body" in s.values:
+            col.error(s.key("expect_body"), "set with method HEAD, which has no body; use GET")
+            s.bad.add("expect_body")
+        url = s.values.get("url")
+        if url is not None and "tls_verify" in s.values and urlsplit(url).scheme != "https":
+            col.error(
+                s.key("tls_verify"),
+                "set, but the url is not https, so it would be ignored; use an https:// url "
+                "or remove tls_verify",
+            )
+            s.bad.add("tls_verify")
+        if s.bad or url is None or not ok:
+            return None
+        return HttpCheckConfig(
+            name=name,
+            url=url,
+            method=method,
+            expect_status=s.values.get("expect_status", ()),
+            expect_body=s.values.get("expect_body"),
+            tls_verify=s.values.get("tls_verify", True),
+            **common,
+        )
+    if kind == "exec":
+        command = None
+        if required("command"):
+            command = _parse_command(col, s.raw["command"], s.key("command"))
+        if command is None or not ok:
+            return None
+        return ExecCheckConfig(name=name, command=command, **common)
+    s.take("interface", col.string, _interface_problem, nullable=True)
+    if s.bad or not ok:
+        return None
+    return InterfaceCheckConfig(name=name, interface=s.values.get("interface"), **common)
+
+
+def _parse_checks(col: _Collector, value: object) -> tuple[dict[str, CheckConfig], set[str]]:
+    """The valid checks, and the names of every check defined (valid or not)."""
+    path = "checks"
+    if value is None:
+        return {}, set()
+    if not isinstance(value, dict):
+        col.error(path, f"expected a mapping of check names to checks, found {_found(value)}")
+        return {}, set()
+    out: dict[str, CheckConfig] = {}
+    defined: set[str] = set()
+    for raw_name, body in value.items():
+        key = _join(path, str(raw_name))
+        if isinstance(raw_name, str):
+            defined.add(raw_name)
+        name = col.name(raw_name, key)
+        check = _parse_check(col, name or str(raw_name), body, key)
+        if name is not None and check is not None:
+            out[name] = check
+    return out, defined
+
+
+def _parse_notify(col: _Collector, value: object, path: str) -> NotifyConfig | None:
+    raw = col.mapping(value, path, _NOTIFY_KEYS)
+    if raw is None:
+        return None
+    s = _Section(col, raw, path)
+    for kind in ("on_acquire", "on_release", "on_fault"):
+        if s.raw.get(kind) is None:
+            continue
+        command = _parse_command(col, s.raw[kind], s.key(kind))
+        if command is None:
+            s.bad.add(kind)
+        else:
+            s.values[kind] = command
+    s.take("timeout", col.number, _positive)
+    if s.bad:
+        return None
+    return NotifyConfig(**s.values)
+
+
+def _parse_vip_checks(
+    col: _Collector,
+    value: object,
+    key: str,
+    checks: Mapping[str, CheckConfig],
+    defined: set[str],
+) -> tuple[str, ...] | None:
+    if not isinstance(value, list):
+        hint = f"; write a list, e.g. [{value}]" if isinstance(value, str) else ""
+        col.error(key, f"expected a list of check names, found {_found(value)}{hint}")
+        return None
+    out: list[str] = []
+    ok = True
+    for i, item in enumerate(value):
+        ikey = f"{key}[{i}]"
+        name = col.string(item, ikey)
+        if name is None:
+            ok = False
+            continue
+        if name not in defined:
+            reason = f"unknown check {name!r}"
+            if close := difflib.get_close_matches(name, sorted(defined), n=1, cutoff=0.6):
+                reason += f"; did you mean {close[0]!r}?"
+            elif defined:
+                reason += f"; defined checks: {', '.join(sorted(defined))}"
+            else:
+                reason += "; define it under the top-level checks:"
+            col.error(ikey, reason)
+            ok = False
+        elif name in out:
+            col.error(ikey, f"check {name!r} is listed twice")
+            ok = False
+        elif name not in checks:
+            ok = False  # its definition is invalid, which is already reported
+        else:
+            out.append(name)
+    return tuple(out) if ok else None
+
+
+def _parse_vips(
+    col: _Collector,
+    value: object,
+    announce: AnnounceConfig,
+    checks: Mapping[str, CheckConfig] | None = None,
+    defined: set[str] | None = None,
+) -> tuple[VipConfig, ...]:
+    checks = checks or {}
+    defined = defined if defined is not None else set(checks)
     path = "vips"
     if value is None or value == []:
         col.error(path, "at least one VIP is required; an agent with no VIP has nothing to do")
@@ -766,8 +1227,38 @@ def _parse_vips(col: _Collector, value: object, announce: AnnounceConfig) -> tup
         vip_announce = announce
         if raw.get("announce") is not None:
             vip_announce = _parse_announce(col, raw["announce"], _join(vpath, "announce"), announce)
-        if name is not None and address is not None and interface is not None:
-            out.append(VipConfig(name, address, interface, vip_announce))
+        s = _Section(col, raw, vpath)
+        if raw.get("checks") is not None:
+            listed = _parse_vip_checks(col, raw["checks"], s.key("checks"), checks, defined)
+            if listed is None:
+                s.bad.add("checks")
+            else:
+                s.values["checks"] = listed
+        s.take("hold_down", col.number, _not_negative)
+        s.take(
+            "when_all_unhealthy",
+            col.string,
+            lambda v: _one_of(v, _WHEN_ALL_UNHEALTHY),
+        )
+        if (
+            s.values.get("when_all_unhealthy") == "keep"
+            and not s.values.get("checks")
+            and "checks" not in s.bad
+        ):
+            col.error(
+                s.key("when_all_unhealthy"),
+                "set to keep, but this VIP has no checks, so it is always healthy here and the "
+                "setting would do nothing; add checks or remove it",
+            )
+            s.bad.add("when_all_unhealthy")
+        if raw.get("notify") is not None:
+            notify = _parse_notify(col, raw["notify"], s.key("notify"))
+            if notify is None:
+                s.bad.add("notify")
+            else:
+                s.values["notify"] = notify
+        if name is not None and address is not None and interface is not None and not s.bad:
+            out.append(VipConfig(name, address, interface, vip_announce, **s.values))
     return tuple(out)
 
 
@@ -825,7 +1316,8 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
                 "keepalive makes the agent drop its VIPs; shorten the interval or raise lease.ttl",
             )
     announce = _parse_announce(col, raw.get("announce"), "announce", AnnounceConfig())
-    vips = _parse_vips(col, raw.get("vips"), announce)
+    checks, defined = _parse_checks(col, raw.get("checks"))
+    vips = _parse_vips(col, raw.get("vips"), announce, checks, defined)
 
     if col.errors:
         raise ConfigErrors(col.errors)
@@ -838,6 +1330,7 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
         announce=announce,
         vips=vips,
         log_level=top.values.get("log_level", Config.log_level).lower(),
+        checks=MappingProxyType(checks),
     )
 
 
@@ -917,18 +1410,51 @@ def _check_readable(path: Path, key: str, source: str) -> ConfigError | None:
     return None
 
 
+def program_problem(argv: tuple[str, ...]) -> str | None:
+    """Why ``argv`` cannot be started on this host, or None.
+
+    A bare program name is looked up in PATH. For a shell command ``(SHELL, "-c", text)`` the
+    shell is checked, and the first word of ``text`` when it is an absolute path (anything else
+    may be a shell builtin, keyword or function, which only the shell can tell).
+    """
+    programs = [argv[0]]
+    if len(argv) == 3 and argv[:2] == (SHELL, "-c"):
+        try:
+            words = shlex.split(argv[2])
+        except ValueError as exc:
+            return f"the shell command cannot be parsed: {exc}"
+        if words and words[0].startswith("/"):
+            programs.append(words[0])
+    for program in programs:
+        if "/" not in program:
+            if shutil.which(program) is None:
+                return f"{program!r} is not an executable file in PATH"
+            continue
+        if not os.path.exists(program):
+            return f"{program!r} does not exist"
+        if os.path.isdir(program) or not os.access(program, os.X_OK):
+            return f"{program!r} is not an executable file"
+    return None
+
+
 def check_host(cfg: Config) -> list[ConfigError]:
-    """Checks that are only true on this machine: VIP interfaces exist, TLS files are readable."""
+    """Checks that are only true on this machine.
+
+    VIP interfaces and the interfaces of interface checks exist, the programs of exec checks and
+    notify hooks can be started, TLS files are readable. Only checks used by some VIP are
+    looked at: the others never run on this host.
+    """
     source = str(cfg.source) if cfg.source is not None else "<config>"
     errors: list[ConfigError] = []
+    used = {name for vip in cfg.vips for name in vip.checks}
     try:
         present = {name for _, name in socket.if_nameindex()}
     except OSError as exc:
         errors.append(ConfigError(source, "vips", f"cannot list network interfaces: {exc}"))
     else:
+        have = ", ".join(sorted(present)) or "none"
         for i, vip in enumerate(cfg.vips):
             if vip.interface not in present:
-                have = ", ".join(sorted(present)) or "none"
                 errors.append(
                     ConfigError(
                         source,
@@ -936,6 +1462,32 @@ def check_host(cfg: Config) -> list[ConfigError]:
                         f"no interface {vip.interface!r} on this host (it has: {have})",
                     )
                 )
+        for name, check in cfg.checks.items():
+            if (
+                name in used
+                and isinstance(check, InterfaceCheckConfig)
+                and check.interface is not None
+                and check.interface not in present
+            ):
+                errors.append(
+                    ConfigError(
+                        source,
+                        f"checks.{name}.interface",
+                        f"no interface {check.interface!r} on this host (it has: {have})",
+                    )
+                )
+    for name, check in cfg.checks.items():
+        if (
+            name in used
+            and isinstance(check, ExecCheckConfig)
+            and (problem := program_problem(check.command))
+        ):
+            errors.append(ConfigError(source, f"checks.{name}.command", problem))
+    for i, vip in enumerate(cfg.vips):
+        for kind in ("acquire", "release", "fault"):
+            command = vip.notify.command(kind)
+            if command is not None and (problem := program_problem(command)):
+                errors.append(ConfigError(source, f"vips[{i}].notify.on_{kind}", problem))
     tls = cfg.etcd.tls
     if tls is not None:
         for name in ("ca", "cert", "key"):
@@ -967,8 +1519,39 @@ def describe(cfg: Config) -> str:
     for v in cfg.vips:
         a = v.announce
         refresh = f"refresh every {_secs(a.refresh)}" if a.refresh > 0 else "no refresh"
+        health = ""
+        if v.checks:
+            health = f", checks {', '.join(v.checks)}"
+            if v.when_all_unhealthy == "keep":
+                health += ", kept when no host is healthy"
         lines.append(
             f"  {v.name:<{width}}  {v.address} on {v.interface} "
-            f"(announce {a.count} x {_secs(a.interval)}, {refresh})"
+            f"(announce {a.count} x {_secs(a.interval)}, {refresh}{health})"
         )
+    used = {name for v in cfg.vips for name in v.checks}
+    if used:
+        lines.append(f"checks ({len(used)} used):")
+        cwidth = max(len(n) for n in used)
+        for name, c in cfg.checks.items():
+            if name in used:
+                lines.append(
+                    f"  {name:<{cwidth}}  {c.type} {_check_target(c)}: every "
+                    f"{_secs(c.interval)}, timeout {_secs(c.timeout)}, rise {c.rise}, "
+                    f"fall {c.fall}"
+                )
     return "\n".join(lines)
+
+
+def _check_target(c: CheckConfig) -> str:
+    if isinstance(c, TcpCheckConfig):
+        host = f"[{c.host}]" if ":" in c.host else c.host
+        return f"{host}:{c.port}"
+    if isinstance(c, HttpCheckConfig):
+        return f"{c.method} {c.url}"
+    if isinstance(c, ExecCheckConfig):
+        if len(c.command) == 3 and c.command[:2] == (SHELL, "-c"):
+            return c.command[2]
+        return shlex.join(c.command)
+    if isinstance(c, InterfaceCheckConfig):
+        return c.interface or "(the VIP's interface)"
+    return ""
