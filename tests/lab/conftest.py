@@ -98,7 +98,9 @@ class Agents:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     configs: dict[str, Path] = field(default_factory=dict)
 
-    def start(self, host: Node) -> subprocess.Popen[bytes]:
+    def start(self, host: Node, *, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Start the host's agent; with ``wait``, return once it holds a lease (is a member)."""
+        runs = self._lease_lines(host)
         cfg = self.lab.write_agent_config(
             host,
             self.vips,
@@ -109,11 +111,24 @@ class Agents:
         self.configs[host.role] = cfg
         proc = self.lab.start_agent(host, cfg)
         self.procs[host.role] = proc
+        if wait:
+            # Signals sent before the agent is up would hit a half-started interpreter.
+            up = wait_until(lambda: self._lease_lines(host) > runs or proc.poll() is not None, 15)
+            assert up and proc.poll() is None, f"agent {host.role} did not start\n{self.log(host)}"
         return proc
 
+    def _lease_lines(self, host: Node) -> int:
+        # The log file is appended to across restarts: count, do not search.
+        log = self.log(host) if self.lab.agent_log_path(host).exists() else ""
+        return log.count("haagent.agent: granted lease") + log.count("adopted lease")
+
     def start_all(self) -> None:
+        runs = {h.role: self._lease_lines(h) for h in self.lab.hosts}
         for h in self.lab.hosts:
-            self.start(h)
+            self.start(h, wait=False)
+        for h in self.lab.hosts:
+            up = wait_until(lambda: self._lease_lines(h) > runs[h.role], 15)  # noqa: B023
+            assert up, f"agent {h.role} did not start\n{self.dump()}"
 
     def signal(self, host: Node, sig: signal.Signals, *, group: bool = False) -> None:
         proc = self.procs[host.role]

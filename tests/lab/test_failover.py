@@ -163,7 +163,7 @@ def test_sigterm_while_etcd_is_unreachable_at_start_up_exits_cleanly(
 ) -> None:
     host = lab.hosts[0]
     lab.block_etcd(host)
-    agents.start(host)
+    agents.start(host, wait=False)
     assert wait_until(lambda: "not reachable" in agents.log(host), 10), agents.log(host)
     assert agents.holders(lab.vip4(0)) == []  # binds nothing while it cannot prove a lease
     agents.signal(host, signal.SIGTERM)
