@@ -1,0 +1,279 @@
+"""Run every check some VIP uses, each on its own interval, and report VIP health changes.
+
+Threads: one scheduler per check instance, and one short-lived worker thread per run. The
+scheduler waits for its worker at most ``timeout`` plus a short grace; a run that has not
+answered by then is recorded as a failure, and while it stays stuck no new run of that check is
+started (each further interval records another failure), so a hung check costs one thread, not
+one per interval, and never delays another check or the caller.
+
+What is one *instance* of a check: a tcp or http check, or an interface check naming its
+interface, is run once however many VIPs use it. An exec check runs once per VIP that uses it,
+because its environment names the VIP and its election state. An interface check without an
+interface runs once per distinct interface of the VIPs that use it. An instance is named like
+its check, or ``check@vip`` / ``check@interface`` when the check has several instances.
+
+The consumer (the agent) gets :class:`VipHealthChanged` through ``sink`` whenever a VIP's
+health becomes known or flips; events for one VIP arrive in order. A VIP without checks is
+healthy from the start, and :meth:`HealthMonitor.start` reports it once, so the consumer treats
+every VIP alike: a VIP is eligible once a ``VipHealthChanged(healthy=True)`` arrived for it and
+no later one said otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from haagent.config import (
+    CheckConfig,
+    Config,
+    ExecCheckConfig,
+    InterfaceCheckConfig,
+    VipConfig,
+)
+from haagent.health.checks import CheckResult, ProcessGroups, run_check
+from haagent.health.state import CheckState, VipHealth
+
+__all__ = ["INITIAL_STATE", "HealthMonitor", "VipHealthChanged"]
+
+log = logging.getLogger("haagent.health")
+
+INITIAL_STATE = "idle"  # HAAGENT_STATE until set_state() says otherwise (the election starts idle)
+_GRACE = 0.5  # seconds a run may overstay its timeout before the scheduler stops waiting
+
+
+@dataclass(frozen=True)
+class VipHealthChanged:
+    vip: str
+    healthy: bool
+    reason: str  # "check pg failed: connection refused (3/3)"
+
+
+@dataclass
+class _Instance:
+    key: str
+    check: CheckConfig
+    vips: list[str]  # VIPs whose health depends on it
+    state: CheckState
+    vip: VipConfig | None = None  # exec checks: the VIP its environment describes
+    interface: str | None = None  # interface checks
+    output: str = ""
+    duration: float = 0.0
+    worker: threading.Thread | None = None
+    worker_started: float = 0.0
+    thread: threading.Thread | None = None
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        cfg: Config,
+        sink: Callable[[object], None],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._cfg = cfg
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._started = False
+        self._states: dict[str, str] = {v.name: INITIAL_STATE for v in cfg.vips}
+        self._instances: dict[str, _Instance] = {}
+        self._vips: dict[str, VipHealth] = {}
+        self._groups = ProcessGroups()  # exec checks running now, killed by stop()
+
+        # (check name, vip or interface or None) -> instance, in config order
+        by_ident: dict[tuple[str, str | None], _Instance] = {}
+        per_vip: dict[str, list[tuple[str, _Instance]]] = {}
+        for vip in cfg.vips:
+            per_vip[vip.name] = []
+            for name in vip.checks:
+                check = cfg.checks[name]
+                variant: str | None = None
+                if isinstance(check, ExecCheckConfig):
+                    variant = vip.name
+                elif isinstance(check, InterfaceCheckConfig):
+                    variant = check.interface_for(vip)
+                ident = (name, variant)
+                inst = by_ident.get(ident)
+                if inst is None:
+                    inst = _Instance(
+                        key="",
+                        check=check,
+                        vips=[],
+                        state=CheckState(check.rise, check.fall, clock=clock),
+                        vip=vip if isinstance(check, ExecCheckConfig) else None,
+                        interface=variant if isinstance(check, InterfaceCheckConfig) else None,
+                    )
+                    by_ident[ident] = inst
+                inst.vips.append(vip.name)
+                per_vip[vip.name].append((name, inst))
+        counts: dict[str, int] = {}
+        for name, _ in by_ident:
+            counts[name] = counts.get(name, 0) + 1
+        for (name, variant), inst in by_ident.items():
+            inst.key = name if counts[name] == 1 else f"{name}@{variant}"
+            self._instances[inst.key] = inst
+        for vip in cfg.vips:
+            self._vips[vip.name] = VipHealth(
+                vip.name, [(name, inst.state) for name, inst in per_vip[vip.name]]
+            )
+
+    # ----------------------------------------------------------------- public
+
+    def start(self) -> None:
+        """Report the VIPs without checks as healthy and start every check's thread."""
+        with self._lock:
+            if self._started:
+                raise RuntimeError("HealthMonitor.start() called twice")
+            self._started = True
+            for name, vh in self._vips.items():
+                if vh.healthy is True:
+                    self._emit(VipHealthChanged(name, True, vh.reason))
+        for inst in self._instances.values():
+            inst.thread = threading.Thread(
+                target=self._loop, args=(inst,), name=f"haagent-check-{inst.key}", daemon=True
+            )
+            inst.thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop every check; wait for the schedulers at most ``timeout`` seconds in total.
+
+        The process groups of exec checks still running are killed; any other run still going
+        is abandoned (its thread is a daemon). No event is sent after stop() returns.
+        """
+        with self._lock:
+            self._stop.set()
+        if killed := self._groups.kill_all():
+            log.info("killed %d exec check(s) still running at stop", killed)
+        deadline = time.monotonic() + timeout
+        for inst in self._instances.values():
+            if inst.thread is not None:
+                inst.thread.join(max(deadline - time.monotonic(), 0))
+        stuck = [
+            i.key for i in self._instances.values() if i.thread is not None and i.thread.is_alive()
+        ]
+        if stuck:
+            log.warning("health checks still running at stop: %s", ", ".join(stuck))
+
+    def set_state(self, vip: str, state: str) -> None:
+        """The VIP's election state, passed to its exec checks as HAAGENT_STATE."""
+        with self._lock:
+            if vip not in self._states:
+                raise KeyError(vip)
+            self._states[vip] = state
+
+    def vip_healthy(self, vip: str) -> bool | None:
+        """True/False, or None while a check of the VIP has not risen or failed yet."""
+        with self._lock:
+            return self._vips[vip].healthy
+
+    def vip_reason(self, vip: str) -> str:
+        """Why the VIP has its current health, as in :class:`VipHealthChanged`."""
+        with self._lock:
+            return self._vips[vip].reason
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per check instance, JSON-ready: health, since when, the last result and output."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for key, inst in self._instances.items():
+                st = inst.state
+                out[key] = {
+                    "check": inst.check.name,
+                    "type": inst.check.type,
+                    "vips": list(inst.vips),
+                    "healthy": st.healthy,
+                    "since": st.since,
+                    "detail": st.last_detail,
+                    "output": inst.output,
+                    "last_run": st.last_at,
+                    "duration": round(inst.duration, 6),
+                    "successes": st.successes,
+                    "failures": st.failures,
+                    "rise": st.rise,
+                    "fall": st.fall,
+                }
+        return out
+
+    # ----------------------------------------------------------------- threads
+
+    def _loop(self, inst: _Instance) -> None:
+        interval = inst.check.interval
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            result = self._run_once(inst)
+            self._record(inst, result)
+            next_at += interval
+            now = time.monotonic()
+            if next_at < now:  # a run overstayed; do not try to catch up
+                next_at = now
+            if self._stop.wait(next_at - now):
+                return
+
+    def _run_once(self, inst: _Instance) -> CheckResult:
+        check = inst.check
+        if inst.worker is not None and inst.worker.is_alive():
+            stuck = time.monotonic() - inst.worker_started
+            return CheckResult(False, f"the previous run has not returned after {stuck:.1f} s")
+        env: dict[str, str] | None = None
+        if inst.vip is not None:
+            with self._lock:
+                state = self._states[inst.vip.name]
+            env = {
+                "HAAGENT_VIP": inst.vip.name,
+                "HAAGENT_ADDRESS": str(inst.vip.ip),
+                "HAAGENT_INTERFACE": inst.vip.interface,
+                "HAAGENT_STATE": state,
+                "HAAGENT_NODE": self._cfg.node,
+                "HAAGENT_CHECK": check.name,
+            }
+        box: list[CheckResult] = []
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                box.append(run_check(check, interface=inst.interface, env=env, groups=self._groups))
+            finally:
+                done.set()
+
+        inst.worker = threading.Thread(target=work, name=f"haagent-run-{inst.key}", daemon=True)
+        inst.worker_started = time.monotonic()
+        inst.worker.start()
+        if done.wait(check.timeout + _GRACE) and box:
+            return box[0]
+        took = time.monotonic() - inst.worker_started
+        return CheckResult(False, f"no answer within the {check.timeout:g} s timeout", "", took)
+
+    def _record(self, inst: _Instance, result: CheckResult) -> None:
+        with self._lock:
+            if self._stop.is_set():
+                return
+            inst.output = result.output
+            inst.duration = result.duration
+            t = inst.state.record(result.ok, result.detail)
+            if t is None:
+                return
+            level = logging.INFO if t.healthy else logging.WARNING
+            log.log(
+                level,
+                "check %s %s: %s",
+                inst.key,
+                "is healthy" if t.healthy else "is failing",
+                t.describe(),
+            )
+            for vip in inst.vips:
+                vh = self._vips[vip]
+                if vh.update() and vh.healthy is not None:
+                    self._emit(VipHealthChanged(vip, vh.healthy, vh.reason))
+
+    def _emit(self, event: VipHealthChanged) -> None:
+        """Called with the lock held, so that events for one VIP keep their order."""
+        try:
+            self._sink(event)
+        except Exception:
+            log.exception("health event sink failed on %s", event)
