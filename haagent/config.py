@@ -23,7 +23,7 @@ import re
 import shlex
 import shutil
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import (
     AddressValueError,
@@ -34,7 +34,6 @@ from ipaddress import (
     NetmaskValueError,
 )
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, ClassVar, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
@@ -47,6 +46,7 @@ __all__ = [
     "SHELL",
     "AnnounceConfig",
     "CheckConfig",
+    "CheckMap",
     "CheckType",
     "Config",
     "ConfigError",
@@ -254,6 +254,39 @@ class NotifyConfig:
         return cmd
 
 
+class CheckMap(Mapping[str, CheckConfig]):
+    """A read-only mapping of check names to checks that, unlike MappingProxyType, can be
+    hashed, pickled and deep-copied like the rest of the config tree."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, CheckConfig] | Iterable[tuple[str, CheckConfig]] = ()):
+        self._items: dict[str, CheckConfig] = dict(items)
+
+    def __getitem__(self, name: str) -> CheckConfig:
+        return self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._items) == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"CheckMap({self._items!r})"
+
+    def __reduce__(self) -> tuple[type[CheckMap], tuple[dict[str, CheckConfig]]]:
+        return (CheckMap, (self._items,))
+
+
 DEFAULT_HOLD_DOWN = 5.0
 
 
@@ -291,7 +324,7 @@ class Config:
     vips: tuple[VipConfig, ...] = ()
     log_level: str = "info"
     # Named health checks, referenced by VipConfig.checks; read-only.
-    checks: Mapping[str, CheckConfig] = field(default_factory=lambda: MappingProxyType({}))
+    checks: Mapping[str, CheckConfig] = field(default_factory=CheckMap)
     source: Path | None = None  # the file it came from
     digest: str = ""  # first 12 hex chars of sha256 over the file's bytes
 
@@ -1330,7 +1363,7 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
         announce=announce,
         vips=vips,
         log_level=top.values.get("log_level", Config.log_level).lower(),
-        checks=MappingProxyType(checks),
+        checks=CheckMap(checks),
     )
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import os
+import pickle
 import socket
 from pathlib import Path
 
@@ -130,6 +131,15 @@ def test_vip_health_defaults_and_unused_checks_are_fine():
     assert plain.hold_down == 5.0 and plain.when_all_unhealthy == "release"
     assert plain.notify == NotifyConfig() and plain.notify.timeout == 10.0
     assert plain.notify.command("acquire") is None
+
+
+def test_config_with_checks_stays_hashable_picklable_and_copyable():
+    cfg = parse_config(BASE)
+    assert hash(cfg) == hash(parse_config(BASE)) and cfg == parse_config(BASE)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    assert copy.deepcopy(cfg) == cfg
+    assert cfg.checks == dict(cfg.checks) and repr(cfg.checks).startswith("CheckMap(")
+    assert cfg != parse_config(doc(pg={"type": "tcp", "port": 5433}))
 
 
 def test_old_configs_and_constructors_still_work():
