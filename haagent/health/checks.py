@@ -272,7 +272,7 @@ def _wait_exit(pid: int, timeout: float) -> bool:
     """True when ``pid`` (our child) exited within ``timeout``; it is left unreaped."""
     try:
         fd = os.pidfd_open(pid)
-    except OSError:
+    except (AttributeError, OSError):  # no pidfd_open in this Python or kernel
         fd = -1
     if fd >= 0:
         try:
