@@ -4,6 +4,20 @@ Each member listens only on its own lab addresses (client 2379, peer 2380, IPv4 
 keeps its data in the lab workdir and logs to a file there. Health is checked with
 ``etcdctl endpoint health`` run from the client namespace, i.e. over the lab network.
 
+Optionally secured (see docs/security.md):
+
+* **TLS** (``pki`` given): client URLs are ``https``, and etcd requires a client certificate
+  signed by the lab CA (``--client-cert-auth --trusted-ca-file``). Peer traffic stays plain
+  ``http`` inside the lab.
+* **Auth** (``auth=True``, after :meth:`EtcdCluster.enable_auth`): users ``root`` and
+  ``haagent`` with random passwords kept in ``<workdir>/secrets/<user>.password`` (0600), and a
+  role ``haagent`` allowed to read and write the prefix ``/haagent/v1/`` and nothing else. With
+  TLS too, a client certificate's common name is an etcd user: a request that carries no
+  password token acts as that user.
+
+``etcdctl`` runs as ``root`` by default (its certificate with TLS, its password without), or
+as any other user (``user=``).
+
 A system etcd the Debian package may have started on 127.0.0.1 is never touched: everything
 here is addressed by namespace and lab address.
 """
@@ -11,6 +25,7 @@ here is addressed by namespace and lab address.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -18,6 +33,8 @@ from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+from haagent.lab.pki import CertPair, LabPKI
 
 if TYPE_CHECKING:
     from haagent.lab.topology import Node
@@ -28,6 +45,12 @@ CLIENT_PORT = 2379
 PEER_PORT = 2380
 START_TIMEOUT = 15.0
 HEALTH_INTERVAL = 0.1
+
+# Auth: the administrator, and the one user and role the agents use.
+ROOT_USER = "root"
+AGENT_USER = "haagent"
+AGENT_ROLE = "haagent"
+AGENT_PREFIX = "/haagent/v1/"
 
 
 class EtcdError(RuntimeError):
@@ -61,22 +84,47 @@ class Runner(Protocol):
     ) -> subprocess.Popen[bytes]: ...
 
 
-def _url(addr: IPv4Address | IPv6Address, port: int) -> str:
+def _url(addr: IPv4Address | IPv6Address, port: int, scheme: str = "http") -> str:
     host = f"[{addr}]" if isinstance(addr, IPv6Address) else str(addr)
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
-def client_url(node: Node) -> str:
-    return _url(node.ipv4, CLIENT_PORT)
+def client_url(node: Node, *, tls: bool = False, ipv6: bool = False) -> str:
+    return _url(node.ipv6 if ipv6 else node.ipv4, CLIENT_PORT, "https" if tls else "http")
 
 
 def peer_url(node: Node) -> str:
     return _url(node.ipv4, PEER_PORT)
 
 
-def member_argv(node: Node, members: Sequence[Node], data_dir: Path, token: str) -> list[str]:
-    """The etcd command line of one member of a static cluster."""
+def member_argv(
+    node: Node,
+    members: Sequence[Node],
+    data_dir: Path,
+    token: str,
+    *,
+    pki: LabPKI | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The etcd command line of one member of a static cluster.
+
+    With ``pki`` the client URLs are https with the member's server certificate, and only
+    clients with a certificate from the lab CA are let in. ``extra`` flags come last.
+    """
     initial = ",".join(f"{m.role}={peer_url(m)}" for m in members)
+    tls = pki is not None
+    security: list[str] = []
+    if pki is not None:
+        server = pki.server(node.role)
+        security = [
+            "--cert-file",
+            str(server.cert),
+            "--key-file",
+            str(server.key),
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            str(pki.ca.cert),
+        ]
     return [
         ETCD,
         "--name",
@@ -84,9 +132,10 @@ def member_argv(node: Node, members: Sequence[Node], data_dir: Path, token: str)
         "--data-dir",
         str(data_dir),
         "--listen-client-urls",
-        f"{_url(node.ipv4, CLIENT_PORT)},{_url(node.ipv6, CLIENT_PORT)}",
+        f"{client_url(node, tls=tls)},{client_url(node, tls=tls, ipv6=True)}",
         "--advertise-client-urls",
-        client_url(node),
+        client_url(node, tls=tls),
+        *security,
         "--listen-peer-urls",
         peer_url(node),
         "--initial-advertise-peer-urls",
@@ -106,6 +155,7 @@ def member_argv(node: Node, members: Sequence[Node], data_dir: Path, token: str)
         "zap",
         "--log-outputs",
         "stderr",
+        *extra,
     ]
 
 
@@ -125,12 +175,30 @@ def _tail(path: Path, lines: int = 20) -> str:
 class EtcdCluster:
     """The lab's etcd members: start, wait for health, stop/kill/restart one member."""
 
-    def __init__(self, lab: Runner, members: Sequence[Node], workdir: Path, *, token: str):
+    def __init__(
+        self,
+        lab: Runner,
+        members: Sequence[Node],
+        workdir: Path,
+        *,
+        token: str,
+        pki: LabPKI | None = None,
+        auth: bool = False,
+        extra_args: Sequence[str] = (),
+    ):
         self._lab = lab
         self.members = list(members)
         self.workdir = workdir
         self.token = token
+        self.pki = pki
+        self.auth = auth  # wanted: the lab calls enable_auth() once the members answer
+        self.auth_enabled = False  # set by enable_auth(), or by a lab re-attaching
+        self.extra_args = list(extra_args)  # more etcd flags, e.g. --auth-token-ttl
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def tls(self) -> bool:
+        return self.pki is not None
 
     def data_dir(self, node: Node) -> Path:
         return self.workdir / f"{node.role}.data"
@@ -140,7 +208,64 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        return [client_url(m) for m in self.members]
+        return [client_url(m, tls=self.tls) for m in self.members]
+
+    @property
+    def endpoints6(self) -> list[str]:
+        return [client_url(m, tls=self.tls, ipv6=True) for m in self.members]
+
+    # ---------------------------------------------------------------- identities
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.workdir / "secrets"
+
+    def password_file(self, user: str) -> Path:
+        """Where the password of an auth user is kept (0600); made by enable_auth()."""
+        return self.secrets_dir / f"{user}.password"
+
+    def password(self, user: str) -> str:
+        return self.password_file(user).read_text().strip()
+
+    def client_cert(self, user: str) -> CertPair:
+        """The lab CA's client certificate for ``user`` (CN = user), made on first use."""
+        if self.pki is None:
+            raise EtcdError("the lab's etcd does not use TLS")
+        return self.pki.ensure_client(user)
+
+    def _new_password(self, user: str) -> str:
+        self.secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.password_file(user)
+        password = secrets.token_hex(16)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        return password
+
+    def enable_auth(self) -> None:
+        """Create root, the role limited to the haagent prefix and its user; auth enable.
+
+        The exact etcdctl commands of docs/security.md. Run once, after the first start.
+        """
+        root_pw = self._new_password(ROOT_USER)
+        agent_pw = self._new_password(AGENT_USER)
+        steps: list[tuple[str, ...]] = [
+            ("user", "add", ROOT_USER, f"--new-user-password={root_pw}", "--interactive=false"),
+            ("user", "grant-role", ROOT_USER, "root"),
+            ("role", "add", AGENT_ROLE),
+            ("role", "grant-permission", AGENT_ROLE, "--prefix=true", "readwrite", AGENT_PREFIX),
+            ("user", "add", AGENT_USER, f"--new-user-password={agent_pw}", "--interactive=false"),
+            ("user", "grant-role", AGENT_USER, AGENT_ROLE),
+            ("auth", "enable"),
+        ]
+        for step in steps:
+            # Before `auth enable` anyone may do this (with TLS: any client of the lab CA).
+            proc = self.etcdctl(*step, check=False)
+            if proc.returncode != 0:
+                raise EtcdError(
+                    f"etcdctl {' '.join(step[:3])}: exit {proc.returncode}: {proc.stderr.strip()}"
+                )
+        self.auth_enabled = True
 
     def _member(self, node: Node | str) -> Node:
         role = node if isinstance(node, str) else node.role
@@ -159,7 +284,9 @@ class EtcdCluster:
             if proc is not None and proc.poll() is None:
                 continue
             self.data_dir(m).mkdir(parents=True, exist_ok=True, mode=0o700)
-            argv = member_argv(m, self.members, self.data_dir(m), self.token)
+            argv = member_argv(
+                m, self.members, self.data_dir(m), self.token, pki=self.pki, extra=self.extra_args
+            )
             self._procs[m.role] = self._lab.popen(m, argv, log=self.log_path(m), env=_etcd_env())
 
     def process(self, node: Node | str) -> subprocess.Popen[bytes] | None:
@@ -204,6 +331,31 @@ class EtcdCluster:
 
     # ---------------------------------------------------------------- client side
 
+    def identity_args(
+        self,
+        user: str | None = ROOT_USER,
+        *,
+        password: str | None = None,
+        cert: CertPair | None = None,
+    ) -> list[str]:
+        """etcdctl flags that make a request act as ``user``.
+
+        With TLS: ``user``'s client certificate (or ``cert``), and ``--user/--password`` only
+        if a ``password`` is given (then the password decides who we are). Without TLS but with
+        auth: ``user``'s stored password unless ``password`` is given. ``user=None``: nobody
+        (TLS: no client certificate at all, unless ``cert``).
+        """
+        args: list[str] = []
+        if self.pki is not None:
+            args.append(f"--cacert={self.pki.ca.cert}")
+            pair = cert if cert is not None else (self.client_cert(user) if user else None)
+            if pair is not None:
+                args += [f"--cert={pair.cert}", f"--key={pair.key}"]
+        if user is not None and (password is not None or (self.auth_enabled and not self.tls)):
+            pw = password if password is not None else self.password(user)
+            args += [f"--user={user}", f"--password={pw}"]
+        return args
+
     def etcdctl(
         self,
         *args: str,
@@ -213,16 +365,26 @@ class EtcdCluster:
         node: Node | str | None = None,
         dial_timeout: float = 1.0,
         command_timeout: float = 2.0,
+        user: str | None = ROOT_USER,
+        password: str | None = None,
+        cert: CertPair | None = None,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run `etcdctl` (API v3) against the lab's etcd, from `node` (default: the client)."""
+        """Run `etcdctl` (API v3) against the lab's etcd, from `node` (default: the client).
+
+        On a secured etcd it acts as ``user`` (default root); see :meth:`identity_args`.
+        ``input`` goes to its stdin (``etcdctl txn`` reads its operations from there).
+        """
         eps = ",".join(endpoints if endpoints is not None else self.endpoints)
         argv = [ETCDCTL, f"--endpoints={eps}"]
         argv += [f"--dial-timeout={dial_timeout}s", f"--command-timeout={command_timeout}s"]
+        argv += self.identity_args(user, password=password, cert=cert)
         return self._lab.run(
             self._lab.client if node is None else node,
             [*argv, *args],
             check=check,
             timeout=timeout,
+            input=input,
             env={"ETCDCTL_API": "3"},
         )
 
@@ -231,7 +393,7 @@ class EtcdCluster:
         proc = self.etcdctl(
             "endpoint",
             "health",
-            endpoints=[client_url(self._member(node))],
+            endpoints=[client_url(self._member(node), tls=self.tls)],
             check=False,
             dial_timeout=0.5,
             command_timeout=1.0,

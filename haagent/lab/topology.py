@@ -38,7 +38,8 @@ from typing import Any
 
 import yaml
 
-from haagent.lab.etcd import EtcdCluster
+from haagent.lab import pki as lab_pki
+from haagent.lab.etcd import AGENT_USER, ROOT_USER, EtcdCluster
 
 STATE_ROOT = Path("/run/haagent-lab")
 NETNS_DIR = Path("/run/netns")
@@ -221,7 +222,14 @@ def delete_netns(netns: str) -> bool:
 
 
 class Lab:
-    """A switch, N hosts, a client and etcd, each in its own network namespace."""
+    """A switch, N hosts, a client and etcd, each in its own network namespace.
+
+    ``etcd_tls``: etcd serves https only and wants a client certificate from a CA made in
+    ``<workdir>/pki`` (``haagent.lab.pki``). ``etcd_auth``: after start, users ``root`` and
+    ``haagent`` and the role ``haagent`` (readwrite on ``/haagent/v1/`` only), then ``auth
+    enable``. Agent configs written by :meth:`write_agent_config` log in as ``haagent``: by
+    certificate with TLS, by password without. ``etcd_args``: more etcd flags.
+    """
 
     def __init__(
         self,
@@ -230,6 +238,9 @@ class Lab:
         etcd_members: int = 1,
         lab_id: str | None = None,
         workdir: Path | None = None,
+        etcd_tls: bool = False,
+        etcd_auth: bool = False,
+        etcd_args: Sequence[str] = (),
     ) -> None:
         if not 1 <= hosts <= MAX_HOSTS:
             raise ValueError(f"hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
@@ -256,7 +267,19 @@ class Lab:
             ]
         self.hosts: list[Node] = [node(f"h{i}", HOST_BASE + i) for i in range(1, hosts + 1)]
         self.client: Node = node("cl", CLIENT_HOST_PART)
-        self.etcd: EtcdCluster = EtcdCluster(self, self.etcd_nodes, self.workdir, token=lab_id)
+        # TLS: https client URLs, client certificates from a CA made in <workdir>/pki at up().
+        # Auth: users root and haagent, the role haagent limited to /haagent/v1/ (etcd.py).
+        self.etcd_tls = etcd_tls
+        self.etcd_auth = etcd_auth
+        self.etcd: EtcdCluster = EtcdCluster(
+            self,
+            self.etcd_nodes,
+            self.workdir,
+            token=lab_id,
+            pki=lab_pki.LabPKI(self.workdir / "pki") if etcd_tls else None,
+            auth=etcd_auth,
+            extra_args=etcd_args,
+        )
         self._procs: list[subprocess.Popen[bytes]] = []
         self._proc_records: list[dict[str, Any]] = []
         self._status = "new"
@@ -275,11 +298,12 @@ class Lab:
 
     @property
     def etcd_endpoints(self) -> list[str]:
-        return [f"http://{n.ipv4}:2379" for n in self.etcd_nodes]
+        """Client URLs of the etcd members: https:// when the lab runs etcd with TLS."""
+        return self.etcd.endpoints
 
     @property
     def etcd_endpoints6(self) -> list[str]:
-        return [f"http://[{n.ipv6}]:2379" for n in self.etcd_nodes]
+        return self.etcd.endpoints6
 
     @staticmethod
     def vip4(i: int) -> IPv4Address:
@@ -328,8 +352,16 @@ class Lab:
             self._write_state()
             self._build_network()
             self._write_state()
+            if self.etcd.pki is not None:
+                lab_pki.build(
+                    self.etcd.pki.directory,
+                    [(n.role, [n.ipv4, n.ipv6]) for n in self.etcd_nodes],
+                    [ROOT_USER, AGENT_USER],
+                )
             self.etcd.start()
             self.etcd.wait_healthy()
+            if self.etcd.auth:
+                self.etcd.enable_auth()
             self._status = "up"
             self._write_state()
         except BaseException:
@@ -417,6 +449,9 @@ class Lab:
             "switch_ns": self.switch_ns,
             "bridge": BRIDGE,
             "etcd_members": len(self.etcd_nodes),
+            "etcd_tls": self.etcd_tls,
+            "etcd_auth": self.etcd_auth,
+            "etcd_args": self.etcd.extra_args,
             "hosts": len(self.hosts),
             "etcd_endpoints": self.etcd_endpoints,
             "nodes": [
@@ -456,7 +491,12 @@ class Lab:
             etcd_members=int(data["etcd_members"]),
             lab_id=lab_id,
             workdir=workdir,
+            etcd_tls=bool(data.get("etcd_tls", False)),
+            etcd_auth=bool(data.get("etcd_auth", False)),
+            etcd_args=[str(a) for a in data.get("etcd_args", [])],
         )
+        # Auth is switched on once, at up(); a lab that got that far has it on.
+        lab.etcd.auth_enabled = lab.etcd_auth and lab.etcd.password_file(ROOT_USER).exists()
         lab._status = str(data.get("status", "unknown"))
         lab._created = float(data.get("created", 0.0))
         lab._proc_records = list(data.get("processes", []))
@@ -552,6 +592,33 @@ class Lab:
 
     # ---------------------------------------------------------------- agents
 
+    def agent_etcd_security(
+        self,
+        *,
+        user: str | None = AGENT_USER,
+        password: bool | None = None,
+    ) -> dict[str, object]:
+        """The ``etcd`` config keys that let an agent in as ``user`` on this lab's etcd.
+
+        TLS: ``tls.{ca,cert,key}`` with ``user``'s client certificate (CN = user). Auth:
+        ``username`` + ``password_file`` when ``password`` is true; the default is a password
+        only without TLS, because with TLS the certificate's CN already names the user.
+        ``user=None``: no client identity at all (TLS: the CA only).
+        """
+        out: dict[str, object] = {}
+        if self.etcd.pki is not None:
+            tls: dict[str, str] = {"ca": str(self.etcd.pki.ca.cert)}
+            if user is not None:
+                pair = self.etcd.client_cert(user)
+                tls |= {"cert": str(pair.cert), "key": str(pair.key)}
+            out["tls"] = tls
+        if password is None:
+            password = self.etcd_auth and self.etcd.pki is None
+        if password and user is not None:
+            out["username"] = user
+            out["password_file"] = str(self.etcd.password_file(user))
+        return out
+
     def write_agent_config(
         self,
         host: Node,
@@ -560,12 +627,35 @@ class Lab:
         ttl: int = 3,
         margin: float = 1.0,
         extra: Mapping[str, object] | None = None,
+        tls: Mapping[str, str | Path] | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        password_file: Path | None = None,
     ) -> Path:
-        """Write <workdir>/<role>.yaml for an agent on `host`; vips are (name, address)."""
+        """Write <workdir>/<role>.yaml for an agent on `host`; vips are (name, address).
+
+        On a lab with etcd TLS/auth the agent gets :meth:`agent_etcd_security` (user
+        ``haagent``) unless ``tls`` (``{"ca", "cert", "key"}`` paths), ``username``,
+        ``password`` or ``password_file`` are given: then exactly those. ``extra`` replaces
+        whole top-level sections, ``etcd`` included.
+        """
+        etcd: dict[str, object] = {"endpoints": self.etcd_endpoints, "timeout": 0.5}
+        given = (tls, username, password, password_file)
+        if all(v is None for v in given):
+            etcd.update(self.agent_etcd_security())
+        else:
+            if tls is not None:
+                etcd["tls"] = {k: str(v) for k, v in tls.items()}
+            if username is not None:
+                etcd["username"] = username
+            if password is not None:
+                etcd["password"] = password
+            if password_file is not None:
+                etcd["password_file"] = str(password_file)
         config: dict[str, object] = {
             "cluster": self.lab_id,
             "node": host.role,
-            "etcd": {"endpoints": self.etcd_endpoints, "timeout": 0.5},
+            "etcd": etcd,
             "lease": {"ttl": ttl, "margin": margin},
             "announce": {"count": 3, "interval": 0.1},
             "vips": [
@@ -578,6 +668,8 @@ class Lab:
         path = self.workdir / f"{host.role}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
+        if password is not None:
+            path.chmod(0o600)  # it holds a secret (haagent.security warns otherwise)
         return path
 
     def agent_log_path(self, host: Node) -> Path:
