@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,11 +28,12 @@ from typing import Any
 import grpc
 import pyetcd
 import pyetcd.events
+import pyetcd.utils
 from pyetcd import exceptions as etcd_exc
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_delay,
     stop_never,
     stop_when_event_set,
@@ -96,6 +98,82 @@ def _grpc_options() -> list[tuple[str, int]]:
     ]
 
 
+# gRPC names the peer it failed on in the details: "... ipv4:198.51.100.2:2379: Tls ...".
+_PEER_IN_DETAILS = re.compile(r"\b(ipv[46]:\S+):\s")
+
+
+def _rpc_error(exc: BaseException) -> tuple[Any, str, str] | None:
+    """(code, "CODE: details", details) of the gRPC error behind ``exc``, if there is one.
+
+    pyetcd turns UNAVAILABLE & co. into its own exceptions without the details; the gRPC error
+    is their ``__context__``.
+    """
+    err = exc if isinstance(exc, grpc.RpcError) else exc.__context__
+    if not isinstance(err, grpc.RpcError) or not hasattr(err, "code"):
+        return None
+    code = err.code()
+    details = str(err.details() or "") if hasattr(err, "details") else ""
+    return code, f"{getattr(code, 'name', code)}: {details}", details
+
+
+def _auth_problem(exc: BaseException, prefix: str) -> str | None:
+    """Credentials or permissions etcd refused: the same answer from every member, for good."""
+    rpc = _rpc_error(exc)
+    if rpc is None:
+        return None
+    code, what, details = rpc
+    if code == grpc.StatusCode.UNAUTHENTICATED and "security level" in details:
+        # gRPC itself refuses to send the etcd token (a call credential) over plain http.
+        return f"etcd.username/password need https:// endpoints and etcd.tls ({what})"
+    if code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details:
+        return f"authentication failed: wrong etcd.username or password ({what})"
+    if code == grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in details:
+        return (
+            "etcd requires authentication: set etcd.username and etcd.password_file, or use a "
+            f"client certificate whose CN is an etcd user ({what})"
+        )
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return (
+            "the etcd user (etcd.username, or the CN of the client certificate) may not read "
+            f"and write {prefix}; grant its role readwrite on that prefix ({what})"
+        )
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return what  # never transient: the request itself is wrong
+    if code == grpc.StatusCode.FAILED_PRECONDITION and "authentication is not enabled" in details:
+        return f"etcd.username is set but authentication is off in etcd ({what})"
+    return None
+
+
+def _tls_problem(exc: BaseException) -> tuple[str, str | None] | None:
+    """(reason, peer) when the TLS handshake with one etcd member failed for lack of trust."""
+    rpc = _rpc_error(exc)
+    if rpc is None:
+        return None
+    _, what, details = rpc
+    peer = m.group(1) if (m := _PEER_IN_DETAILS.search(details)) else None
+    if "Hostname Verification Check failed" in details:
+        return (
+            "TLS handshake failed: etcd's server certificate does not name the address dialled "
+            f"(its subjectAltName) ({what})",
+            peer,
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in details or "handshake failed" in details.lower():
+        return (
+            "TLS handshake failed: etcd's server certificate is not signed by etcd.tls.ca "
+            f"({what})",
+            peer,
+        )
+    if "TSI_DATA_CORRUPTED" in details:
+        # TLS 1.3: the client finishes its side of the handshake first; the server's "bad
+        # certificate" alert then arrives as data gRPC cannot decrypt.
+        return (
+            "etcd rejected the TLS connection: no client certificate (etcd.tls.cert/key), or "
+            f"one not signed by a CA etcd trusts ({what})",
+            peer,
+        )
+    return None
+
+
 class Store:
     def __init__(self, cfg: EtcdConfig, keys: Keys) -> None:
         self.cfg = cfg
@@ -137,7 +215,23 @@ class Store:
             password=self.cfg.password,
             failover=True,
         )
-        client.status()  # prove it answers before anyone relies on it
+        try:
+            client.status()  # prove it answers before anyone relies on it
+            # Prove this account may read the prefix and write in it (what every later call
+            # needs), so that a missing permission stops start-up with a clear error instead of
+            # surfacing at the first write. The compare is always false, so nothing is written;
+            # etcd checks the permissions of both branches anyway.
+            tx = client.transactions
+            prefix = self.keys.prefix
+            end = pyetcd.utils.prefix_range_end(prefix.encode())
+            client.transaction(
+                compare=[tx.version(prefix, range_end=end) < 0],
+                success=[tx.put(prefix, b"")],
+                failure=[],
+            )
+        except BaseException:
+            client.close()
+            raise
         return client
 
     def connect(
@@ -146,22 +240,41 @@ class Store:
         """Connect, retrying with capped exponential backoff.
 
         Forever unless ``give_up_after`` seconds pass or ``cancel`` is set (then StoreError).
+        Errors no retry can fix raise StoreError at once: bad credentials, missing permissions,
+        and TLS trust failures once every endpoint has shown one.
         """
         cancel = cancel or threading.Event()
+        tls_failed: set[str] = set()
+        fatal: list[str] = []
+
+        def retryable(exc: BaseException) -> bool:
+            if not isinstance(exc, ETCD_ERRORS):
+                return False
+            reason = _auth_problem(exc, self.keys.prefix)
+            if reason is None and (tls := _tls_problem(exc)) is not None:
+                # TLS trust is per member: one with a bad certificate must not keep us away
+                # from the others. Give up once as many members as we know failed that way.
+                tls_failed.add(tls[1] or f"attempt {len(tls_failed) + 1}")
+                if len(tls_failed) >= len(self.cfg.endpoints):
+                    reason = tls[0]
+            if reason is not None:
+                fatal.append(reason)
+            return reason is None
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
+            tls = _tls_problem(exc) if exc else None  # its details say more than pyetcd's
             log.warning(
                 "etcd %s not reachable (%s); retry %d in %.1fs",
                 ",".join(self.cfg.endpoints),
-                describe_error(exc) if exc else "?",
+                tls[0] if tls else describe_error(exc) if exc else "?",
                 state.attempt_number,
                 wait,
             )
 
         retrying = Retrying(
-            retry=retry_if_exception_type(ETCD_ERRORS),
+            retry=retry_if_exception(retryable),
             wait=wait_exponential(multiplier=0.2, max=5.0),
             stop=(stop_never if give_up_after is None else stop_after_delay(give_up_after))
             | stop_when_event_set(cancel),
@@ -172,9 +285,10 @@ class Store:
         try:
             self._client = retrying(self._make_client)
         except ETCD_ERRORS as exc:
-            raise StoreError(
-                f"etcd {','.join(self.cfg.endpoints)} not reachable: {describe_error(exc)}"
-            ) from None
+            eps = ",".join(self.cfg.endpoints)
+            if fatal:
+                raise StoreError(f"etcd {eps}: {fatal[-1]}; not retrying") from None
+            raise StoreError(f"etcd {eps} not reachable: {describe_error(exc)}") from None
         log.info("connected to etcd %s", ",".join(self.cfg.endpoints))
 
     @property
