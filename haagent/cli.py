@@ -61,11 +61,14 @@ def _load(path: Path) -> Config | None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from haagent.config import check_host, describe
+    from haagent.security import key_file_warnings
 
     cfg = _load(args.file)
     if cfg is None:
         return EXIT_ERROR
     problems = [] if args.no_host_checks else check_host(cfg)
+    for warning in [] if args.no_host_checks else key_file_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(
             json.dumps(
@@ -92,6 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from haagent.agent import Agent, AgentError
     from haagent.config import check_host
     from haagent.net.addresses import NetError
+    from haagent.security import key_file_warnings
     from haagent.store import StoreError
 
     cfg = _load(args.config)
@@ -103,6 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for p in problems:
             logging.getLogger("haagent").error("%s", p)
         return EXIT_ERROR
+    for warning in key_file_warnings(cfg):
+        logging.getLogger("haagent").warning("%s", warning)
     try:
         return Agent(cfg, state_dir=Path(args.state_dir)).run()
     except (AgentError, StoreError, NetError) as exc:
