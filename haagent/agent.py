@@ -43,6 +43,8 @@ from haagent.events import (
     WatchResumed,
 )
 from haagent.fence import FenceClient
+from haagent.health.monitor import HealthMonitor, VipHealthChanged
+from haagent.health.notify import Notifier
 from haagent.lease import LeaseClock
 from haagent.net.addresses import AddressManager, NetError
 from haagent.net.announce import Announcer
@@ -103,6 +105,20 @@ class Agent:
         self._net: AddressManager | None = None
         self._announcer: Announcer | None = None
         self._fence = FenceClient()
+        self.health = HealthMonitor(cfg, self._post_health)
+        self.notifier = Notifier(self.node)
+        # A VIP without checks is healthy from the first moment; one with checks is unknown,
+        # which is not healthy: no campaign (and no adopted key kept) before its checks rose.
+        self._healthy: dict[str, bool | None] = {
+            v.name: None if v.checks else True for v in cfg.vips
+        }
+        self._health_reason: dict[str, str] = {
+            v.name: "health not yet known" if v.checks else "no health checks" for v in cfg.vips
+        }
+        self._hold_until: dict[str, float] = {}
+        for v in cfg.vips:
+            if v.checks:
+                self.elections[v.name].set_eligible(False, "health not yet known")
         self._stop_requested = threading.Event()
         self._lock_fd: int | None = None
 
@@ -120,6 +136,7 @@ class Agent:
             self._announcer = Announcer()
             self._announcer.prepare({v.interface for v in self.vips.values()})
             self._check_stop()
+            self.health.start()
             self._start()
             self._loop()
             return 0
@@ -276,8 +293,83 @@ class Agent:
             config_digest=self.cfg.digest,
             lease=lease_id,
             vips=tuple(self.vips),
+            health={name: self._health_text(name) for name in self.vips},
         )
         self.store.put_member(record, lease_id)
+
+    def _health_text(self, vip: str) -> str:
+        healthy = self._healthy[vip]
+        if healthy is None:
+            return "unknown"
+        return "healthy" if healthy else f"unhealthy: {self._health_reason[vip]}"
+
+    # -- health ---------------------------------------------------------------------------
+
+    def _post_health(self, event: object) -> None:
+        """Called from the monitor's threads: hand the event to the loop."""
+        if isinstance(event, VipHealthChanged):
+            self.events.put(event)
+
+    def _health_changed(self, vip: str, healthy: bool, reason: str) -> None:
+        if vip not in self.vips:
+            return
+        was = self._healthy[vip]
+        self._healthy[vip] = healthy
+        self._health_reason[vip] = reason
+        e = self.elections[vip]
+        if healthy:
+            log.info("vip %s healthy on this node: %s", vip, reason)
+        else:
+            log.warning("vip %s unhealthy on this node: %s", vip, reason)
+            if was is not False:
+                self.notifier.fire("fault", self.vips[vip], reason)
+            if e.state is State.HOLDER:
+                # Damping: after giving a VIP up for its health, do not take it back at once.
+                hold = self.vips[vip].hold_down
+                if hold > 0:
+                    self._hold_until[vip] = time.monotonic() + hold
+                    self._after(hold, lambda: self._refresh_eligibility(vip), key=f"hold:{vip}")
+        self._refresh_eligibility(vip)
+        try:
+            self._publish_member()  # anyone can see who could take over
+        except ETCD_ERRORS as exc:
+            log.warning("cannot publish health in member record: %s", describe_error(exc))
+
+    def _healthy_peers(self, vip: str) -> list[str]:
+        return [
+            node
+            for node, m in self.members.items()
+            if node != self.node and m.health.get(vip) == "healthy"
+        ]
+
+    def _eligibility(self, vip: str) -> tuple[bool, str]:
+        """May this node hold ``vip`` now, and why (the reason becomes the log line)."""
+        cfg = self.vips[vip]
+        e = self.elections[vip]
+        if self._healthy[vip] is not True:
+            reason = self._health_reason[vip]
+            if self._healthy[vip] is None:
+                return False, reason
+            peers = self._healthy_peers(vip)
+            if not peers and cfg.when_all_unhealthy == "keep" and e.state is State.HOLDER:
+                return True, f"{reason}; keeping it: no healthy host (when_all_unhealthy: keep)"
+            return False, reason
+        left = self._hold_until.get(vip, 0.0) - time.monotonic()
+        if left > 0:
+            return False, f"hold-down after giving it up ({left:.1f}s left)"
+        return True, "health checks pass"
+
+    def _refresh_eligibility(self, vip: str) -> None:
+        e = self.elections[vip]
+        ok, why = self._eligibility(vip)
+        if ok != e.eligible:
+            if not ok and self._healthy[vip] is False and not self._healthy_peers(vip):
+                log.warning(
+                    "no healthy host for vip %s: nobody answers for %s until one recovers",
+                    vip,
+                    self.vips[vip].address,
+                )
+            self._execute(e, e.set_eligible(ok, why))
 
     def _node_address(self, vip: VipConfig) -> str | None:
         """The node's own address on the VIP's interface: what operators ssh to."""
@@ -345,6 +437,10 @@ class Agent:
                     self.members.pop(node, None)
                 else:
                     self.members[node] = member
+                if node != self.node:
+                    # A peer's health decides "keep" VIPs and the no-healthy-host warning.
+                    for name in self.vips:
+                        self._refresh_eligibility(name)
             case KeepaliveAcked(lease_id=lease_id, sent_at=sent, ttl=ttl):
                 if lease_id != self.clock.lease_id:
                     return
@@ -356,6 +452,8 @@ class Agent:
             case LeaseGone(lease_id=lease_id, reason=reason):
                 if lease_id == self.clock.lease_id:
                     self._lease_gone(reason)
+            case VipHealthChanged(vip=vip, healthy=healthy, reason=reason):
+                self._health_changed(vip, healthy, reason)
             case KeepaliveFailed():
                 pass  # the keeper logs; the deadline decides
             case WatchBroken() | WatchResumed() | Wake():
@@ -437,6 +535,10 @@ class Agent:
     # -- actions -------------------------------------------------------------------------
 
     def _execute(self, e: Election, actions: list[Action]) -> None:
+        self._run_actions(e, actions)
+        self.health.set_state(e.vip, e.state.value)  # exec checks see it as HAAGENT_STATE
+
+    def _run_actions(self, e: Election, actions: list[Action]) -> None:
         for action in actions:
             match action:
                 case Unbind():
@@ -500,6 +602,7 @@ class Agent:
             return
         holder = e.holder
         epoch = f", epoch {holder.epoch}" if holder else ""
+        self.notifier.fire("acquire", vip, action.reason)
         log.info(
             "acquired vip %s (%s on %s%s): %s",
             vip.name,
@@ -523,6 +626,7 @@ class Agent:
             "released vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, action.reason
         )
         self._tell_fence()
+        self.notifier.fire("release", vip, action.reason)
 
     def _held(self) -> list[VipConfig]:
         return [self.vips[n] for n, e in self.elections.items() if e.state is State.HOLDER]
@@ -625,6 +729,7 @@ class Agent:
             with contextlib.suppress(Exception):
                 self._execute(e, e.shutdown("shutdown"))
         self._fence.stop()
+        self.health.stop()
         if self._keeper is not None:
             self._keeper.stop()
         lease_id = self.clock.lease_id
@@ -642,6 +747,7 @@ class Agent:
                     self.cfg.lease.ttl,
                 )
         self.store.close()
+        self.notifier.close(timeout=2.0)  # let on_release hooks run, bounded
         if self._announcer is not None:
             self._announcer.close()
         if self._net is not None:

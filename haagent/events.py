@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from haagent.election import Holder
+from haagent.health.monitor import VipHealthChanged
 from haagent.schema import MemberRecord
 
 
@@ -81,4 +82,5 @@ Event = (
     | WatchResumed
     | Stop
     | Wake
+    | VipHealthChanged
 )

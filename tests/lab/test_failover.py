@@ -150,7 +150,9 @@ def test_restart_within_ttl_adopts_lease_without_failover(lab: Lab, agents: Agen
     agents.wait_exit(old_host, 2)
     agents.start(old_host)
     assert wait_until(lambda: "adopted lease" in agents.log(old_host), 10), agents.log(old_host)
-    # Stays with the old host the whole time: nobody else ever binds it.
+    # The fence removed the address when the agent died; the adopting agent binds it again.
+    assert agents.wait_single_holder(v4) == old
+    # And it stays with the old host: nobody else ever won it.
     for _ in range(20):
         assert agents.holders(v4) == [old]
         time.sleep(0.1)
