@@ -116,6 +116,7 @@ class Agent:
             v.name: "health not yet known" if v.checks else "no health checks" for v in cfg.vips
         }
         self._hold_until: dict[str, float] = {}
+        self._keeping: set[str] = set()  # VIPs held while unhealthy (when_all_unhealthy: keep)
         for v in cfg.vips:
             if v.checks:
                 self.elections[v.name].set_eligible(False, "health not yet known")
@@ -362,6 +363,12 @@ class Agent:
     def _refresh_eligibility(self, vip: str) -> None:
         e = self.elections[vip]
         ok, why = self._eligibility(vip)
+        keeping = ok and self._healthy[vip] is False
+        if keeping and vip not in self._keeping:
+            log.warning("vip %s kept while unhealthy: %s", vip, why)
+            self._keeping.add(vip)
+        elif not keeping:
+            self._keeping.discard(vip)
         if ok != e.eligible:
             if not ok and self._healthy[vip] is False and not self._healthy_peers(vip):
                 log.warning(

@@ -95,6 +95,7 @@ class Agents:
     vips: list[tuple[str, str]]
     ttl: int = 3
     margin: float = 1.0
+    extra: dict[str, object] = field(default_factory=dict)  # more top-level config keys
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     configs: dict[str, Path] = field(default_factory=dict)
 
@@ -106,7 +107,7 @@ class Agents:
             self.vips,
             ttl=self.ttl,
             margin=self.margin,
-            extra={"cluster": self.cluster},
+            extra={"cluster": self.cluster, **self.extra},
         )
         self.configs[host.role] = cfg
         proc = self.lab.start_agent(host, cfg)

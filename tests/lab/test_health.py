@@ -1,0 +1,260 @@
+"""Health checks moving VIPs, end to end: real services in the host namespaces, real agents,
+a real etcd, a real client."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen
+
+import pytest
+
+from haagent.lab.topology import Lab, Node
+from tests.lab.conftest import Agents, wait_until
+
+pytestmark = pytest.mark.lab
+
+SERVICE_PORT = 7100
+FAST = {"interval": 0.2, "timeout": 0.2, "rise": 2, "fall": 2}
+
+
+@dataclass
+class Service:
+    """What a check looks at on one host, and how the test breaks and mends it."""
+
+    brk: Callable[[], None]
+    fix: Callable[[], None]
+
+
+class Services:
+    def __init__(self, lab: Lab, kind: str) -> None:
+        self.lab = lab
+        self.kind = kind
+        self.servers: dict[str, Popen[bytes]] = {}
+
+    def flag(self, host: Node) -> Path:
+        return self.lab.workdir / f"healthy-{host.role}"
+
+    def check(self) -> dict[str, object]:
+        if self.kind == "tcp":
+            return {"type": "tcp", "port": SERVICE_PORT, **FAST}
+        if self.kind == "http":
+            url = f"http://127.0.0.1:{SERVICE_PORT}/"
+            return {"type": "http", "url": url, "expect_status": [200], **FAST}
+        if self.kind == "exec":
+            return {
+                "type": "exec",
+                "command": f"test -e {self.lab.workdir}/healthy-$HAAGENT_NODE",
+                **FAST,
+            }
+        return {"type": "interface", "interface": "svc0", **FAST}
+
+    def setup(self, host: Node) -> Service:
+        if self.kind in ("tcp", "http"):
+            self._serve(host)
+            return Service(lambda: self._stop(host), lambda: self._serve(host))
+        if self.kind == "exec":
+            self.flag(host).touch()
+            return Service(lambda: self.flag(host).unlink(), lambda: self.flag(host).touch())
+        self.lab.run(host, ["ip", "link", "add", "svc0", "type", "veth", "peer", "name", "svc1"])
+        self.lab.run(host, ["ip", "link", "set", "svc0", "up"])
+        self.lab.run(host, ["ip", "link", "set", "svc1", "up"])
+        return Service(lambda: self._link(host, "down"), lambda: self._link(host, "up"))
+
+    def _link(self, host: Node, state: str) -> None:
+        self.lab.run(host, ["ip", "link", "set", "svc1", state])
+
+    def _serve(self, host: Node) -> None:
+        argv = [sys.executable, "-m", "http.server", str(SERVICE_PORT), "--bind", "127.0.0.1"]
+        self.servers[host.role] = self.lab.popen(host, argv)
+        probe = [
+            sys.executable,
+            "-c",
+            f"import socket; socket.create_connection(('127.0.0.1', {SERVICE_PORT}), 1)",
+        ]
+        assert wait_until(lambda: self.lab.run(host, probe, check=False).returncode == 0, 10)
+
+    def _stop(self, host: Node) -> None:
+        self.lab.stop(self.servers.pop(host.role))
+
+    def teardown(self) -> None:
+        for proc in self.servers.values():
+            self.lab.stop(proc)
+        for h in self.lab.hosts:
+            self.flag(h).unlink(missing_ok=True)
+            if self.kind == "interface":
+                self.lab.run(h, ["ip", "link", "del", "svc0"], check=False)
+
+
+def configure(agents: Agents, check: dict[str, object], **vip: object) -> None:
+    lab = agents.lab
+    agents.vips = [("web4", str(lab.vip4(0)))]
+    agents.extra = {
+        "checks": {"svc": check},
+        "vips": [
+            {
+                "name": "web4",
+                "address": str(lab.vip4(0)),
+                "interface": "eth0",
+                "checks": ["svc"],
+                "hold_down": 1.0,
+                **vip,
+            }
+        ],
+    }
+
+
+def member_health(lab: Lab, cluster: str, node: str) -> str | None:
+    out = lab.etcd.etcdctl(
+        "get", f"/haagent/v1/{cluster}/members/{node}", "--print-value-only"
+    ).stdout.strip()
+    return json.loads(out)["health"].get("web4") if out else None
+
+
+def acquisitions(agents: Agents, host: Node) -> int:
+    return len(agents.events(host, r"^acquired vip web4 "))
+
+
+@pytest.fixture(params=["tcp", "http", "exec", "interface"])
+def services(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Services]:
+    s = Services(lab, request.param)
+    try:
+        yield s
+    finally:
+        s.teardown()
+
+
+def test_failing_check_moves_the_vip_and_recovery_makes_the_host_eligible_again(
+    lab: Lab, agents: Agents, services: Services
+) -> None:
+    svc = {h.role: services.setup(h) for h in lab.hosts}
+    configure(agents, services.check())
+    agents.start_all()
+    ip = lab.vip4(0)
+    old = agents.wait_single_holder(ip)
+    old_host = lab.host(old)
+    svc[old].brk()
+    new = wait_until(lambda: [h for h in agents.holders(ip) if h != old] or None, 10, 0.02)
+    assert new, agents.dump()
+    assert lab.probe_once(str(ip))["by"] == new[0]  # type: ignore[index]
+    assert agents.events(old_host, r"^released vip web4 .*check svc"), agents.log(old_host)
+    assert wait_until(
+        lambda: (member_health(lab, agents.cluster, old) or "").startswith("unhealthy"), 5
+    )
+    # While unhealthy it does not campaign (and nothing would let it win anyway).
+    before = acquisitions(agents, old_host)
+    time.sleep(1.0)
+    assert acquisitions(agents, old_host) == before
+    assert "campaign" not in " ".join(
+        e.message for e in agents.events(old_host, r"web4") if "unhealthy" in e.message
+    )
+    svc[old].fix()
+    assert wait_until(lambda: member_health(lab, agents.cluster, old) == "healthy", 10)
+    # Recovery does not move it back (no preemption): one holder, the new one.
+    assert agents.holders(ip) == new
+
+
+def test_flapping_check_moves_are_bounded_by_hold_down(lab: Lab, agents: Agents) -> None:
+    flags = {h.role: lab.workdir / f"healthy-{h.role}" for h in lab.hosts[:2]}
+    for f in flags.values():
+        f.touch()
+    check = {
+        "type": "exec",
+        "command": f"test -e {lab.workdir}/healthy-$HAAGENT_NODE",
+        "interval": 0.1,
+        "timeout": 0.1,
+        "rise": 1,
+        "fall": 1,
+    }
+    configure(agents, check, hold_down=2.0)
+    for h in lab.hosts[:2]:
+        agents.start(h)
+    agents.wait_single_holder(lab.vip4(0))
+    stop = threading.Event()
+    seconds = 6.0
+
+    def flap() -> None:  # each host's check flips every 0.4 s, the two out of phase
+        end = time.monotonic() + seconds
+        n = 0
+        while not stop.is_set() and time.monotonic() < end:
+            for i, f in enumerate(flags.values()):
+                if (n + i) % 2:
+                    f.unlink(missing_ok=True)
+                else:
+                    f.touch()
+            n += 1
+            stop.wait(0.4)
+
+    start = {h.role: acquisitions(agents, h) for h in lab.hosts[:2]}
+    t = threading.Thread(target=flap)
+    t.start()
+    try:
+        t.join(seconds + 5)
+    finally:
+        stop.set()
+        for f in flags.values():
+            f.unlink(missing_ok=True)
+    moves = sum(acquisitions(agents, h) - start[h.role] for h in lab.hosts[:2])
+    # Without damping the VIP would follow every flip (~15 moves); hold_down 2 s allows
+    # each host one acquisition per 2 s at most.
+    assert 1 <= moves <= 8, f"{moves} moves\n{agents.dump()}"
+
+
+def test_when_no_host_is_healthy_the_vip_is_released_by_default(lab: Lab, agents: Agents) -> None:
+    flags = {h.role: lab.workdir / f"healthy-{h.role}" for h in lab.hosts}
+    for f in flags.values():
+        f.touch()
+    configure(
+        agents, {"type": "exec", "command": f"test -e {lab.workdir}/healthy-$HAAGENT_NODE", **FAST}
+    )
+    agents.start_all()
+    ip = lab.vip4(0)
+    agents.wait_single_holder(ip)
+    for f in flags.values():
+        f.unlink()
+    assert wait_until(lambda: agents.holders(ip) == [], 5), agents.dump()
+    logs = "".join(agents.log(h) for h in lab.hosts)
+    assert wait_until(
+        lambda: "no healthy host for vip web4" in "".join(agents.log(h) for h in lab.hosts), 5
+    ), logs
+    for h in lab.hosts:
+        assert (member_health(lab, agents.cluster, h.role) or "").startswith("unhealthy")
+    flags["h2"].touch()
+    assert agents.wait_single_holder(ip) == "h2"
+
+
+def test_when_all_unhealthy_keep_leaves_it_on_the_last_holder(lab: Lab, agents: Agents) -> None:
+    flags = {h.role: lab.workdir / f"healthy-{h.role}" for h in lab.hosts}
+    for f in flags.values():
+        f.touch()
+    configure(
+        agents,
+        {"type": "exec", "command": f"test -e {lab.workdir}/healthy-$HAAGENT_NODE", **FAST},
+        when_all_unhealthy="keep",
+    )
+    agents.start_all()
+    ip = lab.vip4(0)
+    holder = agents.wait_single_holder(ip)
+    others = [h.role for h in lab.hosts if h.role != holder]
+    for role in others:
+        flags[role].unlink()
+    for role in others:
+        known = wait_until(
+            lambda: (member_health(lab, agents.cluster, role) or "").startswith("unhealthy"),  # noqa: B023
+            5,
+        )
+        assert known, agents.dump()
+    flags[holder].unlink()
+    kept = wait_until(lambda: "kept while unhealthy" in agents.log(lab.host(holder)), 5)
+    assert kept, agents.log(lab.host(holder))
+    for _ in range(10):
+        assert agents.holders(ip) == [holder]
+        time.sleep(0.1)
+    # As soon as another host is healthy again, the unhealthy holder lets it go.
+    flags[others[0]].touch()
+    assert wait_until(lambda: agents.holders(ip) == [others[0]], 10), agents.dump()
