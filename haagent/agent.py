@@ -46,7 +46,7 @@ from haagent.fence import FenceClient
 from haagent.health.monitor import HealthMonitor, VipHealthChanged
 from haagent.health.notify import Notifier
 from haagent.lease import LeaseClock
-from haagent.net.addresses import AddressManager, NetError
+from haagent.net.addresses import LIFETIME_FOREVER, AddressManager, NetError
 from haagent.net.announce import Announcer
 from haagent.schema import HolderRecord, Keys, MemberRecord
 from haagent.store import (
@@ -117,6 +117,7 @@ class Agent:
         }
         self._hold_until: dict[str, float] = {}
         self._keeping: set[str] = set()  # VIPs held while unhealthy (when_all_unhealthy: keep)
+        self._outage_keep = False  # holding past the deadline (lease.when_etcd_unreachable: keep)
         for v in cfg.vips:
             if v.checks:
                 self.elections[v.name].set_eligible(False, "health not yet known")
@@ -400,7 +401,7 @@ class Agent:
             if self._timers:
                 waits.append(self._timers[0].when - now)
             remaining = self.clock.remaining(now)
-            if self.lease_ok and remaining is not None:
+            if self.lease_ok and remaining is not None and not self._outage_keep:
                 waits.append(remaining)
             try:
                 ev: Event = self.events.get(timeout=max(0.0, min(waits)))
@@ -415,10 +416,30 @@ class Agent:
 
     def _check_deadline(self) -> None:
         now = time.monotonic()
-        if self.lease_ok and not self.clock.valid(now):
+        if self.lease_ok and not self.clock.valid(now) and not self._outage_keep:
             ack = self.clock.last_ack
             ago = f"{now - ack:.1f}s" if ack is not None else "never"
+            if self.cfg.lease.when_etcd_unreachable == "keep" and self._held():
+                self._keep_through_outage(f"last keepalive answered {ago} ago")
+                return
             self._set_lease_ok(False, f"lease deadline passed (last keepalive answered {ago} ago)")
+
+    def _keep_through_outage(self, why: str) -> None:
+        """lease.when_etcd_unreachable: keep — hold on past the deadline, loudly.
+
+        The fence and the address lifetimes would remove the VIPs at the deadline too, so
+        they are told to stand down; a closing pipe (agent death) still removes them.
+        """
+        self._outage_keep = True
+        for vip in self._held():
+            log.warning(
+                "keeping vip %s past the lease deadline: etcd unreachable (%s); if this host is "
+                "partitioned while others reach etcd, another host takes the VIP when the lease "
+                "expires and BOTH answer (lease.when_etcd_unreachable: keep)",
+                vip.name,
+                why,
+            )
+        self._extend_bound()
 
     def _set_lease_ok(self, ok: bool, reason: str) -> None:
         if ok and not self.clock.valid(time.monotonic()):
@@ -452,6 +473,10 @@ class Agent:
                 if lease_id != self.clock.lease_id:
                     return
                 self.clock.acknowledged(lease_id, sent, ttl)
+                if self._outage_keep and self.clock.valid(time.monotonic()):
+                    self._outage_keep = False
+                    log.info("etcd answered again and the lease is alive: vips kept")
+                    self._regain_lease("keepalive answered again after an etcd outage")
                 if not self.lease_ok and self.clock.valid(time.monotonic()):
                     self._regain_lease("keepalive answered again before the lease expired")
                 elif self.lease_ok:
@@ -513,6 +538,7 @@ class Agent:
         self._set_lease_ok(True, reason)
 
     def _lease_gone(self, reason: str) -> None:
+        self._outage_keep = False
         if self._keeper is not None:
             self._keeper.stop()
             self._keeper = None
@@ -639,11 +665,14 @@ class Agent:
         return [self.vips[n] for n, e in self.elections.items() if e.state is State.HOLDER]
 
     def _lifetime(self) -> int | None:
+        if self._outage_keep:
+            return LIFETIME_FOREVER
         return self.clock.address_lifetime(time.monotonic())
 
     def _tell_fence(self) -> None:
         deadline = self.clock.deadline if self.lease_ok else None
-        self._fence.tell(deadline, [(v.interface, v.address) for v in self._held()])
+        held = [(v.interface, v.address) for v in self._held()]
+        self._fence.tell(deadline, held, hold=self._outage_keep)
 
     def _extend_bound(self) -> None:
         """A keepalive was acknowledged: push the new deadline to the fence and the kernel."""

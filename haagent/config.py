@@ -152,6 +152,10 @@ class LeaseConfig:
     ttl: int = 5  # seconds, etcd lease TTL
     margin: float = 1.5  # VIPs are dropped at last acked keepalive send time + ttl - margin
     keepalive_interval: float | None = None  # None: ttl / 5
+    # What a holder does when its deadline passes without an answer from etcd: "release" (safe:
+    # a partitioned host cannot tell it apart from an etcd outage) or "keep" (availability
+    # during a real etcd outage, at the risk of two holders if it is a partition instead).
+    when_etcd_unreachable: Literal["release", "keep"] = "release"
 
     @property
     def interval(self) -> float:
@@ -584,7 +588,7 @@ _ETCD_KEYS = (
     "retry_interval",
 )
 _TLS_KEYS = ("ca", "cert", "key")
-_LEASE_KEYS = ("ttl", "margin", "keepalive_interval")
+_LEASE_KEYS = ("ttl", "margin", "keepalive_interval", "when_etcd_unreachable")
 _ANNOUNCE_KEYS = ("count", "interval", "refresh", "arp_reply")
 _VIP_KEYS = (
     "name",
@@ -759,6 +763,7 @@ def _parse_lease(col: _Collector, value: object) -> tuple[LeaseConfig, _Section]
     )
     s.take("margin", col.number, _positive)
     s.take("keepalive_interval", col.number, _positive, nullable=True)
+    s.take("when_etcd_unreachable", col.string, lambda v: _one_of(v, _WHEN_ALL_UNHEALTHY))
 
     ttl = s.get("ttl", LeaseConfig.ttl)
     margin = s.get("margin", LeaseConfig.margin)
@@ -787,6 +792,9 @@ def _parse_lease(col: _Collector, value: object) -> tuple[LeaseConfig, _Section]
         ttl=s.values.get("ttl", LeaseConfig.ttl),
         margin=s.values.get("margin", LeaseConfig.margin),
         keepalive_interval=s.values.get("keepalive_interval"),
+        when_etcd_unreachable=s.values.get(
+            "when_etcd_unreachable", LeaseConfig.when_etcd_unreachable
+        ),
     )
     return cfg, s
 

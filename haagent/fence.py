@@ -5,6 +5,7 @@ Ctrl-C, does not reach it) and writes one JSON line to its stdin whenever what i
 lease deadline changes::
 
     {"deadline": 12345.678, "addresses": [["eth0", "198.51.100.200/32"], ...]}
+    {"deadline": null, "hold": true, "addresses": [...]}   # keep them, no deadline (see below)
     {"exit": true}                      # graceful stop: the agent already unbound everything
 
 The deadline is on the system-wide monotonic clock, shared by both processes. The fence removes
@@ -14,6 +15,9 @@ every listed address
   OOM kill — the kernel closes the pipe), and
 * when the deadline passes without a newer one (the agent is frozen — SIGSTOP, a stalled VM
   thread, a page-fault storm — and cannot act on its own deadline).
+
+``hold`` is sent only under ``lease.when_etcd_unreachable: keep``, while the agent deliberately
+keeps its VIPs past the deadline; the pipe closing still removes them.
 
 It ignores SIGTERM and SIGINT: a service manager that signals every process of the service at
 once must not make it exit before the agent has handed its VIPs over; it leaves when the agent
@@ -46,6 +50,7 @@ class Fence:
 
     def __init__(self) -> None:
         self.deadline: float | None = None
+        self.hold = False  # keep the addresses with no deadline (etcd outage, "keep" policy)
         self.addresses: list[Address] = []
 
     def update(self, message: dict[str, object]) -> bool:
@@ -54,6 +59,7 @@ class Fence:
             return False
         deadline = message.get("deadline")
         self.deadline = float(deadline) if isinstance(deadline, (int, float)) else None
+        self.hold = bool(message.get("hold"))
         raw = message.get("addresses", [])
         addresses: list[Address] = []
         if isinstance(raw, list):
@@ -65,13 +71,13 @@ class Fence:
 
     def timeout(self, now: float) -> float | None:
         """How long to wait for the next message before acting; None: forever."""
-        if not self.addresses or self.deadline is None:
+        if not self.addresses or self.deadline is None or self.hold:
             return None
         return max(0.0, self.deadline - now)
 
     def due(self, now: float) -> tuple[list[Address], str]:
         """Addresses to remove now because the deadline passed, and why."""
-        if not self.addresses or (self.deadline is not None and now < self.deadline):
+        if not self.addresses or self.hold or (self.deadline is not None and now < self.deadline):
             return [], ""
         late = "" if self.deadline is None else f" {(now - self.deadline) * 1000:.0f} ms ago"
         return self.take(), f"lease deadline passed{late} and the agent did not act"
@@ -143,9 +149,12 @@ class FenceClient:
             start_new_session=True,  # out of reach of signals sent to the agent's group
         )
 
-    def tell(self, deadline: float | None, addresses: Iterable[Address]) -> None:
+    def tell(
+        self, deadline: float | None, addresses: Iterable[Address], *, hold: bool = False
+    ) -> None:
         message = {
             "deadline": deadline,
+            "hold": hold,
             "addresses": [[ifname, str(address)] for ifname, address in addresses],
         }
         self._send(json.dumps(message).encode() + b"\n")

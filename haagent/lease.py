@@ -57,6 +57,12 @@ class LeaseClock:
         earliest_expiry = self.deadline + self.margin
         return max(1, math.floor(earliest_expiry - now - KERNEL_LIFETIME_SLACK))
 
+    def past_deadline(self, now: float) -> float | None:
+        """Seconds since the deadline passed; None if there is none or it has not passed."""
+        if self.deadline is None or now < self.deadline:
+            return None
+        return now - self.deadline
+
     def forget(self) -> None:
         """The lease is gone (revoked, expired, or its deadline passed)."""
         self.lease_id = None

@@ -25,6 +25,8 @@ IPInterface = IPv4Interface | IPv6Interface
 # linux/if_addr.h
 IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
+# A valid_lft of all ones means "forever" to the kernel.
+LIFETIME_FOREVER = 0xFFFFFFFF
 
 
 class NetError(Exception):

@@ -100,3 +100,31 @@ def test_whole_etcd_cluster_down_drops_vips_at_the_deadline_and_recovers(
         lab.etcd.start(m)
     lab.etcd.wait_healthy()
     agents.wait_single_holder(ip, timeout=20)
+
+
+def test_when_etcd_unreachable_keep_holds_through_a_whole_etcd_outage(
+    lab: Lab, agents: Agents
+) -> None:
+    agents.extra = {
+        "lease": {"ttl": agents.ttl, "margin": agents.margin, "when_etcd_unreachable": "keep"}
+    }
+    agents.start_all()
+    ip = lab.vip4(0)
+    holder = agents.wait_single_holder(ip)
+    for m in lab.etcd_nodes:
+        lab.etcd.kill(m)
+    kept = wait_until(
+        lambda: "keeping vip web4 past the lease deadline" in agents.log(lab.host(holder)),
+        agents.ttl + 2,
+    )
+    assert kept, agents.dump()
+    # Well past the deadline and the address lifetime: the fence and the kernel stood down too.
+    for _ in range(20):
+        assert agents.holders(ip) == [holder]
+        time.sleep(0.15)
+    for m in lab.etcd_nodes:
+        lab.etcd.start(m)
+    lab.etcd.wait_healthy()
+    back = wait_until(lambda: "vips kept" in agents.log(lab.host(holder)), 20)
+    assert back, agents.log(lab.host(holder))
+    assert agents.holders(ip) == [holder]

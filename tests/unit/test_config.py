@@ -826,3 +826,11 @@ def test_keepalive_interval_plus_timeout_must_fit_before_the_deadline():
     assert "+ etcd.timeout (1 s)" in reason and "single slow keepalive" in reason
     cfg = parse_config(doc(lease={"ttl": 5, "margin": 1.5, "keepalive_interval": 2.4}))
     assert cfg.lease.interval == 2.4
+
+
+def test_when_etcd_unreachable():
+    assert parse_config(doc()).lease.when_etcd_unreachable == "release"
+    cfg = parse_config(doc(lease={"ttl": 5, "margin": 1.5, "when_etcd_unreachable": "keep"}))
+    assert cfg.lease.when_etcd_unreachable == "keep"
+    key, reason = one_error(doc(lease={"when_etcd_unreachable": "kep"}))
+    assert key == "lease.when_etcd_unreachable" and "keep" in reason

@@ -55,3 +55,12 @@ def test_take_on_agent_death_returns_everything_once():
     f.update(MSG)
     assert f.take() == [V4, V6]
     assert f.take() == []
+
+
+def test_hold_keeps_addresses_past_any_deadline_until_told_otherwise():
+    f = Fence()
+    f.update({"deadline": None, "hold": True, "addresses": MSG["addresses"]})
+    assert f.timeout(100.0) is None
+    assert f.due(100.0) == ([], "")
+    f.update(MSG)  # back to normal: the old deadline applies again
+    assert f.due(100.0)[0] == [V4, V6]
