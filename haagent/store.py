@@ -17,19 +17,21 @@ Facts about the client that shaped this code (measured against etcd 3.4 and etcd
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pyetcd
 import pyetcd.events
 import pyetcd.utils
 from pyetcd import exceptions as etcd_exc
+from pyetcd.client import EtcdTokenCallCredentials
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -116,6 +118,40 @@ def _rpc_error(exc: BaseException) -> tuple[Any, str, str] | None:
     return code, f"{getattr(code, 'name', code)}: {details}", details
 
 
+def _token_expired(exc: BaseException) -> bool:
+    """etcd forgot our password login (idle for --auth-token-ttl, or a member restarted)."""
+    rpc = _rpc_error(exc)
+    return (
+        rpc is not None
+        and rpc[0] == grpc.StatusCode.UNAUTHENTICATED
+        and ("invalid auth token" in rpc[2])
+    )
+
+
+R = TypeVar("R")
+
+
+def _relogin_once(call: Callable[..., R]) -> Callable[..., R]:
+    """Run a Store call; if etcd says the login token expired, log in again and retry once.
+
+    The client logs in once, at creation. etcd drops a password token after
+    ``--auth-token-ttl`` (default 300 s) without an auth-checked request — keepalives do not
+    count — so an idle standby would otherwise fail every campaign from then on.
+    """
+
+    @functools.wraps(call)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> R:
+        try:
+            return call(self, *args, **kwargs)
+        except ETCD_ERRORS as exc:
+            if not _token_expired(exc):
+                raise
+            self._relogin()
+            return call(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _auth_problem(exc: BaseException, prefix: str) -> str | None:
     """Credentials or permissions etcd refused: the same answer from every member, for good."""
     rpc = _rpc_error(exc)
@@ -183,6 +219,7 @@ class Store:
         self._watch_thread: threading.Thread | None = None
         self._watch_stop = threading.Event()
         self._rewatch = threading.Event()
+        self._login_lock = threading.Lock()
         self._next_revision = 0
 
     # -- connection ----------------------------------------------------------------------
@@ -336,8 +373,37 @@ class Store:
             self._warn_once(key, mod_rev, f"malformed member record: {exc}")
             return None
 
+    def _relogin(self) -> None:
+        """Log in again with the configured user and password, on the existing channels."""
+        if not (self.cfg.username and self.cfg.password):
+            raise StoreError("etcd says the auth token expired, but no password is configured")
+        client = self.client
+        with self._login_lock:
+            resp = client.authstub.Authenticate(
+                pyetcd.etcdrpc.AuthenticateRequest(
+                    name=self.cfg.username, password=self.cfg.password
+                ),
+                self.cfg.timeout,
+            )
+            # The same fields pyetcd's constructor sets after its own login.
+            client.metadata = (("token", resp.token),)
+            client.call_credentials = grpc.metadata_call_credentials(
+                EtcdTokenCallCredentials(resp.token)
+            )
+            client._clear_old_stubs()  # the cached watcher holds the old token
+        log.info("etcd auth token had expired; logged in again as %s", self.cfg.username)
+
+    @_relogin_once
+    def _add_watch(self, inbox: queue.Queue[Any]) -> int:
+        return int(
+            self.client.add_watch_prefix_callback(
+                self.keys.prefix, inbox.put, start_revision=self._next_revision
+            )
+        )
+
     # -- reads ---------------------------------------------------------------------------
 
+    @_relogin_once
     def snapshot(self) -> Snapshot:
         resp = self.client.get_prefix_response(self.keys.prefix)
         holders: dict[str, Holder] = {}
@@ -359,6 +425,7 @@ class Store:
 
     # -- lease ---------------------------------------------------------------------------
 
+    @_relogin_once
     def grant(self, ttl: int) -> tuple[int, int, float]:
         """Grant a lease; returns (id, granted ttl, monotonic send time)."""
         sent = time.monotonic()
@@ -372,18 +439,22 @@ class Store:
             return int(resp.TTL), sent
         raise StoreError("keepalive stream closed without an answer")
 
+    @_relogin_once
     def lease_alive(self, lease_id: int) -> bool:
         resp = self.client.get_lease_info(lease_id)
         return int(resp.TTL) > 0
 
+    @_relogin_once
     def revoke(self, lease_id: int) -> None:
         self.client.revoke_lease(lease_id)
 
     # -- writes --------------------------------------------------------------------------
 
+    @_relogin_once
     def put_member(self, record: MemberRecord, lease_id: int) -> None:
         self.client.put(self.keys.member(record.node), record.to_json(), lease=lease_id)
 
+    @_relogin_once
     def campaign(self, vip: str, record: HolderRecord) -> tuple[bool, Holder | None, int]:
         """Create the holder key on our lease only if absent.
 
@@ -406,6 +477,7 @@ class Store:
         )
         return bool(ok), holder, int(meta.response_header.revision)
 
+    @_relogin_once
     def resign(self, vip: str, create_revision: int) -> bool:
         """Delete the holder key only if it is still the one we created."""
         key = self.keys.holder(vip)
@@ -442,9 +514,7 @@ class Store:
             inbox: queue.Queue[Any] = queue.Queue()
             self._rewatch.clear()
             try:
-                watch_id = self.client.add_watch_prefix_callback(
-                    self.keys.prefix, inbox.put, start_revision=self._next_revision
-                )
+                watch_id = self._add_watch(inbox)
             except etcd_exc.RevisionCompactedError:
                 log.warning(
                     "watch revision %d compacted; re-reading everything", self._next_revision

@@ -382,11 +382,6 @@ def test_password_auth_needs_tls_with_this_client() -> None:
         assert "need https:// endpoints and etcd.tls" in log and "Traceback" not in log, log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.py never re-authenticates: once etcd forgets the password token (idle for "
-    "--auth-token-ttl, or a member restart) every campaign fails with 'invalid auth token'",
-)
 def test_password_agent_still_campaigns_after_its_token_expired() -> None:
     with Lab(hosts=2, etcd_tls=True, etcd_auth=True, etcd_args=["--auth-token-ttl", "2"]) as small:
         a = Agents(small, f"{small.lab_id}-tok", vips=[("web4", str(small.vip4(1)))])
