@@ -4,6 +4,7 @@ a real etcd, a real client."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import time
@@ -258,3 +259,28 @@ def test_when_all_unhealthy_keep_leaves_it_on_the_last_holder(lab: Lab, agents: 
     # As soon as another host is healthy again, the unhealthy holder lets it go.
     flags[others[0]].touch()
     assert wait_until(lambda: agents.holders(ip) == [others[0]], 10), agents.dump()
+
+
+def test_notify_hooks_run_with_their_environment_and_never_block(lab: Lab, agents: Agents) -> None:
+    log = lab.workdir / "notify.log"
+    hook = f'echo "$HAAGENT_EVENT $HAAGENT_VIP $HAAGENT_ADDRESS $HAAGENT_NODE" >> {log}'
+    agents.vips = [("web4", str(lab.vip4(0)))]
+    agents.extra = {
+        "vips": [
+            {
+                "name": "web4",
+                "address": str(lab.vip4(0)),
+                "interface": "eth0",
+                # on_release hangs: it must be killed at its timeout and hold nothing up.
+                "notify": {"on_acquire": hook, "on_release": f"{hook}; sleep 60", "timeout": 1},
+            }
+        ]
+    }
+    host = lab.hosts[0]
+    agents.start(host)
+    assert agents.wait_single_holder(lab.vip4(0)) == host.role
+    assert wait_until(lambda: log.exists() and "acquire" in log.read_text(), 5)
+    assert log.read_text().splitlines()[0] == f"acquire web4 {lab.vip4(0)} h1"
+    agents.signal(host, signal.SIGTERM)
+    assert agents.wait_exit(host, 4) == 0, agents.log(host)  # not held up by the hung hook
+    assert f"release web4 {lab.vip4(0)} h1" in log.read_text()
