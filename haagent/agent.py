@@ -134,7 +134,10 @@ class Agent:
         try:
             self._lock()
             self._net = AddressManager()
-            self._fence.start()
+            try:
+                self._fence.start()
+            except OSError as exc:
+                raise AgentError(f"cannot start the fence process: {exc}") from None
             self._announcer = Announcer()
             self._announcer.prepare({v.interface for v in self.vips.values()})
             self._check_stop()

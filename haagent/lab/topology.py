@@ -679,7 +679,11 @@ class Lab:
         """Run `python -m haagent run -c CONFIG` in the host's namespace."""
         return self.popen(
             host,
-            [sys.executable, "-m", "haagent", "run", "-c", str(config)],
+            # Lock and lease files stay in the lab, not in this machine's /run/haagent.
+            [
+                *(sys.executable, "-m", "haagent", "run", "-c", str(config)),
+                *("--state-dir", str(self.workdir / "state")),
+            ],
             log=self.agent_log_path(host),
             env={"PYTHONUNBUFFERED": "1"},
         )
