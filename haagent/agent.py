@@ -48,6 +48,7 @@ from haagent.health.notify import Notifier
 from haagent.lease import LeaseClock
 from haagent.net.addresses import LIFETIME_FOREVER, AddressManager, NetError
 from haagent.net.announce import Announcer
+from haagent.net.placement import Placement
 from haagent.schema import HolderRecord, Keys, MemberRecord
 from haagent.store import (
     ETCD_ERRORS,
@@ -103,6 +104,7 @@ class Agent:
         self._timer_seq = itertools.count()
         self._keeper: LeaseKeeper | None = None
         self._net: AddressManager | None = None
+        self._place: Placement | None = None
         self._announcer: Announcer | None = None
         self._fence = FenceClient()
         self.health = HealthMonitor(cfg, self._post_health)
@@ -134,6 +136,7 @@ class Agent:
         try:
             self._lock()
             self._net = AddressManager()
+            self._place = Placement(self._net)
             try:
                 self._fence.start()
             except OSError as exc:
@@ -226,7 +229,7 @@ class Agent:
         except StoreError as exc:
             reason = f"etcd unreachable at start-up ({exc}), cannot prove this node holds it"
         for name, vip in self.vips.items():
-            if self.net.unbind(vip.interface, vip.address):
+            if self.place.remove(vip):
                 log.info("removed stale address of vip %s (%s): %s", name, vip.address, reason)
         self._check_stop()
         try:
@@ -268,7 +271,9 @@ class Agent:
     def _reconcile_addresses(self, snap: Snapshot, lease_id: int) -> None:
         """Remove VIP addresses left bound by an earlier run unless etcd says they are ours."""
         for name, vip in self.vips.items():
-            if not self.net.is_bound(vip.interface, vip.address):
+            if not self.place.is_placed(vip):
+                if vip.vmac:
+                    self.place.remove(vip)  # a vmac link left without its address
                 continue
             h = snap.holders.get(name)
             if h is not None and h.node == self.node and h.lease == lease_id:
@@ -277,7 +282,7 @@ class Agent:
                 )
                 continue
             who = "nobody" if h is None else f"{h.node} (lease {h.lease:x})"
-            self.net.unbind(vip.interface, vip.address)
+            self.place.remove(vip)
             log.info(
                 "removed stale address of vip %s (%s): etcd says it is held by %s",
                 name,
@@ -393,6 +398,11 @@ class Agent:
     def net(self) -> AddressManager:
         assert self._net is not None
         return self._net
+
+    @property
+    def place(self) -> Placement:
+        assert self._place is not None
+        return self._place
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -624,16 +634,18 @@ class Agent:
         # it still knows what to remove.
         self._tell_fence()
         try:
-            self.net.bind(vip.interface, vip.address, lifetime=self._lifetime())
+            self.place.place(vip, self._lifetime())
         except NetError as exc:
             log.error(
                 "cannot bind vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, exc
             )
-            self._execute(e, e.set_eligible(False, f"bind failed: {exc}"))
+            # Give the key up for a while (hold-down) so a host that can bind it takes over.
+            self._hold_until[vip.name] = time.monotonic() + BIND_FAILURE_HOLDOFF
+            self._refresh_eligibility(vip.name)
             self._after(
                 BIND_FAILURE_HOLDOFF,
-                lambda: self._execute(e, e.set_eligible(True, "retrying after bind failure")),
-                key=f"rebind:{vip.name}",
+                lambda: self._refresh_eligibility(vip.name),
+                key=f"hold:{vip.name}",
             )
             return
         holder = e.holder
@@ -643,7 +655,7 @@ class Agent:
             "acquired vip %s (%s on %s%s): %s",
             vip.name,
             vip.address,
-            vip.interface,
+            self.place.where(vip),
             epoch,
             action.reason,
         )
@@ -653,13 +665,17 @@ class Agent:
         vip = self.vips[action.vip]
         self._cancel(f"announce:{vip.name}")
         try:
-            self.net.unbind(vip.interface, vip.address)
+            self.place.remove(vip)
         except NetError as exc:
             log.error(
                 "cannot unbind vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, exc
             )
         log.info(
-            "released vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, action.reason
+            "released vip %s (%s on %s): %s",
+            vip.name,
+            vip.address,
+            self.place.where(vip),
+            action.reason,
         )
         self._tell_fence()
         self.notifier.fire("release", vip, action.reason)
@@ -674,7 +690,7 @@ class Agent:
 
     def _tell_fence(self) -> None:
         deadline = self.clock.deadline if self.lease_ok else None
-        held = [(v.interface, v.address) for v in self._held()]
+        held = [f for v in self._held() if (f := self.place.fenced(v)) is not None]
         self._fence.tell(deadline, held, hold=self._outage_keep)
 
     def _extend_bound(self) -> None:
@@ -685,14 +701,14 @@ class Agent:
             return
         for vip in self._held():
             try:
-                if not self.net.refresh(vip.interface, vip.address, lifetime):
+                if not self.place.refresh(vip, lifetime):
                     log.error(
                         "vip %s (%s) vanished from %s while held; binding it again",
                         vip.name,
                         vip.address,
-                        vip.interface,
+                        self.place.where(vip),
                     )
-                    self.net.bind(vip.interface, vip.address, lifetime=lifetime)
+                    self.place.place(vip, lifetime)
             except NetError as exc:
                 log.error("cannot refresh vip %s (%s): %s", vip.name, vip.address, exc)
 
@@ -722,9 +738,11 @@ class Agent:
         if remaining > 0:
             try:
                 # Read each time (0.6 ms): an interface re-created since start has a new MAC.
-                mac = self.net.mac(vip.interface)
                 self._announcer.announce(
-                    vip.interface, vip.ip, mac, arp_reply=vip.announce.arp_reply
+                    self.place.where(vip),
+                    vip.ip,
+                    self.place.mac(vip),
+                    arp_reply=vip.announce.arp_reply,
                 )
             except (OSError, NetError) as exc:
                 log.warning("announcement for vip %s failed: %s", vip.name, exc)
@@ -789,6 +807,8 @@ class Agent:
         self.notifier.close(timeout=2.0)  # let on_release hooks run, bounded
         if self._announcer is not None:
             self._announcer.close()
+        if self._place is not None:
+            self._place.close()
         if self._net is not None:
             self._net.close()
         if self._lock_fd is not None:

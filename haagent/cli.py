@@ -118,21 +118,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from haagent.net.addresses import AddressManager, NetError
+    from haagent.net.placement import Placement
 
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_ERROR
     status = EXIT_OK
     with AddressManager() as net:
-        for vip in cfg.vips:
-            try:
-                removed = net.unbind(vip.interface, vip.address)
-            except NetError as exc:
-                print(f"error: vip {vip.name}: {exc}", file=sys.stderr)
-                status = EXIT_ERROR
-                continue
-            state = "removed" if removed else "not bound"
-            print(f"vip {vip.name} ({vip.address} on {vip.interface}): {state}")
+        place = Placement(net)
+        try:
+            for vip in cfg.vips:
+                try:
+                    removed = place.remove(vip)
+                except NetError as exc:
+                    print(f"error: vip {vip.name}: {exc}", file=sys.stderr)
+                    status = EXIT_ERROR
+                    continue
+                state = "removed" if removed else "not bound"
+                print(f"vip {vip.name} ({vip.address} on {place.where(vip)}): {state}")
+        finally:
+            place.close()
     return status
 
 

@@ -304,6 +304,12 @@ class VipConfig:
     hold_down: float = DEFAULT_HOLD_DOWN  # seconds without campaigning after this host released it
     when_all_unhealthy: Literal["release", "keep"] = "release"
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    # Layer 2 (docs/layer2.md): bind on a macvlan with the VRRP virtual MAC of ``vrid`` so
+    # clients' neighbour caches never go stale; or do not bind at all (announce-only) and answer
+    # ARP/NDP for the VIP while holding it, for traffic taken by IPVS/nftables/XDP.
+    vmac: bool = False
+    vrid: int = 0  # 1-255 with vmac; derived from the VIP name when not given
+    bind: bool = True
 
     @property
     def ip(self) -> IPv4Address | IPv6Address:
@@ -312,6 +318,11 @@ class VipConfig:
     @property
     def family(self) -> int:
         return self.address.version
+
+
+def derived_vrid(vip_name: str) -> int:
+    """A stable VRID (1-255) from the VIP name, for vmac VIPs that do not set one."""
+    return int(hashlib.sha256(vip_name.encode()).hexdigest(), 16) % 255 + 1
 
 
 def _default_node() -> str:
@@ -599,6 +610,9 @@ _VIP_KEYS = (
     "hold_down",
     "when_all_unhealthy",
     "notify",
+    "vmac",
+    "vrid",
+    "bind",
 )
 _CHECK_KEYS = ("type", "interval", "timeout", "rise", "fall")
 _CHECK_TYPE_KEYS: dict[str, tuple[str, ...]] = {
@@ -1276,6 +1290,23 @@ def _parse_vips(
             else:
                 s.values["checks"] = listed
         s.take("hold_down", col.number, _not_negative)
+        s.take("vmac", col.boolean)
+        s.take("bind", col.boolean)
+        s.take(
+            "vrid", col.integer, lambda v: None if 1 <= v <= 255 else f"must be 1-255, found {v}"
+        )
+        if s.values.get("vmac") and s.values.get("bind") is False:
+            col.error(
+                s.key("vmac"),
+                "vmac needs the VIP bound (on the macvlan); with bind: false haagent answers "
+                "ARP/NDP itself with the node's MAC — choose one",
+            )
+            s.bad.add("vmac")
+        if "vrid" in s.values and not s.values.get("vmac"):
+            col.error(s.key("vrid"), "only means something with vmac: true")
+            s.bad.add("vrid")
+        if s.values.get("vmac") and "vrid" not in s.values and name is not None:
+            s.values["vrid"] = derived_vrid(name)
         s.take(
             "when_all_unhealthy",
             col.string,
@@ -1300,6 +1331,18 @@ def _parse_vips(
                 s.values["notify"] = notify
         if name is not None and address is not None and interface is not None and not s.bad:
             out.append(VipConfig(name, address, interface, vip_announce, **s.values))
+    # Two vmac VIPs of one family and VRID would share a virtual MAC and move together.
+    seen: dict[tuple[int, int], str] = {}
+    for i, v in enumerate(out):
+        if not v.vmac:
+            continue
+        other = seen.setdefault((v.family, v.vrid), v.name)
+        if other != v.name:
+            col.error(
+                f"{path}[{i}].vrid",
+                f"VRID {v.vrid} (IPv{v.family}) is already used by VIP {other!r}: each vmac VIP "
+                "needs its own virtual MAC; set vrid explicitly",
+            )
     return tuple(out)
 
 

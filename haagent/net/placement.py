@@ -1,0 +1,96 @@
+"""Where a held VIP lives on this host, in the three layer-2 modes of docs/layer2.md.
+
+* node MAC (default): the address is bound on the VIP's interface;
+* ``vmac: true``: bound on a private macvlan carrying the VRRP virtual MAC of its VRID, so
+  clients' neighbour caches stay valid across a failover and only the switch relearns a port;
+* ``bind: false`` (announce-only): not bound at all — IPVS, nftables or XDP take the traffic —
+  and this host answers ARP/NDP for it while holding it.
+
+The agent and ``haagent cleanup`` go through this one module, so the modes cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv4Interface, IPv6Interface
+
+from haagent.config import VipConfig
+from haagent.net.addresses import AddressManager
+from haagent.net.responder import Responder
+from haagent.net.vmac import VirtualMac, vmac_ifname, vrrp_mac
+
+
+def _af(vip: VipConfig) -> int:
+    return socket.AF_INET if vip.family == 4 else socket.AF_INET6
+
+
+class Placement:
+    def __init__(self, net: AddressManager) -> None:
+        self.net = net
+        self._vmac: VirtualMac | None = None  # opened only when a vmac VIP needs it
+        self._responder: Responder | None = None  # started only for announce-only VIPs
+
+    @property
+    def vmac(self) -> VirtualMac:
+        if self._vmac is None:
+            self._vmac = VirtualMac()
+        return self._vmac
+
+    @property
+    def responder(self) -> Responder:
+        if self._responder is None:
+            self._responder = Responder()
+        return self._responder
+
+    def where(self, vip: VipConfig) -> str:
+        """The interface the VIP is bound on (and announced from)."""
+        return vmac_ifname(vip.vrid, _af(vip)) if vip.vmac else vip.interface
+
+    def mac(self, vip: VipConfig) -> str:
+        """The MAC clients should resolve the VIP to."""
+        return vrrp_mac(vip.vrid, _af(vip)) if vip.vmac else self.net.mac(vip.interface)
+
+    def place(self, vip: VipConfig, lifetime: int | None) -> None:
+        """Make this host answer for the VIP; raises NetError."""
+        if vip.vmac:
+            name = self.vmac.up(vip.interface, vip.vrid, _af(vip))
+            self.net.bind(name, vip.address, lifetime=lifetime)
+            # Replies must leave through the vmac (its MAC, and strict rp_filter accepts them).
+            self.vmac.add_source_rule(name, vip.ip)
+        elif not vip.bind:
+            self.responder.hold(vip.interface, vip.ip, self.net.mac(vip.interface))
+        else:
+            self.net.bind(vip.interface, vip.address, lifetime=lifetime)
+
+    def remove(self, vip: VipConfig) -> bool:
+        """Stop answering for the VIP here; True if anything was there to remove."""
+        if vip.vmac:
+            name = self.where(vip)
+            removed = self.net.unbind(name, vip.address)
+            # One VIP per vmac (VRIDs are unique per family in a config): the link goes too,
+            # so a standby never has the virtual MAC up.
+            return self.vmac.down(name) or removed
+        if not vip.bind:
+            return self._responder is not None and self._responder.release(vip.interface, vip.ip)
+        return self.net.unbind(vip.interface, vip.address)
+
+    def refresh(self, vip: VipConfig, lifetime: int) -> bool:
+        """Renew the address lifetime; False if the address vanished (announce-only: True)."""
+        if not vip.bind:
+            return True
+        return self.net.refresh(self.where(vip), vip.address, lifetime)
+
+    def is_placed(self, vip: VipConfig) -> bool:
+        """Is the VIP bound here (announce-only VIPs never survive their process)?"""
+        return vip.bind and self.net.is_bound(self.where(vip), vip.address)
+
+    def fenced(self, vip: VipConfig) -> tuple[str, IPv4Interface | IPv6Interface] | None:
+        """What the fence process must remove if the agent dies; None for announce-only VIPs,
+        whose answers die with the agent's own process."""
+        return (self.where(vip), vip.address) if vip.bind else None
+
+    def close(self) -> None:
+        if self._responder is not None:
+            self._responder.close()
+        if self._vmac is not None:
+            self._vmac.close()
