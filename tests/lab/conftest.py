@@ -7,6 +7,7 @@ cluster name, so tests in a module never see each other's keys, locks or leases.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,16 @@ def start_probe(
     proc = lab.start_probe(str(target), out, interval=0.005, duration=seconds)
     assert wait_until(started_marker(out).exists, 10), "probe did not start"
     return out, proc
+
+
+def bound_anywhere(lab: Lab, host: Node) -> set[IPv4Address | IPv6Address]:
+    out = lab.run(host, ["ip", "-j", "addr", "show"]).stdout
+    return {
+        ip_address(a["local"])
+        for link in json.loads(out or "[]")
+        for a in link.get("addr_info", [])
+        if "local" in a
+    }
 
 
 LOG_LINE = re.compile(r"^(\S+Z) (\w+) (\S+): (.*)$")
@@ -162,8 +173,9 @@ class Agents:
         return [e for e in parse_log(self.log(host)) if re.search(pattern, e.message)]
 
     def holders(self, ip: IPv4Address | IPv6Address) -> list[str]:
-        """Hosts that have ``ip`` bound right now, from the kernel of each namespace."""
-        return [h.role for h in self.lab.hosts if ip in self.lab.bound(h)]
+        """Hosts that have ``ip`` bound right now on any interface (eth0, a vmac, …), from the
+        kernel of each namespace."""
+        return [h.role for h in self.lab.hosts if ip in bound_anywhere(self.lab, h)]
 
     def wait_single_holder(self, ip: IPv4Address | IPv6Address, timeout: float = 10) -> str:
         got = wait_until(lambda: (hs := self.holders(ip)) and len(hs) == 1 and hs, timeout)
