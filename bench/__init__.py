@@ -1,0 +1,1 @@
+"""haagent vs keepalived: the failover benchmark behind `make bench` (see docs/benchmarks.md)."""
