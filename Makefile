@@ -14,6 +14,7 @@ help:
 	@echo "make test   - lint, type-check and run the whole test suite (unit + lab, needs root)"
 	@echo "make unit   - only the fast unit tests (no root needed)"
 	@echo "make lab-clean - remove every leftover lab namespace and process"
+	@echo "make bench  - haagent vs keepalived failover benchmark, ~15 min (BENCH_ARGS=--quick: ~3 min); docs/benchmarks.md"
 
 deps: system-deps venv
 
@@ -58,3 +59,17 @@ lab-clean: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+# Not part of `make test`. Installs Debian's keepalived and matplotlib (the optional `bench`
+# extra) if missing, runs every failure mode against haagent and keepalived in the lab, and
+# copies the picture to docs/img/failover.png. Results: bench-results/ (git-ignored).
+.PHONY: bench
+BENCH_ARGS ?=
+bench: deps
+	@dpkg-query -W -f='$${Status}' keepalived 2>/dev/null | grep -q "install ok installed" || { \
+	  echo "installing: keepalived"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends keepalived; }
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m bench $(BENCH_ARGS)
+	@if [ -f bench-results/failover-latest.png ]; then mkdir -p docs/img && \
+	  cp bench-results/failover-latest.png docs/img/failover.png && echo "picture: docs/img/failover.png"; fi

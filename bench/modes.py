@@ -1,0 +1,149 @@
+"""Failure modes: what is done to the holder, and how it is undone after the trial.
+
+To add a mode (``health``, ``move`` …): write an ``inject`` and a ``restore`` taking the
+driver and the holder's node, and add a :class:`Mode` to :data:`MODES`. ``hard`` says
+whether the failover has to wait for a timeout (lease TTL, VRRP master-down interval) — it
+sets how long the benchmark waits before calling the failover "none". ``systems`` names the
+systems the mode applies to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.systems import Driver
+from haagent.lab.topology import Node
+
+Action = Callable[[Driver, Node], None]
+ALL_SYSTEMS = frozenset({"haagent", "keepalived"})
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    description: str
+    hard: bool
+    inject: Action
+    restore: Action
+    systems: frozenset[str] = ALL_SYSTEMS
+
+
+def _group(driver: Driver, host: Node, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(driver.proc(host).pid, sig)
+
+
+def _wait_exit(driver: Driver, host: Node, timeout: float = 10.0) -> None:
+    driver.wait_gone(host, timeout)
+
+
+# ------------------------------------------------------------------------- injections
+
+
+def _sigterm(driver: Driver, host: Node) -> None:
+    driver.proc(host).send_signal(signal.SIGTERM)
+
+
+def _sigkill(driver: Driver, host: Node) -> None:
+    _group(driver, host, signal.SIGKILL)
+
+
+def _sigkill_cut(driver: Driver, host: Node) -> None:
+    _group(driver, host, signal.SIGKILL)
+    driver.lab.cut_link(host)
+
+
+def _cut(driver: Driver, host: Node) -> None:
+    driver.lab.cut_link(host)
+
+
+def _sigstop(driver: Driver, host: Node) -> None:
+    _group(driver, host, signal.SIGSTOP)
+
+
+def _etcd_partition(driver: Driver, host: Node) -> None:
+    driver.lab.block_etcd(host)
+
+
+# ------------------------------------------------------------------------- restores
+
+
+def _restart(driver: Driver, host: Node) -> None:
+    _wait_exit(driver, host)
+    driver.start(host)
+
+
+def _restore_link_restart(driver: Driver, host: Node) -> None:
+    driver.lab.restore_link(host)
+    _restart(driver, host)
+
+
+def _restore_link(driver: Driver, host: Node) -> None:
+    driver.lab.restore_link(host)
+
+
+def _sigcont(driver: Driver, host: Node) -> None:
+    _group(driver, host, signal.SIGCONT)
+
+
+def _unblock_etcd(driver: Driver, host: Node) -> None:
+    driver.lab.unblock_etcd(host)
+
+
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode(
+            "sigterm",
+            "SIGTERM to the holder's daemon: a graceful stop (haagent hands over, keepalived "
+            "sends priority 0); restarted after the trial",
+            hard=False,
+            inject=_sigterm,
+            restore=_restart,
+        ),
+        Mode(
+            "sigkill",
+            "SIGKILL of the daemon's whole process group; host and link stay up; restarted "
+            "after the trial",
+            hard=True,
+            inject=_sigkill,
+            restore=_restart,
+        ),
+        Mode(
+            "sigkill+cut",
+            "SIGKILL of the process group, then the holder's switch port down (a host "
+            "crash); link up and daemon restarted after the trial",
+            hard=True,
+            inject=_sigkill_cut,
+            restore=_restore_link_restart,
+        ),
+        Mode(
+            "cut",
+            "the holder's switch port down, daemon running (it loses clients, peers and "
+            "etcd); link up after the trial",
+            hard=True,
+            inject=_cut,
+            restore=_restore_link,
+        ),
+        Mode(
+            "sigstop",
+            "SIGSTOP of the daemon's process group (a frozen daemon); SIGCONT after the trial",
+            hard=True,
+            inject=_sigstop,
+            restore=_sigcont,
+        ),
+        Mode(
+            "etcd-partition",
+            "nftables drop between the holder and etcd; clients still reach it; lifted "
+            "after the trial",
+            hard=True,
+            inject=_etcd_partition,
+            restore=_unblock_etcd,
+            systems=frozenset({"haagent"}),
+        ),
+    )
+}

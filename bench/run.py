@@ -1,0 +1,742 @@
+"""``make bench``: haagent and keepalived, same lab, same client, same failures.
+
+For each system configuration the benchmark builds a fresh lab (3 hosts, a responder on
+each, one etcd, a client), records every address change on every host
+(``ip -ts monitor address``), probes an IPv4 and an IPv6 VIP from the client every 5 ms for
+the whole run, and then, per failure mode, repeatedly: waits until exactly one host holds each
+VIP and nothing changed for a moment, injects the failure on the holder, waits until another
+host binds the VIP (or a time limit), lets the client settle, undoes the failure, waits
+until the cluster is whole again. Every trial is judged afterwards from the probe records
+and the address history (bench/evaluate.py).
+
+Results: ``bench-results/bench-<stamp>.json`` (every trial, every probe in its window, the
+configs, the machine) and a table on stdout; ``bench-results/bench-<stamp>.png`` with one
+failover per system. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.evaluate import TrialResult, evaluate_trial, summarize_trials
+from bench.modes import MODES, Mode
+from bench.systems import Driver, HaagentDriver, HoldCheck, KeepalivedDriver, keepalived_variants
+from haagent.lab.history import (
+    AddressEvent,
+    Recorder,
+    check_history,
+    holding_intervals,
+    start_address_recorder,
+)
+from haagent.lab.probe import ProbeRecord, read_records, started_marker
+from haagent.lab.topology import Lab, LabError, Node, list_netns
+
+PROBE_INTERVAL = 0.005
+PRE = 0.15  # s of steady answers in every trial window before the failure
+SETTLE = 0.4  # s the client keeps probing after the new holder bound the VIP
+QUIET = 0.1  # s without a holder change before a trial starts
+REACH_TIMEOUT = 15.0  # s the client may need to reach the holder again after a restore
+STEADY_TIMEOUT = 30.0
+RECOVER_TIMEOUT = 20.0
+PROBE_DURATION = 3000.0  # the probe runs for a whole configuration; stopped by SIGTERM
+FAMILIES: dict[int, IPv4Address | IPv6Address] = {4: Lab.vip4(0), 6: Lab.vip6(0)}
+DEFAULT_TRIALS = 10
+QUICK_TRIALS = 3
+
+# Wide enough for the table even when stdout is a pipe or a make log.
+console = Console(width=None if sys.stdout.isatty() else 170)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Plan:
+    """One trial as run; judged later, once the probe records exist."""
+
+    system: str
+    config: str
+    mode: str
+    family: int
+    index: int
+    target: str
+    t_fail: float
+    since: float
+    until: float
+    steady_at: float
+    bound_ms: float | None  # first bind of the VIP on another host, from ip monitor
+    notes: list[str] = field(default_factory=list)
+    restore_s: float = 0.0  # until -> the disturbed host is back in the cluster
+    steady_s: float = 0.0  # -> one holder per VIP, no change for QUIET
+    client_back_s: float = 0.0  # -> the client gets answers from that holder again
+
+
+@dataclass
+class ConfigRun:
+    system: str
+    config: str
+    lab_id: str
+    configs: dict[str, str]
+    modes: list[str]
+    plans: list[Plan] = field(default_factory=list)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _wait(pred: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def holders_now(
+    events: Sequence[AddressEvent], ip: IPv4Address | IPv6Address, since: float
+) -> tuple[set[str], float]:
+    """Hosts holding ``ip`` at the end of the events, and the time of the last change."""
+    horizon = time.time() + 3600.0
+    ivs = holding_intervals(events, ip, horizon, since=since)
+    holders = {h for h, spans in ivs.items() if spans and spans[-1][1] == horizon}
+    changes = [t for spans in ivs.values() for s, e in spans for t in (s, e) if t != horizon]
+    return holders, max(changes, default=since)
+
+
+class _Holds(HoldCheck):
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def wait_holds(self, host: Node, timeout: float) -> None:
+        def holds() -> bool:
+            events = self.recorder.poll()
+            return all(
+                host.role in holders_now(events, ip, self.recorder.started_at)[0]
+                for ip in FAMILIES.values()
+            )
+
+        if not _wait(holds, timeout, 0.05):
+            raise BenchError(f"{host.role} does not hold every VIP after {timeout:g}s")
+
+
+def _compact_probes(records: Sequence[ProbeRecord], t0: float) -> list[list[Any]]:
+    """[ms since the failure, rtt ms or null, responder or null] per probe."""
+    return [
+        [
+            round((r.sent - t0) * 1000.0, 3),
+            None if r.rtt is None else round(r.rtt * 1000.0, 3),
+            r.by,
+        ]
+        for r in records
+    ]
+
+
+# --------------------------------------------------------------------------- one config
+
+
+class Runner:
+    def __init__(self, trials: int, run_dir: Path, modes: Sequence[str]) -> None:
+        self.trials = trials
+        self.run_dir = run_dir
+        self.mode_names = list(modes)
+        self.lab_ids: list[str] = []
+        self.runs: list[ConfigRun] = []  # filled as we go, so an interrupt keeps what ran
+
+    def run_config(self, make: Callable[[Lab], Driver], slug: str) -> ConfigRun:
+        started = time.monotonic()
+        workdir = self.run_dir / slug
+        lab = Lab(hosts=3, workdir=workdir)
+        self.lab_ids.append(lab.lab_id)
+        driver = make(lab)
+        modes = [MODES[m] for m in self.mode_names if driver.system in MODES[m].systems]
+        run = ConfigRun(driver.system, driver.config, lab.lab_id, {}, [m.name for m in modes])
+        self.runs.append(run)
+        console.rule(f"{driver.system} {driver.config}  (lab {lab.lab_id})")
+        recorder: Recorder | None = None
+        probes: dict[int, tuple[Path, subprocess.Popen[bytes]]] = {}
+        try:
+            lab.up()
+            for host in lab.hosts:
+                lab.start_responder(host)
+            recorder = start_address_recorder(lab, lab.hosts, tag="bench")
+            driver.prepare()
+            run.configs = driver.configs()
+            driver.start_all(_Holds(recorder))
+            for fam, ip in FAMILIES.items():
+                out = workdir / f"probe-v{fam}.jsonl"
+                proc = lab.start_probe(ip, out, interval=PROBE_INTERVAL, duration=PROBE_DURATION)
+                probes[fam] = (out, proc)
+            for out, _proc in probes.values():
+                if not _wait(started_marker(out).exists, 15.0, 0.05):
+                    raise BenchError(f"probe {out.name} did not start")
+            console.print(f"  [dim]lab and cluster up in {time.monotonic() - started:.1f} s[/dim]")
+            for mode in modes:
+                self.run_mode(lab, driver, recorder, mode, run)
+        except (BenchError, LabError, TimeoutError, subprocess.SubprocessError, OSError) as exc:
+            run.error = f"{type(exc).__name__}: {exc}"
+            console.print(f"[red]aborted {driver.system} {driver.config}: {run.error}[/red]")
+        finally:
+            with _interrupts_deferred():
+                self._teardown(lab, driver, recorder, probes, run, workdir)
+                run.seconds = time.monotonic() - started
+        return run
+
+    def _teardown(
+        self,
+        lab: Lab,
+        driver: Driver,
+        recorder: Recorder | None,
+        probes: dict[int, tuple[Path, subprocess.Popen[bytes]]],
+        run: ConfigRun,
+        workdir: Path,
+    ) -> None:
+        records: dict[int, list[ProbeRecord]] = {}
+        events: list[AddressEvent] = []
+        try:
+            for fam, (out, proc) in probes.items():
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20.0)
+                    records[fam] = read_records(out)
+                except (subprocess.TimeoutExpired, OSError, ValueError) as exc:
+                    run.error = (run.error or "") + f"; probe v{fam}: {exc}"
+            if recorder is not None:
+                events = recorder.stop()
+            with contextlib.suppress(Exception):
+                driver.stop_all()
+        finally:
+            lab.down()
+            self._tidy(lab, workdir)
+        run.trials = [self.judge(p, records.get(p.family, []), events) for p in run.plans]
+
+    def wait_steady(self, lab: Lab, driver: Driver, recorder: Recorder) -> dict[int, str]:
+        """Exactly one holder per VIP (the expected one, if the system has one), every
+        daemon alive, and no holder change for QUIET seconds."""
+        deadline = time.monotonic() + STEADY_TIMEOUT
+        while True:
+            events = recorder.poll()
+            now = time.time()
+            got: dict[int, str] = {}
+            quiet = True
+            why = ""
+            for fam, ip in FAMILIES.items():
+                holders, changed = holders_now(events, ip, recorder.started_at)
+                if len(holders) == 1 and driver.expected_holder in (None, *holders):
+                    got[fam] = next(iter(holders))
+                else:
+                    why = f"v{fam} held by {sorted(holders) or 'nobody'}"
+                quiet = quiet and now - changed >= QUIET
+            dead = [h.role for h in driver.hosts if not driver.alive(h)]
+            if len(got) == len(FAMILIES) and quiet and not dead:
+                return got
+            if time.monotonic() >= deadline:
+                raise BenchError(
+                    f"cluster not steady after {STEADY_TIMEOUT:g}s: {why or 'changing'}"
+                    + (f", dead daemons on {dead}" if dead else "")
+                )
+            time.sleep(0.02)
+
+    def run_mode(
+        self, lab: Lab, driver: Driver, recorder: Recorder, mode: Mode, run: ConfigRun
+    ) -> None:
+        counts = dict.fromkeys(FAMILIES, 0)
+        timing = driver.timing()
+        window = timing.hard if mode.hard else timing.graceful
+        holders = self.wait_steady(lab, driver, recorder)
+        reach_note = self.reach(lab, holders)
+        attempts = 0
+        while min(counts.values()) < self.trials and attempts < 3 * self.trials:
+            attempts += 1
+            need = [f for f in FAMILIES if counts[f] < self.trials]
+            fam = min(need, key=lambda f: (counts[f], f))
+            target = lab.host(holders[fam])
+            measured = [f for f in need if holders[f] == target.role]
+            token = driver.ready_token(target)
+            notes: list[str] = [reach_note] if reach_note else []
+            since = time.time()
+            time.sleep(PRE)
+            t_fail = time.time()
+            mode.inject(driver, target)
+            bound: dict[int, float] = {}
+            _wait(partial(self._moved, recorder, measured, target.role, t_fail, bound), window)
+            time.sleep(SETTLE)
+            until = time.time()
+            try:
+                mode.restore(driver, target)
+            except (LabError, OSError, subprocess.SubprocessError) as exc:
+                notes.append(f"restore failed: {exc}")
+            if not _wait(partial(driver.recovered, target, token), RECOVER_TIMEOUT, 0.05):
+                notes.append(f"{target.role} not back after {RECOVER_TIMEOUT:g}s; restarted")
+                self.force_restart(lab, driver, target)
+            recovered_at = time.time()
+            holders = self.wait_steady(lab, driver, recorder)
+            steady_at = time.time()
+            reach_note = self.reach(lab, holders)
+            reached_at = time.time()
+            for f in measured:
+                counts[f] += 1
+                bound_ms = (bound[f] - t_fail) * 1000.0 if f in bound else None
+                run.plans.append(
+                    Plan(
+                        driver.system,
+                        driver.config,
+                        mode.name,
+                        f,
+                        counts[f],
+                        target.role,
+                        t_fail,
+                        since,
+                        until,
+                        steady_at,
+                        bound_ms,
+                        notes,
+                        restore_s=recovered_at - until,
+                        steady_s=steady_at - recovered_at,
+                        client_back_s=reached_at - steady_at,
+                    )
+                )
+            fams = ",".join(f"v{f}" for f in measured)
+            took = ", ".join(
+                f"v{f} bound elsewhere after {(bound[f] - t_fail) * 1000:.0f} ms"
+                if f in bound
+                else f"v{f} not bound elsewhere"
+                for f in measured
+            )
+            console.print(
+                f"  {mode.name:<15} {fams:<6} #{counts[measured[0]]:<3} {target.role}: {took}"
+                f" [dim](restore {recovered_at - until:.1f} s, steady "
+                f"{steady_at - recovered_at:.1f} s, client {reached_at - steady_at:.1f} s)[/dim]"
+                + (f"  [yellow]{'; '.join(notes)}[/yellow]" if notes else "")
+            )
+
+    @staticmethod
+    def reach(lab: Lab, holders: dict[int, str]) -> str:
+        """Wait until the client gets its answers from the holder the kernels show.
+
+        The kernels can be steady while the client's neighbour cache or the switch still
+        point elsewhere (a virtual MAC moving back, say); a trial must start from a client
+        that reaches the holder. Returns a note when it did not within REACH_TIMEOUT."""
+        deadline = time.monotonic() + REACH_TIMEOUT
+
+        def until_reached(fam: int) -> bool:
+            while True:
+                with contextlib.suppress(LabError, subprocess.SubprocessError):
+                    if lab.probe_once(FAMILIES[fam], timeout=0.2)["by"] == holders[fam]:
+                        return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+
+        with ThreadPoolExecutor(len(holders)) as pool:  # both families at once
+            reached = dict(zip(holders, pool.map(until_reached, holders), strict=True))
+        missed = [f"{holders[f]} on v{f}" for f, ok in reached.items() if not ok]
+        if missed:
+            return f"client did not reach {', '.join(missed)} within {REACH_TIMEOUT:g}s"
+        return ""
+
+    @staticmethod
+    def _moved(
+        recorder: Recorder,
+        measured: Sequence[int],
+        old: str,
+        t_fail: float,
+        bound: dict[int, float],
+    ) -> bool:
+        """Has another host bound each measured VIP since the failure? Notes when in `bound`."""
+        events = recorder.poll()
+        horizon = time.time() + 3600.0
+        for f in measured:
+            if f in bound:
+                continue
+            ivs = holding_intervals(events, FAMILIES[f], horizon, since=recorder.started_at)
+            starts = [s for h, spans in ivs.items() if h != old for s, _e in spans if s >= t_fail]
+            if starts:
+                bound[f] = min(starts)
+        return len(bound) == len(measured)
+
+    def force_restart(self, lab: Lab, driver: Driver, host: Node) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.proc(host).pid, signal.SIGKILL)
+        driver.wait_gone(host, 5.0)
+        lab.restore_link(host)
+        lab.unblock_etcd(host)
+        token = driver.ready_token(host)
+        driver.start(host)
+        if not _wait(partial(driver.recovered, host, token), RECOVER_TIMEOUT, 0.05):
+            raise BenchError(f"{host.role} does not come back even after a restart")
+
+    @staticmethod
+    def judge(plan: Plan, records: list[ProbeRecord], events: list[AddressEvent]) -> dict[str, Any]:
+        ip = FAMILIES[plan.family]
+        result = evaluate_trial(
+            records, events, ip, plan.target, plan.t_fail, plan.since, plan.until
+        )
+        restore = check_history(events, [], ip, plan.steady_at, since=plan.until)
+        window = [r for r in records if plan.since <= r.sent < plan.until]
+        vip_events = [
+            {
+                "ms": round((e.at - plan.t_fail) * 1000.0, 3),
+                "host": e.host,
+                "dev": e.dev,
+                "added": e.added,
+            }
+            for e in events
+            if e.ip == ip and plan.since - 1.0 <= e.at <= plan.steady_at and not e.initial
+        ]
+        return {
+            **asdict(plan),
+            "result": asdict(result),
+            "double_holder_ms": result.double_holder_ms,
+            "restore_double_holder_ms": restore.double_holder_s * 1000.0,
+            "probes": _compact_probes(window, plan.t_fail),
+            "address_events": vip_events,
+        }
+
+    @staticmethod
+    def _tidy(lab: Lab, workdir: Path) -> None:
+        """Keep the logs for a post-mortem, drop what is big or not ours to leave behind."""
+        for path in workdir.glob("*.data"):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in workdir.glob("probe-*.jsonl*"):
+            path.unlink(missing_ok=True)
+        # The agents' lock and lease files (haagent's state dir) for this lab's cluster.
+        for path in Path("/run/haagent").glob(f"{lab.lab_id}-*"):
+            path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _result(trial: dict[str, Any]) -> TrialResult:
+    r = dict(trial["result"])
+    r["double_holder"] = [(a, b, tuple(h)) for a, b, h in r["double_holder"]]
+    return TrialResult(**r)
+
+
+def summary_rows(runs: Sequence[ConfigRun]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        for mode in run.modes:
+            for fam in FAMILIES:
+                trials = [t for t in run.trials if t["mode"] == mode and t["family"] == fam]
+                if not trials:
+                    continue
+                judged = [_result(t) for t in trials]
+                s = summarize_trials([r for r in judged if r.stable_start])
+                s.unstable_start = sum(not r.stable_start for r in judged)
+                rows.append(
+                    {
+                        "system": run.system,
+                        "config": run.config,
+                        "mode": mode,
+                        "family": f"v{fam}",
+                        **asdict(s),
+                        "restore_double_holder_trials": sum(
+                            t["restore_double_holder_ms"] > 0 for t in trials
+                        ),
+                        "noted_trials": sum(bool(t["notes"]) for t in trials),
+                    }
+                )
+    return rows
+
+
+def _ms(v: float | None, *, censored: bool = False) -> str:
+    if v is None:
+        return "-"
+    return (">" if censored else "") + f"{v:.0f}"
+
+
+def _failover(r: dict[str, Any]) -> str:
+    text = f"{r['failed_over']}/{r['trials']}"
+    return text + (f" ({r['unstable_start']} excl.)" if r["unstable_start"] else "")
+
+
+def print_table(rows: Sequence[dict[str, Any]], title: str) -> None:
+    table = Table(title=title, show_lines=False)
+    for col, justify in (
+        ("system", "left"),
+        ("config", "left"),
+        ("mode", "left"),
+        ("fam", "left"),
+        ("failover", "right"),
+        ("gap med", "right"),
+        ("gap p95", "right"),
+        ("gap max", "right"),
+        ("new med", "right"),
+        ("new p95", "right"),
+        ("new max", "right"),
+        ("2 holders", "right"),
+        ("2 answer", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        cens = r["gap_censored"] > 0
+        dh = r["double_holder_trials"]
+        table.add_row(
+            r["system"],
+            r["config"],
+            r["mode"],
+            r["family"],
+            _failover(r),
+            _ms(r["gap_median_ms"]),
+            _ms(r["gap_p95_ms"], censored=cens),
+            _ms(r["gap_max_ms"], censored=cens),
+            _ms(r["to_new_median_ms"]),
+            _ms(r["to_new_p95_ms"]),
+            _ms(r["to_new_max_ms"]),
+            f"[red]{dh} ({r['double_holder_max_ms']:.0f} ms)[/red]" if dh else "0",
+            f"[red]{r['double_answer_trials']}[/red]" if r["double_answer_trials"] else "0",
+        )
+    console.print(table)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = (
+        "| system | config | mode | fam | failover | gap med | gap p95 | gap max "
+        "| new holder med | p95 | max | two holders (max) | two answering |\n"
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+    )
+    lines = []
+    for r in rows:
+        cens = r["gap_censored"] > 0
+        dh = r["double_holder_trials"]
+        da = r["double_answer_trials"]
+        holders = f"**{dh}** ({r['double_holder_max_ms']:.0f} ms)" if dh else "0"
+        answers = f"**{da}**" if da else "0"
+        lines.append(
+            f"| {r['system']} | {r['config']} | {r['mode']} | {r['family']} "
+            f"| {_failover(r)} | {_ms(r['gap_median_ms'])} "
+            f"| {_ms(r['gap_p95_ms'], censored=cens)} | {_ms(r['gap_max_ms'], censored=cens)} "
+            f"| {_ms(r['to_new_median_ms'])} | {_ms(r['to_new_p95_ms'])} "
+            f"| {_ms(r['to_new_max_ms'])} "
+            f"| {holders} | {answers} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def _cmd_out(argv: Sequence[str]) -> str:
+    try:
+        p = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return (p.stdout or p.stderr).strip().splitlines()[0] if (p.stdout or p.stderr) else ""
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "keepalived": _cmd_out(["keepalived", "--version"]),
+        "etcd": _cmd_out(["etcd", "--version"]),
+        "iproute2": _cmd_out(["ip", "-V"]),
+        "haagent_commit": _cmd_out(["git", "rev-parse", "--short", "HEAD"]),
+        "load_at_start": os.getloadavg(),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Tear-down must finish: a second Ctrl-C (or SIGTERM) waits until it has."""
+    pending: list[int] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        pending.append(signum)
+        console.print("[yellow]tearing down the lab first …[/yellow]")
+
+    old = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if pending:
+            raise KeyboardInterrupt
+
+
+def leftovers(lab_ids: Sequence[str], run_dir: Path) -> list[str]:
+    """Anything of our labs still on the machine: namespaces, keepalived, etcd, agents.
+
+    Processes are ours when their command line names one of our lab ids or our run
+    directory (every config, data dir and log of a bench run lives there)."""
+    marks = [*lab_ids, run_dir.name]
+    found = [ns for ns in list_netns() if any(ns.startswith(f"{i}-") for i in lab_ids)]
+    for name in ("keepalived", "etcd", "haagent"):
+        out = subprocess.run(
+            ["pgrep", "-a", "-f", name], capture_output=True, text=True, check=False, timeout=10
+        ).stdout
+        found += [line for line in out.splitlines() if any(m in line for m in marks)]
+    return found
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="per mode and family")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK_TRIALS} trials, keepalived without vmac (unless --keepalived)",
+    )
+    p.add_argument("--systems", default="haagent,keepalived", help="comma-separated")
+    variants = ",".join(keepalived_variants())
+    p.add_argument("--keepalived", help=f"variants (default: {variants})")
+    p.add_argument("--modes", default=",".join(MODES), help=f"({','.join(MODES)})")
+    p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.trials = QUICK_TRIALS
+    if args.keepalived is None:
+        args.keepalived = "default,tuned" if args.quick else variants
+    if args.trials < 1:
+        p.error("--trials must be at least 1")
+    for m in args.modes.split(","):
+        if m not in MODES:
+            p.error(f"unknown mode {m!r}")
+    for v in args.keepalived.split(","):
+        if v not in keepalived_variants():
+            p.error(f"unknown keepalived variant {v!r}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        console.print("[red]make bench needs root (network namespaces)[/red]")
+        return 2
+    systems = args.systems.split(",")
+    needed = ["ip", "etcd", "etcdctl", "nft"] + (["keepalived"] if "keepalived" in systems else [])
+    missing = [b for b in needed if shutil.which(b) is None]
+    if missing:
+        console.print(f"[red]missing {', '.join(missing)} (make bench installs them)[/red]")
+        return 2
+    # Ctrl-C and SIGTERM end the run the same way: tear down, then write what we have.
+    # (SIGINT explicitly: a shell starting us in the background would have it ignored.)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = args.out.resolve() / f"run-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (args.out / "failover-latest.png").unlink(missing_ok=True)  # never copy a stale picture
+    others = sorted({ns.split("-", 1)[0] for ns in list_netns() if ns.startswith("hx")})
+    meta: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "trials": args.trials,
+        "machine": machine(),
+        "other_labs_at_start": others,
+        "probe_interval_s": PROBE_INTERVAL,
+        "pre_s": PRE,
+        "settle_s": SETTLE,
+    }
+    modes = args.modes.split(",")
+    runner = Runner(args.trials, run_dir, modes)
+    plan: list[tuple[str, Callable[[Lab], Driver]]] = []
+    if "haagent" in systems:
+        plan.append(("haagent", HaagentDriver))
+    if "keepalived" in systems:
+        for name in args.keepalived.split(","):
+            advert, vmac = keepalived_variants()[name]
+
+            def make(lab: Lab, advert: float = advert, vmac: bool = vmac) -> Driver:
+                return KeepalivedDriver(lab, advert_int=advert, vmac=vmac)
+
+            plan.append((f"keepalived-{name}", make))
+    runs = runner.runs
+    started = time.monotonic()
+    interrupted = False
+    try:
+        for slug, make_driver in plan:
+            runner.run_config(make_driver, slug)
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("[yellow]interrupted: everything torn down, writing what we have[/yellow]")
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    meta["interrupted"] = interrupted
+    left = leftovers(runner.lab_ids, run_dir)
+    meta["leftovers"] = left
+    rows = summary_rows(runs)
+    report = {
+        "meta": meta,
+        "modes": {m: MODES[m].description for m in modes},
+        "runs": [
+            {k: v for k, v in asdict(r).items() if k not in ("plans", "trials")} for r in runs
+        ],
+        "summary": rows,
+        "trials": [t for r in runs for t in r.trials],
+    }
+    out = args.out / f"bench-{stamp}.json"
+    out.write_text(json.dumps(report, default=str) + "\n")
+    (args.out / "summary-latest.md").write_text(markdown_table(rows))
+    title = (
+        f"failover, {args.trials} trial(s) per mode and family, probe every "
+        f"{PROBE_INTERVAL * 1000:g} ms (ms)"
+    )
+    print_table(rows, title)
+    console.print(
+        "failover: trials where another host answered / trials; gap: longest client gap "
+        "around the failure; new: failure -> first answer from another host; 2 holders: "
+        "trials where two hosts had the VIP bound at once (longest total)"
+    )
+    for r in runs:
+        console.print(
+            f"{r.system} {r.config}: {r.seconds:.0f} s" + (f" — {r.error}" if r.error else "")
+        )
+    console.print(f"results: {out}  (total {meta['seconds']:.0f} s)")
+    if not args.no_plot:
+        from bench.plot import plot
+
+        png = args.out / f"bench-{stamp}.png"
+        if plot(report, png):
+            shutil.copyfile(png, args.out / "failover-latest.png")
+            console.print(f"picture: {png}")
+    if left:
+        console.print(f"[red]left behind: {left}[/red]")
+        return 1
+    console.print("nothing left behind (namespaces, keepalived, etcd, agents)")
+    return 130 if interrupted else (1 if any(r.error for r in runs) else 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,316 @@
+"""The systems under test: how to configure, start, stop and recognise each on a lab host.
+
+A driver knows one system in one configuration. The benchmark asks it to start every host,
+to (re)start one host, which process to signal, whether a host it disturbed is back in the
+cluster, and how long a failover may take before it is called "none".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from string import Template
+
+from haagent.lab.topology import Lab, Node, pid_alive
+
+KEEPALIVED_TEMPLATES = Path(__file__).resolve().parent / "keepalived"
+
+# haagent as the lab runs it: lease TTL 3 s, margin 1 s (Lab.write_agent_config's defaults).
+HAAGENT_TTL = 3
+HAAGENT_MARGIN = 1.0
+
+# keepalived runs as a VRRP pair on h1 and h2 (h3 idles), both BACKUP with nopreempt and
+# priorities one apart. Why:
+# * the takeover waits Master_Down_Interval = 3 x advert + skew, skew = (256 - prio) / 256
+#   x advert; at 254/253 the skew is 8-12 ms, the smallest keepalived allows (255 is the
+#   address owner): keepalived's fastest failover, and the same whichever host takes over;
+# * nopreempt: a restored host stays BACKUP and the next trial fails whoever is master.
+#   With preemption every restore would cost a master-down interval (3 s at advert 1 s),
+#   because a BACKUP discards lower-priority adverts and waits for its own timer;
+# * two hosts: with a third, two backups one skew (4 ms) apart would race to MASTER.
+KEEPALIVED_PRIORITY = {"h1": 254, "h2": 253}
+VRID4, VRID6 = 51, 52
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long the benchmark waits for a new holder before calling it "failover: none"."""
+
+    graceful: float
+    hard: float
+
+
+class Driver(ABC):
+    system: str
+    config: str
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # ------------------------------------------------------------ what the bench asks
+
+    @abstractmethod
+    def configs(self) -> dict[str, str]:
+        """Config files per host (file name -> text), written by prepare()."""
+
+    @abstractmethod
+    def start(self, host: Node) -> None:
+        """Start the daemon on one host (after prepare())."""
+
+    @abstractmethod
+    def start_all(self, holds: HoldCheck) -> None:
+        """Start every host so that the first trial begins from a known holder."""
+
+    @abstractmethod
+    def timing(self) -> Timing: ...
+
+    def prepare(self) -> None:
+        for name, text in self.configs().items():
+            (self.lab.workdir / name).write_text(text)
+
+    @property
+    def expected_holder(self) -> str | None:
+        """The host that must hold every VIP when the cluster is steady; None: any one host."""
+        return None
+
+    @property
+    def hosts(self) -> list[Node]:
+        """The hosts the system runs on."""
+        return list(self.lab.hosts)
+
+    def proc(self, host: Node) -> subprocess.Popen[bytes]:
+        return self.procs[host.role]
+
+    def wait_gone(self, host: Node, timeout: float = 10.0) -> None:
+        """Wait until the daemon and every process of its group have exited (zombies
+        count as gone); SIGKILL the group after `timeout`."""
+        proc = self.procs.get(host.role)
+        if proc is None:
+            return
+        deadline = time.monotonic() + timeout
+        killed = False
+        while True:
+            proc.poll()
+            if proc.returncode is not None and not group_members(proc.pid):
+                return
+            if time.monotonic() >= deadline:
+                if killed:
+                    raise TimeoutError(f"{self.system} on {host.role} survives SIGKILL")
+                for pid in [proc.pid, *group_members(proc.pid)]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                killed, deadline = True, time.monotonic() + 5.0
+            time.sleep(0.02)
+
+    def alive(self, host: Node) -> bool:
+        p = self.procs.get(host.role)
+        return p is not None and p.poll() is None
+
+    def ready_token(self, host: Node) -> int:
+        """Something that grows when the host (re)joins the cluster; see recovered()."""
+        return 0
+
+    def recovered(self, host: Node, token: int) -> bool:
+        """The host disturbed by a trial is back as a member of the cluster."""
+        return self.alive(host)
+
+    def log_path(self, host: Node) -> Path:
+        raise NotImplementedError
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+                Lab.stop(proc, timeout=3.0)
+
+
+class HoldCheck(ABC):
+    """What start_all() may ask the benchmark: does `host` hold every VIP yet?"""
+
+    @abstractmethod
+    def wait_holds(self, host: Node, timeout: float) -> None: ...
+
+
+# --------------------------------------------------------------------------- haagent
+
+_JOINED = re.compile(r"granted lease|adopted lease")
+
+
+class HaagentDriver(Driver):
+    system = "haagent"
+
+    def __init__(self, lab: Lab) -> None:
+        super().__init__(lab)
+        self.config = f"ttl {HAAGENT_TTL}s margin {HAAGENT_MARGIN:g}s"
+        self._paths: dict[str, Path] = {}
+
+    def _vips(self) -> list[tuple[str, str]]:
+        return [("web4", str(Lab.vip4(0))), ("web6", str(Lab.vip6(0)))]
+
+    def configs(self) -> dict[str, str]:
+        # write_agent_config writes the file itself; read it back for the report.
+        out = {}
+        for host in self.lab.hosts:
+            path = self.lab.write_agent_config(
+                host, self._vips(), ttl=HAAGENT_TTL, margin=HAAGENT_MARGIN
+            )
+            self._paths[host.role] = path
+            out[path.name] = path.read_text()
+        return out
+
+    def prepare(self) -> None:
+        self.configs()
+
+    def start(self, host: Node) -> None:
+        self.procs[host.role] = self.lab.start_agent(host, self._paths[host.role])
+
+    def start_all(self, holds: HoldCheck) -> None:
+        # h1 first and alone, so it wins both VIPs and the first trial can measure both.
+        first, *rest = self.lab.hosts
+        tokens = {h.role: self.ready_token(h) for h in self.lab.hosts}
+        self.start(first)
+        holds.wait_holds(first, timeout=30.0)
+        for host in rest:
+            self.start(host)
+        for host in rest:
+            _wait(partial(self.recovered, host, tokens[host.role]), 30.0, f"agent on {host.role}")
+
+    def timing(self) -> Timing:
+        # Graceful: a watch event away. Hard: the lease TTL, plus slack before "none".
+        return Timing(graceful=2.0, hard=HAAGENT_TTL + 3.0)
+
+    def log_path(self, host: Node) -> Path:
+        return self.lab.agent_log_path(host)
+
+    def ready_token(self, host: Node) -> int:
+        return len(_JOINED.findall(self.lab.agent_log(host)))
+
+    def recovered(self, host: Node, token: int) -> bool:
+        return self.alive(host) and self.ready_token(host) > token
+
+
+# --------------------------------------------------------------------------- keepalived
+
+
+class KeepalivedDriver(Driver):
+    system = "keepalived"
+
+    def __init__(self, lab: Lab, *, advert_int: float, vmac: bool) -> None:
+        super().__init__(lab)
+        self.advert_int = advert_int
+        self.vmac = vmac
+        self.config = f"advert_int {advert_int:g}s" + (" vmac" if vmac else "")
+
+    @property
+    def hosts(self) -> list[Node]:
+        return [h for h in self.lab.hosts if h.role in KEEPALIVED_PRIORITY]
+
+    def _conf_name(self, host: Node) -> str:
+        return f"{host.role}.keepalived.conf"
+
+    def render(self, host: Node) -> str:
+        instance = Template((KEEPALIVED_TEMPLATES / "vrrp_instance.conf.in").read_text())
+        whole = Template((KEEPALIVED_TEMPLATES / "keepalived.conf.in").read_text())
+        # Sub-second adverts need VRRPv3; IPv6 is VRRPv3 only (RFC 5798). keepalived's
+        # default for IPv4 is version 2, kept in the default configuration.
+        v4_version = 3 if self.advert_int < 1 else 2
+        others = [h for h in self.hosts if h.role != host.role]
+        parts = []
+        for name, vrid, version, src, peers, vip, plen in (
+            ("v4", VRID4, v4_version, host.ipv4, [h.ipv4 for h in others], Lab.vip4(0), 32),
+            ("v6", VRID6, 3, host.ipv6, [h.ipv6 for h in others], Lab.vip6(0), 128),
+        ):
+            parts.append(
+                instance.substitute(
+                    name=name,
+                    version=version,
+                    vrid=vrid,
+                    priority=KEEPALIVED_PRIORITY[host.role],
+                    advert_int=f"{self.advert_int:g}",
+                    # The VIP goes on the macvlan (vrrp.<vrid>, MAC 00:00:5e:00:0{1,2}:<vrid>);
+                    # adverts still leave from eth0.
+                    vmac="    use_vmac\n    vmac_xmit_base\n" if self.vmac else "",
+                    src=src,
+                    peers="\n".join(f"        {p}" for p in peers),
+                    vip=f"{vip}/{plen}",
+                    dev="" if self.vmac else " dev eth0",
+                )
+            )
+        return whole.substitute(host=host.role, label=self.config, instances="".join(parts))
+
+    def configs(self) -> dict[str, str]:
+        return {self._conf_name(h): self.render(h) for h in self.hosts}
+
+    def log_path(self, host: Node) -> Path:
+        return self.lab.workdir / f"{host.role}.keepalived.log"
+
+    def start(self, host: Node) -> None:
+        wd = self.lab.workdir
+        # keepalived refuses to start while its pid files name a live process; a child
+        # killed with its parent may linger as a zombie until init reaps it. Stale files go.
+        for name in (f"{host.role}.keepalived.pid", f"{host.role}.keepalived.vrrp.pid"):
+            path = wd / name
+            with contextlib.suppress(OSError, ValueError):
+                if not pid_alive(int(path.read_text().strip())):
+                    path.unlink()
+        argv = ["keepalived", "--dont-fork", "--log-console", "--log-detail", "--no-syslog"]
+        argv += ["--vrrp", "--use-file", str(wd / self._conf_name(host))]
+        # Per-host pid files: several keepalived instances on one machine must not share
+        # /run/keepalived.pid, or the second refuses to start.
+        argv += ["--pid", str(wd / f"{host.role}.keepalived.pid")]
+        argv += ["--vrrp_pid", str(wd / f"{host.role}.keepalived.vrrp.pid")]
+        self.procs[host.role] = self.lab.popen(host, argv, log=self.log_path(host))
+
+    def start_all(self, holds: HoldCheck) -> None:
+        for host in self.hosts:
+            self.start(host)
+        holds.wait_holds(self.hosts[0], timeout=10 * self.advert_int + 10.0)
+
+    def timing(self) -> Timing:
+        # Master_Down_Interval = 3 x advert + skew (< 1 advert); then slack before "none".
+        return Timing(graceful=3 * self.advert_int + 1.5, hard=4 * self.advert_int + 1.5)
+
+
+def keepalived_variants() -> dict[str, tuple[float, bool]]:
+    """Name -> (advert_int, use_vmac)."""
+    return {
+        "default": (1.0, False),
+        "default-vmac": (1.0, True),
+        "tuned": (0.1, False),
+        "tuned-vmac": (0.1, True),
+    }
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes whose process group is `pgid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not ready after {timeout:g}s")
+        time.sleep(0.05)
