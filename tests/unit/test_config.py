@@ -834,3 +834,37 @@ def test_when_etcd_unreachable():
     assert cfg.lease.when_etcd_unreachable == "keep"
     key, reason = one_error(doc(lease={"when_etcd_unreachable": "kep"}))
     assert key == "lease.when_etcd_unreachable" and "keep" in reason
+
+
+def _l2(*vips: dict[str, object]) -> dict[str, object]:
+    return doc(
+        vips=[
+            {"address": f"198.51.100.{200 + i}", "interface": "eth0", **v}
+            for i, v in enumerate(vips)
+        ]
+    )
+
+
+def test_layer2_defaults_and_derived_vrid():
+    from haagent.config import derived_vrid
+
+    cfg = parse_config(
+        _l2({"name": "a"}, {"name": "b", "vmac": True}, {"name": "c", "bind": False})
+    )
+    a, b, c = cfg.vips
+    assert (a.vmac, a.bind) == (False, True)
+    assert b.vmac and b.vrid == derived_vrid("b") and 1 <= b.vrid <= 255
+    assert c.bind is False
+
+
+def test_layer2_errors():
+    key, reason = one_error(_l2({"name": "a", "vmac": True, "bind": False}))
+    assert key == "vips[0].vmac" and "choose one" in reason
+    key, reason = one_error(_l2({"name": "a", "vrid": 7}))
+    assert key == "vips[0].vrid" and "vmac" in reason
+    key, reason = one_error(_l2({"name": "a", "vmac": True, "vrid": 256}))
+    assert key == "vips[0].vrid" and "1-255" in reason
+    key, reason = one_error(
+        _l2({"name": "a", "vmac": True, "vrid": 9}, {"name": "b", "vmac": True, "vrid": 9})
+    )
+    assert key == "vips[1].vrid" and "already used by VIP 'a'" in reason
