@@ -11,43 +11,42 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
+from haagent.lab.history import HistoryReport, check_history, start_address_recorder
+from haagent.lab.probe import read_records
 from haagent.lab.topology import Lab
-from tests.lab.conftest import Agents, wait_until
+from tests.lab.conftest import Agents, start_probe, wait_until
 
 pytestmark = pytest.mark.lab
 
 
-class BoundWatcher:
-    """Samples which hosts have the VIP bound, continuously, from a thread (bounded run)."""
+class History:
+    """The whole record of one test: every host's kernel address events (ip monitor) and a
+    client probing the VIP every 5 ms, judged by haagent.lab.history at the end."""
 
-    def __init__(self, agents: Agents, ip: IPv4Address | IPv6Address) -> None:
-        self.agents = agents
+    def __init__(self, agents: Agents, ip: IPv4Address | IPv6Address, seconds: float) -> None:
+        self.lab = agents.lab
         self.ip = ip
-        self.samples: list[tuple[float, list[str]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.seconds = seconds
+        self.recorder = start_address_recorder(self.lab, self.lab.hosts, tag=f"v{ip.version}")
 
-    def _run(self) -> None:
-        deadline = time.monotonic() + 120
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            self.samples.append((time.monotonic(), self.agents.holders(self.ip)))
-
-    def __enter__(self) -> BoundWatcher:
-        self._thread.start()
+    def __enter__(self) -> History:
+        self.out, self.probe = start_probe(
+            self.lab, self.ip, self.seconds, f"hist{self.ip.version}"
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self.probe.wait(timeout=self.seconds + 30)
+        self.events = self.recorder.stop()
 
-    def doubles(self) -> list[tuple[float, list[str]]]:
-        return [(t, hs) for t, hs in self.samples if len(hs) > 1]
+    def report(self) -> HistoryReport:
+        probes = read_records(self.out)
+        return check_history(self.events, probes, self.ip, until=time.time())
 
 
 def _other_holder(agents: Agents, ip: IPv4Address | IPv6Address, old: str, timeout: float) -> str:
@@ -64,7 +63,7 @@ def test_sigkill_of_the_agents_process_group_never_leaves_two_holders(
     agents.start_all()
     ip = lab.vip4(0) if family == 4 else lab.vip6(0)
     vip = "web4" if family == 4 else "web6"
-    with BoundWatcher(agents, ip) as watcher:
+    with History(agents, ip, 24.0) as history:
         for _ in range(3):
             old = agents.wait_single_holder(ip)
             old_host = lab.host(old)
@@ -77,14 +76,16 @@ def test_sigkill_of_the_agents_process_group_never_leaves_two_holders(
             agents.wait_exit(old_host, 5)
             agents.start(old_host)  # back as a standby for the next round
             assert agents.wait_single_holder(ip) == new
-    assert watcher.samples, "watcher took no samples"
-    assert watcher.doubles() == [], f"{vip} bound on two hosts: {watcher.doubles()[:5]}"
+    report = history.report()
+    assert report.intervals, "no address events recorded"
+    assert len([h for h, ivs in report.intervals.items() if ivs]) >= 2, report.intervals
+    assert report.ok, f"{vip}: two holders {report.double_holder}, {report.interleavings}"
 
 
 def test_frozen_agent_loses_the_address_before_the_lease_expires(lab: Lab, agents: Agents) -> None:
     agents.start_all()
     ip = lab.vip4(0)
-    with BoundWatcher(agents, ip) as watcher:
+    with History(agents, ip, 2 * (agents.ttl + 5.0) + 4) as history:
         for _ in range(2):
             old = agents.wait_single_holder(ip)
             old_host = lab.host(old)
@@ -97,7 +98,8 @@ def test_frozen_agent_loses_the_address_before_the_lease_expires(lab: Lab, agent
             # Thawed, it finds its deadline long gone and stays a standby.
             time.sleep(agents.ttl)
             assert agents.holders(ip) == [new], agents.log(old_host)
-    assert watcher.doubles() == [], f"bound on two hosts: {watcher.doubles()[:5]}"
+    report = history.report()
+    assert report.ok, f"two holders {report.double_holder}, {report.interleavings}"
     assert "lease deadline passed" in agents.log(old_host)
 
 
@@ -112,7 +114,7 @@ def test_kernel_lifetime_removes_the_address_when_agent_and_fence_die(
 ) -> None:
     agents.start_all()
     ip = lab.vip4(0)
-    with BoundWatcher(agents, ip) as watcher:
+    with History(agents, ip, agents.ttl + 6.0) as history:
         old = agents.wait_single_holder(ip)
         old_host = lab.host(old)
         fence = _fence_pid(lab, agents, old)
@@ -121,7 +123,8 @@ def test_kernel_lifetime_removes_the_address_when_agent_and_fence_die(
         gone = wait_until(lambda: ip not in lab.bound(old_host), agents.ttl + 1, 0.01)
         assert gone, "the address outlived its lifetime"
         _other_holder(agents, ip, old, agents.ttl + 2)
-    assert watcher.doubles() == [], f"bound on two hosts: {watcher.doubles()[:5]}"
+    report = history.report()
+    assert report.ok, f"two holders {report.double_holder}, {report.interleavings}"
 
 
 def test_cleanup_command_removes_configured_addresses(lab: Lab, agents: Agents) -> None:
@@ -130,6 +133,7 @@ def test_cleanup_command_removes_configured_addresses(lab: Lab, agents: Agents) 
     assert agents.wait_single_holder(lab.vip4(0)) == host.role
     agents.signal(host, signal.SIGKILL, group=True)
     agents.wait_exit(host, 5)
+    assert wait_until(lambda: lab.vip4(0) not in lab.bound(host), 2)  # the fence did its job
     lab.add_address(host, lab.vip4(0))  # as if fence and lifetime had not run
     r = lab.run(host, [sys.executable, "-m", "haagent", "cleanup", "-c", str(agents.configs["h1"])])
     assert "vip web4 (198.51.100.200/32 on eth0): removed" in r.stdout
