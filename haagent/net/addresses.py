@@ -14,7 +14,7 @@ import os
 import threading
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from socket import AF_INET, AF_INET6
-from typing import Any
+from typing import Any, Self
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -44,13 +44,8 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
-class AddressManager:
-    """Idempotent bind/unbind of VIPs via pyroute2 (one IPRoute kept open).
-
-    An IP counts as bound on an interface whatever its prefix length there: ``bind`` of
-    198.51.100.10/32 returns False when 198.51.100.10/24 is already on the interface, and
-    ``unbind`` removes every entry of that IP, whatever prefix it was added with.
-    """
+class NetlinkOwner:
+    """One rtnetlink socket, kept open for the owner's lifetime and closed once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -66,11 +61,20 @@ class AddressManager:
             if ipr is not None:
                 ipr.close()
 
-    def __enter__(self) -> AddressManager:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AddressManager(NetlinkOwner):
+    """Idempotent bind/unbind of VIPs via pyroute2 (one IPRoute kept open).
+
+    An IP counts as bound on an interface whatever its prefix length there: ``bind`` of
+    198.51.100.10/32 returns False when 198.51.100.10/24 is already on the interface, and
+    ``unbind`` removes every entry of that IP, whatever prefix it was added with.
+    """
 
     # -- queries ------------------------------------------------------------------------
 

@@ -38,17 +38,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
-import threading
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from haagent.net import sysctl
-from haagent.net.addresses import NetError, _reason
+from haagent.net.addresses import NetError, NetlinkOwner, _reason
 from haagent.net.responder import who_answers
 
 IPAddress = IPv4Address | IPv6Address
@@ -130,7 +128,7 @@ def vmac_in_use(parent: str, ip: IPAddress, vrid: int, *, timeout: float = 0.1) 
     return mac in who_answers(parent, ip, eth_dst=mac, timeout=timeout, first=True)
 
 
-class VirtualMac:
+class VirtualMac(NetlinkOwner):
     """Creates and removes vmac interfaces, their sysctls and source routing.
 
     One rtnetlink socket, opened at construction and kept until ``close()`` (like
@@ -142,23 +140,7 @@ class VirtualMac:
         if not 0 < rule_priority < 32766:
             raise ValueError("rule priority must be between local (0) and main (32766)")
         self.rule_priority = rule_priority
-        self._lock = threading.Lock()
-        try:
-            self._ipr: Any = IPRoute(ext_ack=True)
-        except (OSError, NetlinkError) as exc:
-            raise NetError(f"cannot open an rtnetlink socket: {_reason(exc)}") from exc
-
-    def close(self) -> None:
-        with self._lock:
-            ipr, self._ipr = self._ipr, None
-            if ipr is not None:
-                ipr.close()
-
-    def __enter__(self) -> VirtualMac:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__()
 
     # -- public API ------------------------------------------------------------------------
 

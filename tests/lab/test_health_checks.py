@@ -49,6 +49,7 @@ from haagent.health.checks import (
 )
 from haagent.health.monitor import HealthMonitor, VipHealthChanged
 from haagent.health.notify import Notifier
+from tests.lab.conftest import wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -205,15 +206,6 @@ def server(ns: str, *args: Any) -> Iterator[Server]:
         yield s
     finally:
         s.stop()
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 def gone(pid: int) -> bool:

@@ -61,6 +61,7 @@ from haagent.net.vmac import (
     vmac_table,
     vrrp_mac,
 )
+from tests.lab.conftest import wait_until as wait_for
 from tests.lab.nsutil import Segment, ip, run_in_ns, start_in_ns, sysctl
 
 pytestmark = pytest.mark.lab
@@ -73,15 +74,6 @@ FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 VMAC_VIP = {4: "198.51.100.200", 6: "2001:db8::200"}
 ANNOUNCE_ONLY_VIP = {4: "198.51.100.210", 6: "2001:db8::210"}
 FORK = multiprocessing.get_context("fork")
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 def host_ip(member: str, version: int) -> str:

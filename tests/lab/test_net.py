@@ -23,7 +23,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_interface
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import pytest
 
 from haagent.net.addresses import AddressManager, NetError
 from haagent.net.announce import Announcer
+from tests.lab.conftest import wait_until as wait_for
 from tests.lab.nsutil import Segment, ip, run_in_ns, segment, start_in_ns, sysctl
 
 pytestmark = pytest.mark.lab
@@ -39,16 +40,6 @@ pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[2]
 NODE = {"a": 1, "b": 2, "c": 100}
 CLIENT_LOCKTIME = "1000"  # centiseconds: 10 s
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
-    """Poll ``pred`` until it returns something truthy or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
