@@ -56,6 +56,9 @@ PROBE_INTERVAL = 0.005
 PRE = 0.15  # s of steady answers in every trial window before the failure
 SETTLE = 0.4  # s the client keeps probing after the new holder bound the VIP
 QUIET = 0.1  # s without a holder change before a trial starts
+# s between the end of a trial's window and undoing the failure: a probe stamped just before
+# the end may leave the client a little later and must not meet the restore's effects.
+RESTORE_GUARD = 0.05
 REACH_TIMEOUT = 15.0  # s the client may need to reach the holder again after a restore
 STEADY_TIMEOUT = 30.0
 RECOVER_TIMEOUT = 20.0
@@ -288,6 +291,7 @@ class Runner:
             _wait(partial(self._moved, recorder, measured, target.role, t_fail, bound), window)
             time.sleep(SETTLE)
             until = time.time()
+            time.sleep(RESTORE_GUARD)
             try:
                 mode.restore(driver, target)
             except (LabError, OSError, subprocess.SubprocessError) as exc:
@@ -462,6 +466,9 @@ def summary_rows(runs: Sequence[ConfigRun]) -> list[dict[str, Any]]:
                             t["restore_double_holder_ms"] > 0 for t in trials
                         ),
                         "noted_trials": sum(bool(t["notes"]) for t in trials),
+                        # After the failure was undone: how long until the client reached
+                        # the holder again (a probe tool run takes ~0.1 s of it).
+                        "client_back_max_s": max(t["client_back_s"] for t in trials),
                     }
                 )
     return rows
@@ -494,6 +501,7 @@ def print_table(rows: Sequence[dict[str, Any]], title: str) -> None:
         ("new max", "right"),
         ("2 holders", "right"),
         ("2 answer", "right"),
+        ("back max", "right"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in rows:
@@ -513,6 +521,7 @@ def print_table(rows: Sequence[dict[str, Any]], title: str) -> None:
             _ms(r["to_new_max_ms"]),
             f"[red]{dh} ({r['double_holder_max_ms']:.0f} ms)[/red]" if dh else "0",
             f"[red]{r['double_answer_trials']}[/red]" if r["double_answer_trials"] else "0",
+            f"{r['client_back_max_s']:.1f} s",
         )
     console.print(table)
 
@@ -520,8 +529,8 @@ def print_table(rows: Sequence[dict[str, Any]], title: str) -> None:
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     head = (
         "| system | config | mode | fam | failover | gap med | gap p95 | gap max "
-        "| new holder med | p95 | max | two holders (max) | two answering |\n"
-        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+        "| new holder med | p95 | max | two holders (max) | two answering | client back (max) |\n"
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
     )
     lines = []
     for r in rows:
@@ -536,7 +545,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {_ms(r['gap_p95_ms'], censored=cens)} | {_ms(r['gap_max_ms'], censored=cens)} "
             f"| {_ms(r['to_new_median_ms'])} | {_ms(r['to_new_p95_ms'])} "
             f"| {_ms(r['to_new_max_ms'])} "
-            f"| {holders} | {answers} |"
+            f"| {holders} | {answers} | {r['client_back_max_s']:.1f} s |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -717,7 +726,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(
         "failover: trials where another host answered / trials; gap: longest client gap "
         "around the failure; new: failure -> first answer from another host; 2 holders: "
-        "trials where two hosts had the VIP bound at once (longest total)"
+        "trials where two hosts had the VIP bound at once (longest, within the trial); 2 answer: "
+        "trials where an answer came from a host already taken over from; back max: after "
+        "the failure was undone, the longest wait for the client to reach the holder again"
     )
     for r in runs:
         console.print(

@@ -272,9 +272,13 @@ class KeepalivedDriver(Driver):
         self.procs[host.role] = self.lab.popen(host, argv, log=self.log_path(host))
 
     def start_all(self, holds: HoldCheck) -> None:
-        for host in self.hosts:
+        # h1 alone first, so it is MASTER when h2 comes (with nopreempt, whichever host
+        # wins the first election keeps the VIPs).
+        first, *rest = self.hosts
+        self.start(first)
+        holds.wait_holds(first, timeout=10 * self.advert_int + 10.0)
+        for host in rest:
             self.start(host)
-        holds.wait_holds(self.hosts[0], timeout=10 * self.advert_int + 10.0)
 
     def timing(self) -> Timing:
         # Master_Down_Interval = 3 x advert + skew (< 1 advert); then slack before "none".
