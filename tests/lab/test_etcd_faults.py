@@ -128,3 +128,28 @@ def test_when_etcd_unreachable_keep_holds_through_a_whole_etcd_outage(
     back = wait_until(lambda: "vips kept" in agents.log(lab.host(holder)), 20)
     assert back, agents.log(lab.host(holder))
     assert agents.holders(ip) == [holder]
+
+
+def test_holder_cut_from_etcd_unbinds_before_new_holder_binds(lab: Lab, agents: Agents) -> None:
+    agents.start_all()
+    v4 = lab.vip4(0)
+    old = agents.wait_single_holder(v4)
+    old_host = lab.host(old)
+    out, probe = start_probe(lab, v4, agents.ttl + 4.0, "partition")
+    time.sleep(0.3)
+    lab.block_etcd(old_host)  # clients still reach it; etcd does not
+    probe.wait(timeout=30)
+    s = summarize(read_records(out))
+    assert len(s.responders) == 2 and s.responders[0] == old, (s.responders, agents.dump())
+    new = s.responders[1]
+    # The client saw one switch and never an answer from the old holder afterwards.
+    assert [(a, b) for _, a, b in s.transitions] == [(old, new)], s.transitions
+    new_host = lab.host(new)
+    released = agents.events(old_host, r"released vip web4 .*lease deadline passed")
+    acquired = agents.events(new_host, r"acquired vip web4 ")
+    assert released, agents.log(old_host)
+    assert acquired, agents.log(new_host)
+    assert released[-1].at < acquired[-1].at, (
+        f"old holder released at {released[-1].at}, new bound at {acquired[-1].at}"
+    )
+    assert agents.holders(v4) == [new]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -156,3 +157,27 @@ def test_announce_only_vip_is_answered_for_and_reaches_a_dnat_service(
     finally:
         for h in lab.hosts:
             dnat(lab, h, ip, False)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_periodic_refresh_heals_a_stale_client_cache(lab: Lab, agents: Agents, family: int) -> None:
+    """A client whose entry went wrong while the holder stayed put (a healed partition, a lost
+    announcement) is corrected by the next periodic re-announcement, with no traffic of its own."""
+    ip = lab.vip4(0) if family == 4 else lab.vip6(0)
+    agents.vips = [("web", str(ip))]
+    agents.extra = {
+        "vips": [
+            {"name": "web", "address": str(ip), "interface": "eth0", "announce": {"refresh": 1}}
+        ]
+    }
+    agents.start_all()
+    holder = agents.wait_single_holder(ip)
+    right = host_mac(lab, lab.host(holder))
+    time.sleep(0.5)  # past the acquire burst (3 x 0.1 s): only the refresh can heal it now
+    wrong = "02:00:00:00:00:99"
+    lab.run(
+        lab.client,
+        ["ip", "neigh", "replace", str(ip), "lladdr", wrong, "dev", "eth0", "nud", "stale"],
+    )
+    assert neighbour_mac(lab, ip) == wrong
+    assert wait_until(lambda: neighbour_mac(lab, ip) == right, 3.0, 0.05), agents.dump()
