@@ -203,6 +203,12 @@ class Runner:
                 self.run_mode(lab, driver, recorder, mode, run)
         except (BenchError, LabError, TimeoutError, subprocess.SubprocessError, OSError) as exc:
             run.error = f"{type(exc).__name__}: {exc}"
+            gone = sorted(set(lab.namespaces) - set(list_netns()))
+            if gone and lab.lab_id in str(exc):
+                run.error += (
+                    f" (namespaces {', '.join(gone)} were removed from outside the bench:"
+                    " `haagent lab down --all` or `make lab-clean` run meanwhile?)"
+                )
             console.print(f"[red]aborted {driver.system} {driver.config}: {run.error}[/red]")
         finally:
             with _interrupts_deferred():

@@ -279,6 +279,9 @@ class KeepalivedDriver(Driver):
         holds.wait_holds(first, timeout=10 * self.advert_int + 10.0)
         for host in rest:
             self.start(host)
+        # Let the backups settle (a freshly started BACKUP can flap to MASTER for well under
+        # a millisecond before h1's next advert): start-up is not what the trials measure.
+        time.sleep(4 * self.advert_int + 0.5)
 
     def timing(self) -> Timing:
         # Master_Down_Interval = 3 x advert + skew (< 1 advert); then slack before "none".
