@@ -785,10 +785,8 @@ class Agent:
         for e in self.elections.values():
             with contextlib.suppress(Exception):
                 self._execute(e, e.shutdown("shutdown"))
-        self._fence.stop()
-        self.health.stop()
-        if self._keeper is not None:
-            self._keeper.stop()
+        # The revoke is what the other hosts react to: nothing may stand before it. Stopping
+        # the fence, the checks and the keeper (thread joins) comes after.
         lease_id = self.clock.lease_id
         if lease_id is not None and self.store._client is not None:
             try:
@@ -803,6 +801,10 @@ class Agent:
                     describe_error(exc),
                     self.cfg.lease.ttl,
                 )
+        self._fence.stop()
+        self.health.stop()
+        if self._keeper is not None:
+            self._keeper.stop()
         self.store.close()
         self.notifier.close(timeout=2.0)  # let on_release hooks run, bounded
         if self._announcer is not None:
