@@ -32,6 +32,7 @@ from haagent.lab.topology import (
     list_netns,
     pid_alive,
 )
+from tests.lab.conftest import wait_until
 
 PORT = 7000
 MEASURED: dict[str, float] = {}
@@ -272,7 +273,14 @@ def test_three_member_etcd_survives_losing_one() -> None:
         lab.etcd.etcdctl("put", "k", "v1")
         lab.etcd.kill("etcd2")
         assert not lab.etcd.healthy("etcd2")
-        lab.etcd.etcdctl("put", "k", "v2", endpoints=lab.etcd_endpoints[:1])
+
+        # If etcd2 was the leader, the others elect a new one first (election timeout 1 s, more
+        # on a loaded machine): the cluster must accept the write within a bounded time.
+        def put() -> bool:
+            r = lab.etcd.etcdctl("put", "k", "v2", endpoints=lab.etcd_endpoints[:1], check=False)
+            return r.returncode == 0
+
+        assert wait_until(put, 15, 0.2), "two of three members did not accept a write"
         lab.etcd.start("etcd2")
         lab.etcd.wait_healthy(["etcd2"], timeout=15)
         got = lab.etcd.etcdctl("get", "--print-value-only", "k", endpoints=lab.etcd_endpoints[1:2])
