@@ -302,6 +302,7 @@ class Runner:
                 mode.restore(driver, target)
             except (LabError, OSError, subprocess.SubprocessError) as exc:
                 notes.append(f"restore failed: {exc}")
+            driver.after_restore(target)
             if not _wait(partial(driver.recovered, target, token), RECOVER_TIMEOUT, 0.05):
                 notes.append(f"{target.role} not back after {RECOVER_TIMEOUT:g}s; restarted")
                 self.force_restart(lab, driver, target)
@@ -399,6 +400,7 @@ class Runner:
         lab.unblock_etcd(host)
         token = driver.ready_token(host)
         driver.start(host)
+        driver.after_restore(host)
         if not _wait(partial(driver.recovered, host, token), RECOVER_TIMEOUT, 0.05):
             raise BenchError(f"{host.role} does not come back even after a restart")
 

@@ -39,6 +39,7 @@ HAAGENT_MARGIN = 1.0
 # * two hosts: with a third, two backups one skew (4 ms) apart would race to MASTER.
 KEEPALIVED_PRIORITY = {"h1": 254, "h2": 253}
 VRID4, VRID6 = 51, 52
+NFT_COUNTER = "haagent_bench"  # in each keepalived host: counts incoming VRRP packets
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,10 @@ class Driver(ABC):
         """The host disturbed by a trial is back as a member of the cluster."""
         return self.alive(host)
 
+    @abstractmethod
+    def after_restore(self, host: Node) -> None:
+        """Called right after a trial's failure was undone on `host` (before recovered())."""
+
     def log_path(self, host: Node) -> Path:
         raise NotImplementedError
 
@@ -198,6 +203,10 @@ class HaagentDriver(Driver):
     def recovered(self, host: Node, token: int) -> bool:
         return self.alive(host) and self.ready_token(host) > token
 
+    def after_restore(self, host: Node) -> None:
+        """Nothing to note: the agent's log says when it has a lease again (ready_token)."""
+        return None
+
 
 # --------------------------------------------------------------------------- keepalived
 
@@ -210,6 +219,7 @@ class KeepalivedDriver(Driver):
         self.advert_int = advert_int
         self.vmac = vmac
         self.config = f"advert_int {advert_int:g}s" + (" vmac" if vmac else "")
+        self._heard_at_restore: dict[str, int] = {}
 
     @property
     def hosts(self) -> list[Node]:
@@ -254,6 +264,42 @@ class KeepalivedDriver(Driver):
     def log_path(self, host: Node) -> Path:
         return self.lab.workdir / f"{host.role}.keepalived.log"
 
+    # A restored keepalived is back in the pair when it is MASTER, or when it has heard the
+    # master since the restore. Until then its master-down timer may still fire: after a
+    # link comes back, the master's unicast adverts wait for ARP/ND to resolve the peer
+    # again, and at advert_int 0.1 s the restored BACKUP takes the VIP for a moment before
+    # the master's advert arrives. That belongs to the restore, not to the next trial.
+    # An nftables counter of incoming VRRP packets (IP protocol 112) tells when it heard.
+
+    def _install_counter(self, host: Node) -> None:
+        ruleset = (
+            f"table inet {NFT_COUNTER}\ndelete table inet {NFT_COUNTER}\n"
+            f"table inet {NFT_COUNTER} {{\n"
+            "  chain input {\n"
+            "    type filter hook input priority 0; policy accept;\n"
+            "    meta l4proto 112 counter\n"
+            "  }\n}\n"
+        )
+        self.lab.run(host, ["nft", "-f", "-"], input=ruleset)
+
+    def _vrrp_heard(self, host: Node) -> int:
+        out = self.lab.run(host, ["nft", "list", "table", "inet", NFT_COUNTER], check=False)
+        m = re.search(r"counter packets (\d+)", out.stdout)
+        return int(m.group(1)) if m else 0
+
+    def _holds(self, host: Node) -> bool:
+        out = self.lab.run(host, ["ip", "-o", "addr", "show"], check=False).stdout
+        return f" {Lab.vip4(0)}/" in out
+
+    def after_restore(self, host: Node) -> None:
+        self._heard_at_restore[host.role] = self._vrrp_heard(host)
+
+    def recovered(self, host: Node, token: int) -> bool:
+        if not self.alive(host):
+            return False
+        heard = self._vrrp_heard(host) > self._heard_at_restore.get(host.role, -1)
+        return heard or self._holds(host)
+
     def start(self, host: Node) -> None:
         wd = self.lab.workdir
         # keepalived refuses to start while its pid files name a live process; a child
@@ -274,6 +320,8 @@ class KeepalivedDriver(Driver):
     def start_all(self, holds: HoldCheck) -> None:
         # h1 alone first, so it is MASTER when h2 comes (with nopreempt, whichever host
         # wins the first election keeps the VIPs).
+        for host in self.hosts:
+            self._install_counter(host)
         first, *rest = self.hosts
         self.start(first)
         holds.wait_holds(first, timeout=10 * self.advert_int + 10.0)
