@@ -42,7 +42,7 @@ from haagent.events import (
     WatchBroken,
     WatchResumed,
 )
-from haagent.fence import FenceClient
+from haagent.fence import FenceClient, setup_message
 from haagent.health.monitor import HealthMonitor, VipHealthChanged
 from haagent.health.notify import Notifier
 from haagent.lease import LeaseClock
@@ -106,7 +106,7 @@ class Agent:
         self._net: AddressManager | None = None
         self._place: Placement | None = None
         self._announcer: Announcer | None = None
-        self._fence = FenceClient()
+        self._fence = FenceClient(setup_message(cfg.cluster, cfg.etcd))
         self.health = HealthMonitor(cfg, self._post_health)
         self.notifier = Notifier(self.node)
         # A VIP without checks is healthy from the first moment; one with checks is unknown,
@@ -459,6 +459,8 @@ class Agent:
             return  # the proof arrived too late to be used; the next keepalive decides
         self.lease_ok = ok
         lease_id = self.clock.lease_id
+        if ok:
+            self._tell_fence()  # the lease it revokes should this process die from here on
         for e in self.elections.values():
             if ok and lease_id is not None:
                 self._execute(e, e.lease_valid(lease_id, reason))
@@ -691,7 +693,7 @@ class Agent:
     def _tell_fence(self) -> None:
         deadline = self.clock.deadline if self.lease_ok else None
         held = [f for v in self._held() if (f := self.place.fenced(v)) is not None]
-        self._fence.tell(deadline, held, hold=self._outage_keep)
+        self._fence.tell(deadline, held, hold=self._outage_keep, lease=self.clock.lease_id)
 
     def _extend_bound(self) -> None:
         """A keepalive was acknowledged: push the new deadline to the fence and the kernel."""

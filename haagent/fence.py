@@ -4,7 +4,8 @@ The agent starts it in a session of its own (so a SIGKILL of the agent's process
 Ctrl-C, does not reach it) and writes one JSON line to its stdin whenever what it holds or its
 lease deadline changes::
 
-    {"deadline": 12345.678, "addresses": [["eth0", "198.51.100.200/32"], ...]}
+    {"setup": {"cluster": "db", "endpoints": [...], ...}}   # first: how to reach etcd
+    {"deadline": 12345.678, "lease": 7587869, "addresses": [["eth0", "198.51.100.200/32"], ...]}
     {"deadline": null, "hold": true, "addresses": [...]}   # keep them, no deadline (see below)
     {"exit": true}                      # graceful stop: the agent already unbound everything
 
@@ -15,6 +16,15 @@ every listed address
   OOM kill — the kernel closes the pipe), and
 * when the deadline passes without a newer one (the agent is frozen — SIGSTOP, a stalled VM
   thread, a page-fault storm — and cannot act on its own deadline).
+
+After removing them it **revokes the agent's lease** in etcd (when it knows the lease and etcd
+answers). That deletes the dead agent's holder keys at once, so another host takes over within
+milliseconds instead of waiting for etcd to expire the lease — the TTL plus up to 0.5 s of
+etcd's expiry sweep. The order is the agent's own on a graceful stop: unbind, then revoke, so
+the old address is gone before anyone can win the key. The revoke is best effort: a fence that
+cannot reach etcd (the host is cut off too) leaves the lease to expire as before. A frozen agent
+whose keepalive thread still runs would otherwise keep the lease alive while answering nobody;
+the revoke hands its VIPs over as well.
 
 ``hold`` is sent only under ``lease.when_etcd_unreachable: keep``, while the agent deliberately
 keeps its VIPs past the deadline; the pipe closing still removes them.
@@ -34,11 +44,17 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Interface, IPv6Interface, ip_interface
+from pathlib import Path
+from typing import Any
 
+from haagent.config import EtcdConfig, TLSConfig
 from haagent.net.addresses import AddressManager, NetError
+from haagent.schema import Keys
+from haagent.store import STORE_ERRORS, Store, StoreError, describe_error
 
 log = logging.getLogger("haagent.fence")
 
@@ -52,11 +68,19 @@ class Fence:
         self.deadline: float | None = None
         self.hold = False  # keep the addresses with no deadline (etcd outage, "keep" policy)
         self.addresses: list[Address] = []
+        self.lease: int | None = None  # the agent's lease, revoked once the fence acted
+        self.setup: dict[str, Any] | None = None  # how to reach etcd (see setup_message)
 
     def update(self, message: dict[str, object]) -> bool:
         """Apply one message; False when the agent said it is exiting."""
         if message.get("exit"):
             return False
+        setup = message.get("setup")
+        if isinstance(setup, dict):
+            self.setup = setup
+            return True
+        lease = message.get("lease")
+        self.lease = lease if isinstance(lease, int) and lease > 0 else None
         deadline = message.get("deadline")
         self.deadline = float(deadline) if isinstance(deadline, (int, float)) else None
         self.hold = bool(message.get("hold"))
@@ -88,6 +112,92 @@ class Fence:
         return addresses
 
 
+def setup_message(cluster: str, etcd: EtcdConfig) -> dict[str, object]:
+    """What the fence needs to revoke a lease: the agent's etcd settings, password included
+    (the pipe is private to the two processes; it never goes on a command line)."""
+    tls = etcd.tls
+    return {
+        "setup": {
+            "cluster": cluster,
+            "endpoints": list(etcd.endpoints),
+            "tls": None
+            if tls is None
+            else {k: None if v is None else str(v) for k, v in vars(tls).items()},
+            "username": etcd.username,
+            "password": etcd.password,
+            "timeout": etcd.timeout,
+            "retry_interval": etcd.retry_interval,
+        }
+    }
+
+
+def etcd_from_setup(setup: Mapping[str, Any]) -> tuple[str, EtcdConfig]:
+    """The inverse of :func:`setup_message` (its ``setup`` part): (cluster, etcd settings)."""
+    tls = setup.get("tls")
+    return str(setup["cluster"]), EtcdConfig(
+        endpoints=tuple(str(e) for e in setup["endpoints"]),
+        tls=None
+        if not isinstance(tls, dict)
+        else TLSConfig(**{k: None if v is None else Path(v) for k, v in tls.items()}),
+        username=setup.get("username"),
+        password=setup.get("password"),
+        timeout=float(setup.get("timeout", 1.0)),
+        retry_interval=float(setup.get("retry_interval", 1.0)),
+    )
+
+
+class LeaseRevoker:
+    """The fence's only etcd call: revoke the lease of an agent that can no longer hold it.
+
+    It connects in the background as soon as the fence knows etcd, so that an agent's death
+    costs one RPC, not a connection set-up, before the other hosts see its keys go.
+    """
+
+    def __init__(self, setup: Mapping[str, Any]) -> None:
+        cluster, cfg = etcd_from_setup(setup)
+        self.timeout = cfg.timeout
+        self._store = Store(cfg, Keys(cluster))
+        self._ready = threading.Event()
+        self._cancel = threading.Event()
+        threading.Thread(target=self._connect, name="fence-etcd", daemon=True).start()
+
+    def _connect(self) -> None:
+        try:
+            self._store.connect(cancel=self._cancel)
+        except StoreError as exc:
+            if not self._cancel.is_set():
+                log.error("fence cannot use etcd (%s): a dead agent's lease expires by itself", exc)
+            return
+        self._ready.set()
+
+    def revoke(self, lease_id: int, why: str) -> bool:
+        if not self._ready.wait(2 * self.timeout):
+            log.warning(
+                "fence could not reach etcd to revoke lease %x; etcd expires it after its ttl",
+                lease_id,
+            )
+            return False
+        try:
+            self._store.revoke(lease_id)
+        except STORE_ERRORS as exc:
+            text = describe_error(exc)
+            if "not found" in text.lower():
+                log.info("lease %x was already gone", lease_id)
+            else:
+                log.warning(
+                    "fence could not revoke lease %x (%s); etcd expires it after its ttl",
+                    lease_id,
+                    text,
+                )
+            return False
+        log.warning("fence revoked lease %x (%s): the other hosts take over now", lease_id, why)
+        return True
+
+    def close(self) -> None:
+        self._cancel.set()
+        self._store.close()
+
+
 def remove(net: AddressManager, addresses: Iterable[Address], reason: str) -> None:
     for ifname, address in addresses:
         try:
@@ -99,30 +209,45 @@ def remove(net: AddressManager, addresses: Iterable[Address], reason: str) -> No
 
 def serve(stdin_fd: int, net: AddressManager) -> int:
     fence = Fence()
-    buffer = b""
-    while True:
-        ready, _, _ = select.select([stdin_fd], [], [], fence.timeout(time.monotonic()))
-        if ready:
-            chunk = os.read(stdin_fd, 65536)
-            if not chunk:
-                reason = "the agent exited without handing over (its pipe closed)"
-                remove(net, fence.take(), reason)
-                return 0
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    log.error("fence ignored a malformed message: %r", line[:200])
-                    continue
-                if not fence.update(message):
-                    return 0
-        # Also after a message: it may carry a deadline that has already passed.
-        addresses, reason = fence.due(time.monotonic())
+    revoker: LeaseRevoker | None = None
+
+    def act(addresses: list[Address], reason: str, why: str) -> None:
+        """Remove first, then revoke: nobody can win the key while the address is still here."""
         remove(net, addresses, reason)
+        if revoker is not None and fence.lease is not None:
+            revoker.revoke(fence.lease, why)
+
+    buffer = b""
+    try:
+        while True:
+            ready, _, _ = select.select([stdin_fd], [], [], fence.timeout(time.monotonic()))
+            if ready:
+                chunk = os.read(stdin_fd, 65536)
+                if not chunk:
+                    reason = "the agent exited without handing over (its pipe closed)"
+                    act(fence.take(), reason, "its agent died")
+                    return 0
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    try:
+                        message = json.loads(line)
+                    except ValueError:
+                        log.error("fence ignored a malformed message (%d bytes)", len(line))
+                        continue
+                    if not fence.update(message):
+                        return 0
+                    if fence.setup is not None and revoker is None:
+                        revoker = LeaseRevoker(fence.setup)
+            # Also after a message: it may carry a deadline that has already passed.
+            addresses, reason = fence.due(time.monotonic())
+            if addresses:
+                act(addresses, reason, "its agent missed the lease deadline")
+    finally:
+        if revoker is not None:
+            revoker.close()
 
 
 def main() -> int:
@@ -138,9 +263,11 @@ def main() -> int:
 class FenceClient:
     """The agent's end: starts the fence and keeps it told. Never raises into the agent."""
 
-    def __init__(self) -> None:
+    def __init__(self, setup: Mapping[str, object] | None = None) -> None:
+        """``setup``: :func:`setup_message`; without it the fence never revokes a lease."""
         self._proc: subprocess.Popen[bytes] | None = None
         self._last: bytes = b""
+        self._setup = b"" if setup is None else json.dumps(setup).encode() + b"\n"
 
     def start(self) -> None:
         self._proc = subprocess.Popen(
@@ -148,13 +275,25 @@ class FenceClient:
             stdin=subprocess.PIPE,
             start_new_session=True,  # out of reach of signals sent to the agent's group
         )
+        if self._setup and self._proc.stdin is not None:
+            try:
+                self._proc.stdin.write(self._setup)
+                self._proc.stdin.flush()
+            except OSError as exc:
+                log.error("cannot reach the fence process: %s", exc)
 
     def tell(
-        self, deadline: float | None, addresses: Iterable[Address], *, hold: bool = False
+        self,
+        deadline: float | None,
+        addresses: Iterable[Address],
+        *,
+        hold: bool = False,
+        lease: int | None = None,
     ) -> None:
         message = {
             "deadline": deadline,
             "hold": hold,
+            "lease": lease,
             "addresses": [[ifname, str(address)] for ifname, address in addresses],
         }
         self._send(json.dumps(message).encode() + b"\n")

@@ -149,6 +149,19 @@ class Agents:
         else:
             proc.send_signal(sig)
 
+    def kill_with_fence(self, host: Node) -> None:
+        """SIGKILL the agent and its fence together, as a service manager's final kill does.
+
+        The agent is stopped first: seeing its fence die, it would start a new one."""
+        proc = self.procs[host.role]
+        os.killpg(proc.pid, signal.SIGSTOP)
+        out = self.lab.run(host, ["pgrep", "-P", str(proc.pid), "-f", "haagent.fence"])
+        fences = [int(pid) for pid in out.stdout.split()]
+        assert fences, f"no fence process under agent {proc.pid} on {host.role}"
+        for pid in fences:
+            os.kill(pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+
     def wait_exit(self, host: Node, timeout: float) -> int | None:
         try:
             return self.procs[host.role].wait(timeout=timeout)

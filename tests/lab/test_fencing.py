@@ -8,7 +8,6 @@ two hosts at once.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -82,6 +81,28 @@ def test_sigkill_of_the_agents_process_group_never_leaves_two_holders(
     assert report.ok, f"{vip}: two holders {report.double_holder}, {report.interleavings}"
 
 
+def test_dead_agents_lease_is_revoked_so_another_host_takes_over_at_once(
+    lab: Lab, agents: Agents
+) -> None:
+    # A long TTL: a takeover well before it can only come from the fence revoking the lease.
+    agents.ttl = 10
+    agents.start_all()
+    ip = lab.vip4(0)
+    with History(agents, ip, 8.0) as history:
+        old = agents.wait_single_holder(ip)
+        old_host = lab.host(old)
+        started = time.monotonic()
+        agents.signal(old_host, signal.SIGKILL, group=True)
+        new = _other_holder(agents, ip, old, 3.0)
+        took = time.monotonic() - started
+        log = agents.log(old_host)
+        assert "fence revoked lease" in log, log
+        assert log.index(f"fence removed {ip}") < log.index("fence revoked lease"), log
+    report = history.report()
+    assert report.ok, f"two holders {report.double_holder}, {report.interleavings}"
+    assert took < agents.ttl / 2, f"{new} took over after {took:.1f}s"
+
+
 def test_frozen_agent_loses_the_address_before_the_lease_expires(lab: Lab, agents: Agents) -> None:
     agents.start_all()
     ip = lab.vip4(0)
@@ -100,13 +121,9 @@ def test_frozen_agent_loses_the_address_before_the_lease_expires(lab: Lab, agent
             assert agents.holders(ip) == [new], agents.log(old_host)
     report = history.report()
     assert report.ok, f"two holders {report.double_holder}, {report.interleavings}"
+    # The fence removed the address and revoked the lease its frozen agent kept alive no more.
     assert "lease deadline passed" in agents.log(old_host)
-
-
-def _fence_pid(lab: Lab, agents: Agents, host_role: str) -> int:
-    agent_pid = agents.procs[host_role].pid
-    out = lab.run(lab.host(host_role), ["pgrep", "-P", str(agent_pid), "-f", "haagent.fence"])
-    return int(out.stdout.split()[0])
+    assert "fence revoked lease" in agents.log(old_host)
 
 
 def test_kernel_lifetime_removes_the_address_when_agent_and_fence_die(
@@ -117,9 +134,7 @@ def test_kernel_lifetime_removes_the_address_when_agent_and_fence_die(
     with History(agents, ip, agents.ttl + 6.0) as history:
         old = agents.wait_single_holder(ip)
         old_host = lab.host(old)
-        fence = _fence_pid(lab, agents, old)
-        os.kill(fence, signal.SIGKILL)  # the fence first, so it cannot act on the pipe closing
-        agents.signal(old_host, signal.SIGKILL, group=True)
+        agents.kill_with_fence(old_host)  # nobody left to act on the pipe closing
         gone = wait_until(lambda: ip not in lab.bound(old_host), agents.ttl + 1, 0.01)
         assert gone, "the address outlived its lifetime"
         _other_holder(agents, ip, old, agents.ttl + 2)

@@ -1,8 +1,11 @@
 """The fence's decisions (pure); the lab tests show it removing real addresses."""
 
+import json
 from ipaddress import ip_interface
+from pathlib import Path
 
-from haagent.fence import Fence
+from haagent.config import EtcdConfig, TLSConfig
+from haagent.fence import Fence, etcd_from_setup, setup_message
 
 V4 = ("eth0", ip_interface("198.51.100.200/32"))
 V6 = ("eth0", ip_interface("2001:db8::200/128"))
@@ -64,3 +67,37 @@ def test_hold_keeps_addresses_past_any_deadline_until_told_otherwise():
     assert f.due(100.0) == ([], "")
     f.update(MSG)  # back to normal: the old deadline applies again
     assert f.due(100.0)[0] == [V4, V6]
+
+
+def test_remembers_the_lease_it_revokes_after_acting():
+    f = Fence()
+    f.update({**MSG, "lease": 0x1234})
+    assert f.lease == 0x1234
+    f.update(MSG)  # the agent lost its lease: nothing to revoke
+    assert f.lease is None
+    f.update({**MSG, "lease": "1234"})  # not an etcd lease id
+    assert f.lease is None
+
+
+def test_setup_message_changes_nothing_else():
+    f = Fence()
+    f.update({**MSG, "lease": 7})
+    message = setup_message("db", EtcdConfig())
+    assert f.update(json.loads(json.dumps(message))) is True
+    assert f.setup == message["setup"]
+    assert (f.lease, f.deadline, f.addresses) == (7, 10.0, [V4, V6])
+
+
+def test_etcd_settings_survive_the_pipe():
+    etcd = EtcdConfig(
+        endpoints=("https://198.51.100.2:2379", "https://[2001:db8::2]:2379"),
+        tls=TLSConfig(ca=Path("/etc/haagent/ca.pem"), cert=Path("/c.pem"), key=None),
+        username="haagent",
+        password="s3cret",
+        timeout=0.5,
+        retry_interval=2.0,
+    )
+    setup = json.loads(json.dumps(setup_message("db", etcd)))["setup"]
+    assert etcd_from_setup(setup) == ("db", etcd)
+    plain = EtcdConfig()
+    assert etcd_from_setup(setup_message("x", plain)["setup"]) == ("x", plain)  # type: ignore[arg-type]
