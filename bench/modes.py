@@ -1,10 +1,12 @@
 """Failure modes: what is done to the holder, and how it is undone after the trial.
 
-To add a mode (``health``, ``move`` …): write an ``inject`` and a ``restore`` taking the
-driver and the holder's node, and add a :class:`Mode` to :data:`MODES`. ``hard`` says
-whether the failover has to wait for a timeout (lease TTL, VRRP master-down interval) — it
-sets how long the benchmark waits before calling the failover "none". ``systems`` names the
-systems the mode applies to.
+To add a mode (``move`` …): write an ``inject`` and a ``restore`` taking the driver and
+the holder's node, and add a :class:`Mode` to :data:`MODES`. ``window`` says what the
+failover has to wait for: a graceful handover, a timeout (``hard``: lease TTL, VRRP
+master-down interval) or a failing health check (``health``: the check's fall) — it sets
+how long the benchmark waits before calling the failover "none". ``rejoin`` says whether the
+disturbed host has to rejoin the cluster after the restore (a restart, a new lease) or only
+become healthy again. ``systems`` names the systems the mode applies to.
 """
 
 from __future__ import annotations
@@ -14,8 +16,17 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
-from bench.systems import Driver
+from bench.systems import (
+    CHECK_FALL,
+    HAAGENT_CHECK_INTERVAL,
+    HAAGENT_HOLD_DOWN,
+    KEEPALIVED_SCRIPT_INTERVAL,
+    Driver,
+    Timing,
+    fail_flag,
+)
 from haagent.lab.topology import Node
 
 Action = Callable[[Driver, Node], None]
@@ -26,10 +37,16 @@ ALL_SYSTEMS = frozenset({"haagent", "keepalived"})
 class Mode:
     name: str
     description: str
-    hard: bool
+    window: Literal["graceful", "hard", "health"]
     inject: Action
     restore: Action
     systems: frozenset[str] = ALL_SYSTEMS
+    rejoin: bool = True
+
+    def wait(self, timing: Timing) -> float:
+        """How long the benchmark waits for another host to bind the VIP."""
+        windows = {"graceful": timing.graceful, "hard": timing.hard, "health": timing.health}
+        return windows[self.window]
 
 
 def _group(driver: Driver, host: Node, sig: signal.Signals) -> None:
@@ -69,6 +86,10 @@ def _etcd_partition(driver: Driver, host: Node) -> None:
     driver.lab.block_etcd(host)
 
 
+def _fail_check(driver: Driver, host: Node) -> None:
+    fail_flag(driver.lab, host).touch()
+
+
 # ------------------------------------------------------------------------- restores
 
 
@@ -94,6 +115,10 @@ def _unblock_etcd(driver: Driver, host: Node) -> None:
     driver.lab.unblock_etcd(host)
 
 
+def _pass_check(driver: Driver, host: Node) -> None:
+    fail_flag(driver.lab, host).unlink(missing_ok=True)
+
+
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
@@ -101,7 +126,7 @@ MODES: dict[str, Mode] = {
             "sigterm",
             "SIGTERM to the holder's daemon: a graceful stop (haagent hands over, keepalived "
             "sends priority 0); restarted after the trial",
-            hard=False,
+            window="graceful",
             inject=_sigterm,
             restore=_restart,
         ),
@@ -109,7 +134,7 @@ MODES: dict[str, Mode] = {
             "sigkill",
             "SIGKILL of the daemon's whole process group; host and link stay up; restarted "
             "after the trial",
-            hard=True,
+            window="hard",
             inject=_sigkill,
             restore=_restart,
         ),
@@ -117,7 +142,7 @@ MODES: dict[str, Mode] = {
             "sigkill+cut",
             "SIGKILL of the process group, then the holder's switch port down (a host "
             "crash); link up and daemon restarted after the trial",
-            hard=True,
+            window="hard",
             inject=_sigkill_cut,
             restore=_restore_link_restart,
         ),
@@ -125,14 +150,14 @@ MODES: dict[str, Mode] = {
             "cut",
             "the holder's switch port down, daemon running (it loses clients, peers and "
             "etcd); link up after the trial",
-            hard=True,
+            window="hard",
             inject=_cut,
             restore=_restore_link,
         ),
         Mode(
             "sigstop",
             "SIGSTOP of the daemon's process group (a frozen daemon); SIGCONT after the trial",
-            hard=True,
+            window="hard",
             inject=_sigstop,
             restore=_sigcont,
         ),
@@ -140,10 +165,22 @@ MODES: dict[str, Mode] = {
             "etcd-partition",
             "nftables drop between the holder and etcd; clients still reach it; lifted "
             "after the trial",
-            hard=True,
+            window="hard",
             inject=_etcd_partition,
             restore=_unblock_etcd,
             systems=frozenset({"haagent"}),
+        ),
+        Mode(
+            "health",
+            "the holder's health check starts failing (a flag file appears; haagent: exec "
+            f"check every {HAAGENT_CHECK_INTERVAL:g} s, keepalived: vrrp_script every "
+            f"{KEEPALIVED_SCRIPT_INTERVAL:g} s, its minimum; fall {CHECK_FALL} for both); "
+            "the file is removed after the trial and the host is back once healthy (haagent: "
+            f"and its hold-down of {HAAGENT_HOLD_DOWN:g} s is over)",
+            window="health",
+            inject=_fail_check,
+            restore=_pass_check,
+            rejoin=False,
         ),
     )
 }

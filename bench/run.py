@@ -41,7 +41,14 @@ from rich.table import Table
 
 from bench.evaluate import TrialResult, evaluate_trial, summarize_trials
 from bench.modes import MODES, Mode
-from bench.systems import Driver, HaagentDriver, HoldCheck, KeepalivedDriver, keepalived_variants
+from bench.systems import (
+    Driver,
+    HaagentDriver,
+    HoldCheck,
+    KeepalivedDriver,
+    fail_flag,
+    keepalived_variants,
+)
 from haagent.lab.history import (
     AddressEvent,
     Recorder,
@@ -276,8 +283,7 @@ class Runner:
         self, lab: Lab, driver: Driver, recorder: Recorder, mode: Mode, run: ConfigRun
     ) -> None:
         counts = dict.fromkeys(FAMILIES, 0)
-        timing = driver.timing()
-        window = timing.hard if mode.hard else timing.graceful
+        window = mode.wait(driver.timing())
         holders = self.wait_steady(lab, driver, recorder)
         reach_note = self.reach(lab, holders)
         attempts = 0
@@ -303,7 +309,8 @@ class Runner:
             except (LabError, OSError, subprocess.SubprocessError) as exc:
                 notes.append(f"restore failed: {exc}")
             driver.after_restore(target)
-            if not _wait(partial(driver.recovered, target, token), RECOVER_TIMEOUT, 0.05):
+            back = partial(driver.recovered, target, token, rejoin=mode.rejoin)
+            if not _wait(back, RECOVER_TIMEOUT, 0.05):
                 notes.append(f"{target.role} not back after {RECOVER_TIMEOUT:g}s; restarted")
                 self.force_restart(lab, driver, target)
             recovered_at = time.time()
@@ -398,6 +405,7 @@ class Runner:
         driver.wait_gone(host, 5.0)
         lab.restore_link(host)
         lab.unblock_etcd(host)
+        fail_flag(lab, host).unlink(missing_ok=True)
         token = driver.ready_token(host)
         driver.start(host)
         driver.after_restore(host)
@@ -437,6 +445,8 @@ class Runner:
         for path in workdir.glob("*.data"):
             shutil.rmtree(path, ignore_errors=True)
         for path in workdir.glob("probe-*.jsonl*"):
+            path.unlink(missing_ok=True)
+        for path in workdir.glob("*.fail"):  # health-check flags of an interrupted trial
             path.unlink(missing_ok=True)
         # The agents' lock and lease files (haagent's state dir) for this lab's cluster.
         for path in Path("/run/haagent").glob(f"{lab.lab_id}-*"):

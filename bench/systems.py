@@ -14,11 +14,13 @@ import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from haagent.lab.topology import Lab, Node, pid_alive
 
@@ -41,6 +43,30 @@ KEEPALIVED_PRIORITY = {"h1": 254, "h2": 253}
 VRID4, VRID6 = 51, 52
 NFT_COUNTER = "haagent_bench"  # in each keepalived host: counts incoming VRRP packets
 
+# Health checks (mode "health"), the same for both systems: one flag file per host in the lab
+# workdir; the check passes while it is absent (`test ! -e FILE`, no shell). Every
+# configuration carries the check, whatever modes run, so a configuration is one thing.
+HEALTH_CHECK = "flagfile"
+HEALTH_COMMAND = "/usr/bin/test"
+CHECK_FALL = 2  # consecutive failures before a healthy check is unhealthy (both systems)
+CHECK_RISE = 2  # consecutive passes before it is healthy again (both systems)
+HAAGENT_CHECK_INTERVAL = 0.2  # s; haagent accepts >= 0.1
+HAAGENT_CHECK_TIMEOUT = 0.2  # s; haagent requires timeout <= interval
+# s; haagent's default, written out. After giving a VIP up for its health the host does not
+# campaign for it for this long, so a host restored from "health" is back in the cluster only
+# then: otherwise trials a few seconds apart find two of three hosts held down and measure
+# the hold-down instead of the failover.
+HAAGENT_HOLD_DOWN = 5.0
+# keepalived 2.2.7's vrrp_script takes whole seconds only: `interval 0.2` is refused
+# ("vrrp script interval '0.2' must be between 1 and 4294 - ignoring", checked with
+# `keepalived -t`), so 1 s is its fastest polled check. Its inotify-based track_file would
+# react at once, but it is not a check: it reads a number some other program writes, and
+# haagent has no such push input, so the two would not measure the same thing. With
+# weight 0 a failing script puts the instance into FAULT, and a MASTER entering FAULT sends
+# priority 0, so the backup takes over at once, as on SIGTERM.
+KEEPALIVED_SCRIPT_INTERVAL = 1
+KEEPALIVED_SCRIPT_TIMEOUT = 1
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -48,6 +74,7 @@ class Timing:
 
     graceful: float
     hard: float
+    health: float  # the holder's health check starts failing (mode "health")
 
 
 class Driver(ABC):
@@ -121,8 +148,12 @@ class Driver(ABC):
         """Something that grows when the host (re)joins the cluster; see recovered()."""
         return 0
 
-    def recovered(self, host: Node, token: int) -> bool:
-        """The host disturbed by a trial is back as a member of the cluster."""
+    def recovered(self, host: Node, token: int, *, rejoin: bool = True) -> bool:
+        """The host disturbed by a trial is back as a healthy member of the cluster.
+
+        ``rejoin``: the failure took the host out of the cluster (restart, lost lease or
+        link), so it must have (re)joined since ``token``; false when only its health check
+        failed and it stayed a member throughout."""
         return self.alive(host)
 
     @abstractmethod
@@ -146,9 +177,67 @@ class HoldCheck(ABC):
     def wait_holds(self, host: Node, timeout: float) -> None: ...
 
 
+def fail_flag(lab: Lab, host: Node) -> Path:
+    """The file whose presence fails `host`'s health check (mode "health")."""
+    return lab.workdir / f"{host.role}.fail"
+
+
+def health_argv(flag: Path) -> list[str]:
+    """The health check of both systems: passes (exit 0) while `flag` does not exist."""
+    return [HEALTH_COMMAND, "!", "-e", str(flag)]
+
+
 # --------------------------------------------------------------------------- haagent
 
 _JOINED = re.compile(r"granted lease|adopted lease")
+_STARTING = re.compile(r"haagent \S+ starting: ")
+_VIP_HEALTH = re.compile(r"vip (\S+) (healthy|unhealthy) on this node")
+# "2026-11-23T10:46:00.912Z INFO haagent.agent: released vip web4 (…): check flagfile failed…"
+_HEALTH_RELEASE = re.compile(r"^(\S+) \S+ haagent\.agent: released vip \S+ \(.*?\): check ", re.M)
+
+
+def haagent_extra(vips: Sequence[tuple[str, str]], ifname: str, flag: Path) -> dict[str, Any]:
+    """The agent config sections the benchmark sets beyond Lab.write_agent_config's: the
+    flag-file exec check on every VIP."""
+    check = {
+        "type": "exec",
+        "command": health_argv(flag),
+        "interval": HAAGENT_CHECK_INTERVAL,
+        "timeout": HAAGENT_CHECK_TIMEOUT,
+        "rise": CHECK_RISE,
+        "fall": CHECK_FALL,
+    }
+    out: list[dict[str, Any]] = []
+    for name, address in vips:
+        vip: dict[str, Any] = {"name": name, "address": address, "interface": ifname}
+        vip["checks"] = [HEALTH_CHECK]
+        vip["hold_down"] = HAAGENT_HOLD_DOWN
+        out.append(vip)
+    return {"checks": {HEALTH_CHECK: check}, "vips": out}
+
+
+def haagent_healthy(log: str, vips: Sequence[str]) -> bool:
+    """Does the agent's log say that its latest run found every VIP in `vips` healthy?
+
+    Only the lines after the last start count: the log is appended to across restarts,
+    and a fresh agent is not healthy until its checks have risen."""
+    starts = list(_STARTING.finditer(log))
+    run = log[starts[-1].end() :] if starts else log
+    last = {m.group(1): m.group(2) for m in _VIP_HEALTH.finditer(run)}
+    return all(last.get(v) == "healthy" for v in vips)
+
+
+def haagent_held_down_until(log: str, hold_down: float) -> float:
+    """Unix time until which the agent's latest run holds back from campaigning after its
+    last release for a failing check (0 if it never released one for that)."""
+    starts = list(_STARTING.finditer(log))
+    run = log[starts[-1].end() :] if starts else log
+    last = None
+    for m in _HEALTH_RELEASE.finditer(run):
+        last = m.group(1)
+    if last is None:
+        return 0.0
+    return datetime.fromisoformat(last).timestamp() + hold_down
 
 
 class HaagentDriver(Driver):
@@ -166,8 +255,9 @@ class HaagentDriver(Driver):
         # write_agent_config writes the file itself; read it back for the report.
         out = {}
         for host in self.lab.hosts:
+            extra = haagent_extra(self._vips(), host.ifname, fail_flag(self.lab, host))
             path = self.lab.write_agent_config(
-                host, self._vips(), ttl=HAAGENT_TTL, margin=HAAGENT_MARGIN
+                host, self._vips(), ttl=HAAGENT_TTL, margin=HAAGENT_MARGIN, extra=extra
             )
             self._paths[host.role] = path
             out[path.name] = path.read_text()
@@ -192,7 +282,9 @@ class HaagentDriver(Driver):
 
     def timing(self) -> Timing:
         # Graceful: a watch event away. Hard: the lease TTL, plus slack before "none".
-        return Timing(graceful=2.0, hard=HAAGENT_TTL + 3.0)
+        # Health: the check's fall (and a run in progress), then a graceful handover.
+        detect = (CHECK_FALL + 1) * HAAGENT_CHECK_INTERVAL + HAAGENT_CHECK_TIMEOUT
+        return Timing(graceful=2.0, hard=HAAGENT_TTL + 3.0, health=detect + 2.0)
 
     def log_path(self, host: Node) -> Path:
         return self.lab.agent_log_path(host)
@@ -200,8 +292,16 @@ class HaagentDriver(Driver):
     def ready_token(self, host: Node) -> int:
         return len(_JOINED.findall(self.lab.agent_log(host)))
 
-    def recovered(self, host: Node, token: int) -> bool:
-        return self.alive(host) and self.ready_token(host) > token
+    def recovered(self, host: Node, token: int, *, rejoin: bool = True) -> bool:
+        if not self.alive(host):
+            return False
+        log = self.lab.agent_log(host)
+        joined = not rejoin or len(_JOINED.findall(log)) > token
+        return (
+            joined
+            and haagent_healthy(log, [name for name, _ in self._vips()])
+            and haagent_held_down_until(log, HAAGENT_HOLD_DOWN) <= time.time()
+        )
 
     def after_restore(self, host: Node) -> None:
         """Nothing to note: the agent's log says when it has a lease again (ready_token)."""
@@ -209,6 +309,17 @@ class HaagentDriver(Driver):
 
 
 # --------------------------------------------------------------------------- keepalived
+
+_KEEPALIVED_START = re.compile(r"Starting Keepalived v")
+_KEEPALIVED_STATE = re.compile(r"\((\S+)\) Entering (\w+) STATE")
+
+
+def keepalived_states(log: str) -> dict[str, str]:
+    """Instance name -> its latest state (MASTER, BACKUP, FAULT) in keepalived's log, for
+    the latest run only (the log is appended to across restarts)."""
+    starts = list(_KEEPALIVED_START.finditer(log))
+    run = log[starts[-1].end() :] if starts else log
+    return {m.group(1): m.group(2) for m in _KEEPALIVED_STATE.finditer(run)}
 
 
 class KeepalivedDriver(Driver):
@@ -220,6 +331,7 @@ class KeepalivedDriver(Driver):
         self.vmac = vmac
         self.config = f"advert_int {advert_int:g}s" + (" vmac" if vmac else "")
         self._heard_at_restore: dict[str, int] = {}
+        self._log_seen: dict[str, tuple[int, dict[str, str]]] = {}
 
     @property
     def hosts(self) -> list[Node]:
@@ -231,6 +343,7 @@ class KeepalivedDriver(Driver):
     def render(self, host: Node) -> str:
         instance = Template((KEEPALIVED_TEMPLATES / "vrrp_instance.conf.in").read_text())
         whole = Template((KEEPALIVED_TEMPLATES / "keepalived.conf.in").read_text())
+        script = Template((KEEPALIVED_TEMPLATES / "vrrp_script.conf.in").read_text())
         # Sub-second adverts need VRRPv3; IPv6 is VRRPv3 only (RFC 5798). keepalived's
         # default for IPv4 is version 2, kept in the default configuration.
         v4_version = 3 if self.advert_int < 1 else 2
@@ -254,9 +367,20 @@ class KeepalivedDriver(Driver):
                     peers="\n".join(f"        {p}" for p in peers),
                     vip=f"{vip}/{plen}",
                     dev="" if self.vmac else " dev eth0",
+                    script=HEALTH_CHECK,
                 )
             )
-        return whole.substitute(host=host.role, label=self.config, instances="".join(parts))
+        check = script.substitute(
+            name=HEALTH_CHECK,
+            command=" ".join(health_argv(fail_flag(self.lab, host))),
+            interval=KEEPALIVED_SCRIPT_INTERVAL,
+            timeout=KEEPALIVED_SCRIPT_TIMEOUT,
+            fall=CHECK_FALL,
+            rise=CHECK_RISE,
+        )
+        return whole.substitute(
+            host=host.role, label=self.config, scripts=check, instances="".join(parts)
+        )
 
     def configs(self) -> dict[str, str]:
         return {self._conf_name(h): self.render(h) for h in self.hosts}
@@ -291,13 +415,33 @@ class KeepalivedDriver(Driver):
         out = self.lab.run(host, ["ip", "-o", "addr", "show"], check=False).stdout
         return f" {Lab.vip4(0)}/" in out
 
+    def _in_fault(self, host: Node) -> bool:
+        """Is an instance on `host` in FAULT (its check failing, its link down)?"""
+        path = self.log_path(host)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return False
+        seen = self._log_seen.get(host.role)
+        if seen is None or seen[0] != size:  # re-read only when keepalived wrote more
+            seen = (size, keepalived_states(path.read_text(errors="replace")))
+            self._log_seen[host.role] = seen
+        return "FAULT" in seen[1].values()
+
     def after_restore(self, host: Node) -> None:
         self._heard_at_restore[host.role] = self._vrrp_heard(host)
 
-    def recovered(self, host: Node, token: int) -> bool:
+    def recovered(self, host: Node, token: int, *, rejoin: bool = True) -> bool:
+        # Adverts keep arriving while an instance is in FAULT (a failing check), and a
+        # BACKUP leaving FAULT starts its master-down timer afresh: only what it hears after
+        # leaving FAULT counts.
         if not self.alive(host):
             return False
-        heard = self._vrrp_heard(host) > self._heard_at_restore.get(host.role, -1)
+        count = self._vrrp_heard(host)
+        if self._in_fault(host):
+            self._heard_at_restore[host.role] = count
+            return False
+        heard = count > self._heard_at_restore.get(host.role, -1)
         return heard or self._holds(host)
 
     def start(self, host: Node) -> None:
@@ -333,7 +477,10 @@ class KeepalivedDriver(Driver):
 
     def timing(self) -> Timing:
         # Master_Down_Interval = 3 x advert + skew (< 1 advert); then slack before "none".
-        return Timing(graceful=3 * self.advert_int + 1.5, hard=4 * self.advert_int + 1.5)
+        # Health: the script's fall (and a run in progress), then FAULT sends priority 0.
+        graceful = 3 * self.advert_int + 1.5
+        detect = (CHECK_FALL + 1) * KEEPALIVED_SCRIPT_INTERVAL + KEEPALIVED_SCRIPT_TIMEOUT
+        return Timing(graceful=graceful, hard=4 * self.advert_int + 1.5, health=detect + graceful)
 
 
 def keepalived_variants() -> dict[str, tuple[float, bool]]:
