@@ -47,6 +47,7 @@ from bench.systems import (
     HoldCheck,
     KeepalivedDriver,
     fail_flag,
+    haagent_variants,
     keepalived_variants,
 )
 from haagent.lab.history import (
@@ -643,9 +644,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke run: {QUICK_TRIALS} trials, keepalived without vmac (unless --keepalived)",
+        help=f"smoke run: {QUICK_TRIALS} trials, without vmac (unless --haagent/--keepalived)",
     )
     p.add_argument("--systems", default="haagent,keepalived", help="comma-separated")
+    h_variants = ",".join(haagent_variants())
+    p.add_argument("--haagent", help=f"variants (default: {h_variants})")
     variants = ",".join(keepalived_variants())
     p.add_argument("--keepalived", help=f"variants (default: {variants})")
     p.add_argument("--modes", default=",".join(MODES), help=f"({','.join(MODES)})")
@@ -654,6 +657,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.trials = QUICK_TRIALS
+    if args.haagent is None:
+        args.haagent = "default" if args.quick else h_variants
     if args.keepalived is None:
         args.keepalived = "default,tuned" if args.quick else variants
     if args.trials < 1:
@@ -661,6 +666,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for m in args.modes.split(","):
         if m not in MODES:
             p.error(f"unknown mode {m!r}")
+    for v in args.haagent.split(","):
+        if v not in haagent_variants():
+            p.error(f"unknown haagent variant {v!r}")
     for v in args.keepalived.split(","):
         if v not in keepalived_variants():
             p.error(f"unknown keepalived variant {v!r}")
@@ -701,7 +709,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = Runner(args.trials, run_dir, modes)
     plan: list[tuple[str, Callable[[Lab], Driver]]] = []
     if "haagent" in systems:
-        plan.append(("haagent", HaagentDriver))
+        for name in args.haagent.split(","):
+
+            def make_agent(lab: Lab, vmac: bool = haagent_variants()[name]) -> Driver:
+                return HaagentDriver(lab, vmac=vmac)
+
+            plan.append((f"haagent-{name}", make_agent))
     if "keepalived" in systems:
         for name in args.keepalived.split(","):
             advert, vmac = keepalived_variants()[name]

@@ -196,9 +196,12 @@ _VIP_HEALTH = re.compile(r"vip (\S+) (healthy|unhealthy) on this node")
 _HEALTH_RELEASE = re.compile(r"^(\S+) \S+ haagent\.agent: released vip \S+ \(.*?\): check ", re.M)
 
 
-def haagent_extra(vips: Sequence[tuple[str, str]], ifname: str, flag: Path) -> dict[str, Any]:
+def haagent_extra(
+    vips: Sequence[tuple[str, str]], ifname: str, flag: Path, *, vmac: bool
+) -> dict[str, Any]:
     """The agent config sections the benchmark sets beyond Lab.write_agent_config's: the
-    flag-file exec check on every VIP."""
+    flag-file exec check on every VIP and, for the vmac configuration, ``vmac: true`` with
+    the VRIDs keepalived uses (one per family)."""
     check = {
         "type": "exec",
         "command": health_argv(flag),
@@ -212,6 +215,9 @@ def haagent_extra(vips: Sequence[tuple[str, str]], ifname: str, flag: Path) -> d
         vip: dict[str, Any] = {"name": name, "address": address, "interface": ifname}
         vip["checks"] = [HEALTH_CHECK]
         vip["hold_down"] = HAAGENT_HOLD_DOWN
+        if vmac:
+            vip["vmac"] = True
+            vip["vrid"] = VRID6 if ":" in address else VRID4
         out.append(vip)
     return {"checks": {HEALTH_CHECK: check}, "vips": out}
 
@@ -243,9 +249,10 @@ def haagent_held_down_until(log: str, hold_down: float) -> float:
 class HaagentDriver(Driver):
     system = "haagent"
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, *, vmac: bool = False) -> None:
         super().__init__(lab)
-        self.config = f"ttl {HAAGENT_TTL}s margin {HAAGENT_MARGIN:g}s"
+        self.vmac = vmac
+        self.config = f"ttl {HAAGENT_TTL}s margin {HAAGENT_MARGIN:g}s" + (" vmac" if vmac else "")
         self._paths: dict[str, Path] = {}
 
     def _vips(self) -> list[tuple[str, str]]:
@@ -255,7 +262,9 @@ class HaagentDriver(Driver):
         # write_agent_config writes the file itself; read it back for the report.
         out = {}
         for host in self.lab.hosts:
-            extra = haagent_extra(self._vips(), host.ifname, fail_flag(self.lab, host))
+            extra = haagent_extra(
+                self._vips(), host.ifname, fail_flag(self.lab, host), vmac=self.vmac
+            )
             path = self.lab.write_agent_config(
                 host, self._vips(), ttl=HAAGENT_TTL, margin=HAAGENT_MARGIN, extra=extra
             )
@@ -481,6 +490,11 @@ class KeepalivedDriver(Driver):
         graceful = 3 * self.advert_int + 1.5
         detect = (CHECK_FALL + 1) * KEEPALIVED_SCRIPT_INTERVAL + KEEPALIVED_SCRIPT_TIMEOUT
         return Timing(graceful=graceful, hard=4 * self.advert_int + 1.5, health=detect + graceful)
+
+
+def haagent_variants() -> dict[str, bool]:
+    """Name -> vmac (both VIPs on a macvlan with the VRRP virtual MAC)."""
+    return {"default": False, "vmac": True}
 
 
 def keepalived_variants() -> dict[str, tuple[float, bool]]:

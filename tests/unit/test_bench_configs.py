@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 
 from bench.modes import MODES
+from bench.run import parse_args
 from bench.systems import (
     CHECK_FALL,
     CHECK_RISE,
     HAAGENT_CHECK_INTERVAL,
     HAAGENT_HOLD_DOWN,
     KEEPALIVED_SCRIPT_INTERVAL,
+    VRID4,
+    VRID6,
     HaagentDriver,
     KeepalivedDriver,
     Timing,
@@ -38,35 +41,49 @@ def lab(tmp_path: Path) -> Lab:
     return Lab(hosts=3, workdir=tmp_path)
 
 
-def _agent_config(lab: Lab) -> dict[str, object]:
+def _agent_config(lab: Lab, *, vmac: bool) -> dict[str, object]:
     host = lab.host("h1")
     return {
         "cluster": "bench",
         "node": host.role,
         "etcd": {"endpoints": ["http://127.0.0.1:2379"], "timeout": 0.5},
-        **haagent_extra(VIPS, host.ifname, fail_flag(lab, host)),
+        **haagent_extra(VIPS, host.ifname, fail_flag(lab, host), vmac=vmac),
     }
 
 
-def test_haagent_config_has_the_flag_check_on_every_vip(lab: Lab) -> None:
-    cfg = parse_config(_agent_config(lab))
+@pytest.mark.parametrize("vmac", [False, True])
+def test_haagent_config_has_the_flag_check_on_every_vip(lab: Lab, vmac: bool) -> None:
+    cfg = parse_config(_agent_config(lab, vmac=vmac))
     (check,) = cfg.checks.values()
     assert isinstance(check, ExecCheckConfig)
     assert check.command == ("/usr/bin/test", "!", "-e", str(lab.workdir / "h1.fail"))
     assert (check.interval, check.rise, check.fall) == (HAAGENT_CHECK_INTERVAL, 2, 2)
     assert check.timeout <= check.interval
     assert [v.checks for v in cfg.vips] == [("flagfile",), ("flagfile",)]
+    assert [v.vmac for v in cfg.vips] == [vmac, vmac]
     assert [v.hold_down for v in cfg.vips] == [HAAGENT_HOLD_DOWN, HAAGENT_HOLD_DOWN]
+    if vmac:
+        assert [v.vrid for v in cfg.vips] == [VRID4, VRID6]
 
 
 def test_the_flag_check_passes_only_while_the_file_is_absent(lab: Lab) -> None:
-    cfg = parse_config(_agent_config(lab))
+    cfg = parse_config(_agent_config(lab, vmac=False))
     (check,) = cfg.checks.values()
     assert isinstance(check, ExecCheckConfig)
     flag = fail_flag(lab, lab.host("h1"))
     assert subprocess.run(check.command, check=False).returncode == 0
     flag.touch()
     assert subprocess.run(check.command, check=False).returncode != 0
+
+
+def test_haagent_driver_labels_and_writes_both_configurations(lab: Lab) -> None:
+    assert HaagentDriver(lab).config == "ttl 3s margin 1s"  # bench/plot.py's row
+    vmac = HaagentDriver(lab, vmac=True)
+    assert vmac.config.endswith(" vmac")
+    texts = vmac.configs()
+    assert sorted(texts) == ["h1.yaml", "h2.yaml", "h3.yaml"]
+    assert "vmac: true" in texts["h2.yaml"]
+    assert "h2.fail" in texts["h2.yaml"]
 
 
 def test_haagent_healthy_reads_the_latest_run_only() -> None:
@@ -153,3 +170,12 @@ def test_health_windows_cover_detection_with_room_to_spare(lab: Lab) -> None:
             else KEEPALIVED_SCRIPT_INTERVAL
         )
         assert timing.health >= timing.graceful + CHECK_FALL * interval + interval
+
+
+def test_variant_selection() -> None:
+    args = parse_args([])
+    assert (args.haagent, args.keepalived.split(",")[0]) == ("default,vmac", "default")
+    assert parse_args(["--quick"]).haagent == "default"
+    assert parse_args(["--quick", "--haagent", "vmac"]).haagent == "vmac"
+    with pytest.raises(SystemExit):
+        parse_args(["--haagent", "nope"])
