@@ -584,6 +584,11 @@ class Agent:
 
     def _execute(self, e: Election, actions: list[Action]) -> None:
         self._run_actions(e, actions)
+        if self._place is not None:  # after a Resign: links of released vmac VIPs
+            try:
+                self._place.tidy()
+            except NetError as exc:
+                log.error("cannot delete a released vmac link: %s", exc)
         self.health.set_state(e.vip, e.state.value)  # exec checks see it as HAAGENT_STATE
 
     def _run_actions(self, e: Election, actions: list[Action]) -> None:
@@ -650,6 +655,8 @@ class Agent:
                 key=f"hold:{vip.name}",
             )
             return
+        # Announce before anything else: clients and switches move on the first one.
+        self._announce(vip, vip.announce.count)
         holder = e.holder
         epoch = f", epoch {holder.epoch}" if holder else ""
         self.notifier.fire("acquire", vip, action.reason)
@@ -661,13 +668,12 @@ class Agent:
             epoch,
             action.reason,
         )
-        self._announce(vip, vip.announce.count)
 
     def _unbind(self, action: Unbind) -> None:
         vip = self.vips[action.vip]
         self._cancel(f"announce:{vip.name}")
         try:
-            self.place.remove(vip)
+            self.place.remove(vip, link_later=True)
         except NetError as exc:
             log.error(
                 "cannot unbind vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, exc
@@ -794,7 +800,7 @@ class Agent:
         if self._place is not None:
             for vip in self._held():
                 with contextlib.suppress(NetError):
-                    self._place.remove(vip)
+                    self._place.remove(vip, link_later=True)
         lease_id = self.clock.lease_id
         revoked = False
         if lease_id is not None and self.store._client is not None:
