@@ -1,0 +1,76 @@
+"""The benchmark reports a broken system as broken, end to end.
+
+`make bench` is only worth its numbers if a system that does not fail over is reported as
+such. Here a "system" that binds both VIPs on h1 by hand and never moves them — its daemon on
+each host is a `sleep` — goes through the real harness (lab, probes, address recorder,
+SIGTERM trials, judgement, summary). The pure judgement has its own unit tests
+(tests/unit/test_history.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.modes import MODES
+from bench.run import Runner, leftovers, summary_rows
+from bench.systems import Driver, HoldCheck, Timing
+from haagent.lab.topology import Lab, Node
+
+pytestmark = pytest.mark.lab
+
+
+class NeverFailsOver(Driver):
+    system = "never"
+    config = "VIPs bound on h1 by hand"
+
+    def configs(self) -> dict[str, str]:
+        return {}
+
+    def start(self, host: Node) -> None:
+        log = self.lab.workdir / f"{host.role}.sleep.log"
+        self.procs[host.role] = self.lab.popen(host, ["sleep", "600"], log=log)
+
+    def start_all(self, holds: HoldCheck) -> None:
+        first = self.lab.hosts[0]
+        self.lab.add_address(first, Lab.vip4(0))
+        self.lab.add_address(first, Lab.vip6(0))
+        for host in self.lab.hosts:
+            self.start(host)
+        holds.wait_holds(first, 10.0)
+
+    def timing(self) -> Timing:
+        return Timing(graceful=1.0, hard=1.0, health=1.0)
+
+    def after_restore(self, host: Node) -> None:
+        return None
+
+
+def test_a_system_that_never_fails_over_is_reported_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if os.geteuid() != 0 or shutil.which("etcd") is None:
+        pytest.skip("needs root and etcd-server (make deps)")
+    sigterm = MODES["sigterm"]
+    monkeypatch.setitem(
+        MODES, "sigterm", dataclasses.replace(sigterm, systems=sigterm.systems | {"never"})
+    )
+    runner = Runner(trials=2, run_dir=tmp_path, modes=["sigterm"])
+    run = runner.run_config(NeverFailsOver, "never")
+    assert run.error is None, run.error
+    assert leftovers(runner.lab_ids, tmp_path) == []
+    rows = summary_rows([run])
+    assert sorted(r["family"] for r in rows) == ["v4", "v6"]
+    for r in rows:
+        assert (r["trials"], r["unstable_start"]) == (2, 0), r
+        assert r["failed_over"] == 0, r  # nobody else ever answered
+        assert r["to_new_median_ms"] is None, r
+        assert r["double_holder_trials"] == 0, r
+    for trial in run.trials:
+        assert trial["bound_ms"] is None  # no other host bound the VIP
+        assert trial["result"]["new_holder"] is None
+        assert all(by == "h1" for _ms, _rtt, by in trial["probes"] if by is not None)
