@@ -14,7 +14,7 @@ help:
 	@echo "make test   - lint, type-check and run the whole test suite (unit + lab, needs root)"
 	@echo "make unit   - only the fast unit tests (no root needed)"
 	@echo "make lab-clean - remove every leftover lab namespace and process"
-	@echo "make bench  - haagent vs keepalived failover benchmark, ~15 min (BENCH_ARGS=--quick: ~3 min); docs/benchmarks.md"
+	@echo "make bench  - haagent vs keepalived failover benchmark, ~25 min (BENCH_ARGS=--quick: a few minutes); docs/benchmarks.md"
 
 deps: system-deps venv
 
