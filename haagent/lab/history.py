@@ -42,9 +42,13 @@ Definitions (what "held" and "answered at once" mean)
   from the same host into runs. When host A answers again after another host B answered
   (a run A … B … A), that return is an **interleaving** — unless the address history shows
   that A lost the address and bound it anew after B's first answer (a legitimate hand-back).
-  With no address history for A at that time, the return counts. ``double_answer`` is true
-  when there is at least one interleaving. Answers are ordered by *send* time, so a late
-  reply from A to a probe sent before B's first answer is not an interleaving.
+  The new binding counts if it existed at any moment between the probe's send time and its
+  reply's arrival, plus ``EVENT_SLACK`` for the lateness of ``ip -ts`` timestamps: a probe
+  can wait in the client's neighbour queue while the VIP moves and reach A just after A
+  bound it again. With no address history for A at that time, the return counts.
+  ``double_answer`` is true when there is at least one interleaving. Answers are ordered by
+  *send* time, so a late reply from A to a probe sent before B's first answer is not an
+  interleaving.
 """
 
 from __future__ import annotations
@@ -251,11 +255,17 @@ def overlaps(
     return windows
 
 
-def _interval_at(ivs: Sequence[Interval], t: float) -> Interval | None:
+# s an `ip -ts` timestamp may trail the kernel's change (measured above: a few ms).
+EVENT_SLACK = 0.01
+
+
+def _interval_at(ivs: Sequence[Interval], t0: float, t1: float) -> Interval | None:
+    """The interval that overlaps ``[t0, t1]``, the latest if several do."""
+    found = None
     for start, end in ivs:
-        if start <= t <= end:
-            return (start, end)
-    return None
+        if start <= t1 and t0 <= end:
+            found = (start, end)
+    return found
 
 
 def interleavings(
@@ -276,19 +286,20 @@ def interleavings(
         ),
         key=lambda p: (p.sent, p.seq),
     )
-    runs: list[tuple[str, float]] = []  # (host, send time of the run's first answer)
+    # (host, send time of the run's first answer, that answer's arrival)
+    runs: list[tuple[str, float, float]] = []
     for p in answered:
         assert p.by is not None
         if not runs or runs[-1][0] != p.by:
-            runs.append((p.by, p.sent))
+            runs.append((p.by, p.sent, p.sent + (p.rtt or 0.0)))
     found: list[Interleaving] = []
-    for i, (host, at) in enumerate(runs):
+    for i, (host, at, back) in enumerate(runs):
         previous = [j for j in range(i) if runs[j][0] == host]
         if not previous:
             continue
         # The host that took over right after this host's previous run.
-        after, superseded_at = runs[previous[-1] + 1]
-        held = _interval_at((intervals or {}).get(host, []), at)
+        after, superseded_at, _ = runs[previous[-1] + 1]
+        held = _interval_at((intervals or {}).get(host, []), at, back + EVENT_SLACK)
         if held is not None and held[0] > superseded_at:
             continue  # it lost the address and bound it again: a hand-back, not a double
         found.append(Interleaving(at=at, host=host, after=after, superseded_at=superseded_at))

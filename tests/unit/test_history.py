@@ -214,6 +214,32 @@ def test_hand_back_after_a_new_bind_is_not_a_double_answer() -> None:
     assert len(interleavings(answers)) == 1
 
 
+def test_probe_that_waited_for_the_rebind_is_a_hand_back() -> None:
+    # h1 -> h2 -> h1 again; the first answer of h1's second run was sent 4 ms before h1's
+    # new bind shows in `ip monitor` (it waited in the client's neighbour queue) and came
+    # back after it.
+    answers = [
+        *probes((0.0, 1.0, "h1"), (1.1, 2.0, "h2")),
+        ProbeRecord(900, 2.046, 0.006, "h1"),
+        ProbeRecord(901, 2.051, 0.0002, "h1"),
+    ]
+    events = [add("h1", -1.0), rm("h1", 1.0), add("h2", 1.05), rm("h2", 2.0), add("h1", 2.05)]
+    assert check_history(events, answers, VIP, until=3.0).ok
+
+
+def test_answer_long_before_the_rebind_still_counts() -> None:
+    # The same, but h1's answer arrived 40 ms before it bound the address again: that answer
+    # came from a host that had no business answering.
+    answers = [
+        *probes((0.0, 1.0, "h1"), (1.1, 2.0, "h2")),
+        ProbeRecord(900, 2.009, 0.001, "h1"),
+        ProbeRecord(901, 2.051, 0.0002, "h1"),
+    ]
+    events = [add("h1", -1.0), rm("h1", 1.0), add("h2", 1.05), rm("h2", 2.0), add("h1", 2.05)]
+    report = check_history(events, answers, VIP, until=3.0)
+    assert report.double_answer and not report.ok
+
+
 def test_answers_outside_the_window_are_ignored() -> None:
     answers = probes((0.0, 1.0, "h1"), (1.0, 2.0, "h2"), (2.0, 3.0, "h1"))
     assert interleavings(answers, since=1.5) == []
