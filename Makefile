@@ -36,9 +36,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The same trees mypy checks (pyproject.toml: haagent, tests, bench).
 lint: venv
-	$(VENV)/bin/ruff check haagent tests
-	$(VENV)/bin/ruff format --check haagent tests
+	$(VENV)/bin/ruff check haagent tests bench
+	$(VENV)/bin/ruff format --check haagent tests bench
 
 typecheck: venv
 	$(VENV)/bin/mypy

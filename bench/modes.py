@@ -11,8 +11,6 @@ become healthy again. ``systems`` names the systems the mode applies to.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,28 +47,20 @@ class Mode:
         return windows[self.window]
 
 
-def _group(driver: Driver, host: Node, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(driver.proc(host).pid, sig)
-
-
-def _wait_exit(driver: Driver, host: Node, timeout: float = 10.0) -> None:
-    driver.wait_gone(host, timeout)
-
-
 # ------------------------------------------------------------------------- injections
 
 
 def _sigterm(driver: Driver, host: Node) -> None:
+    # The daemon alone, as an init system would stop it: ending its children is its job.
     driver.proc(host).send_signal(signal.SIGTERM)
 
 
 def _sigkill(driver: Driver, host: Node) -> None:
-    _group(driver, host, signal.SIGKILL)
+    driver.signal_group(host, signal.SIGKILL)
 
 
 def _sigkill_cut(driver: Driver, host: Node) -> None:
-    _group(driver, host, signal.SIGKILL)
+    driver.signal_group(host, signal.SIGKILL)
     driver.lab.cut_link(host)
 
 
@@ -79,7 +69,7 @@ def _cut(driver: Driver, host: Node) -> None:
 
 
 def _sigstop(driver: Driver, host: Node) -> None:
-    _group(driver, host, signal.SIGSTOP)
+    driver.signal_group(host, signal.SIGSTOP)
 
 
 def _etcd_partition(driver: Driver, host: Node) -> None:
@@ -94,7 +84,7 @@ def _fail_check(driver: Driver, host: Node) -> None:
 
 
 def _restart(driver: Driver, host: Node) -> None:
-    _wait_exit(driver, host)
+    driver.wait_gone(host)
     driver.start(host)
 
 
@@ -108,7 +98,7 @@ def _restore_link(driver: Driver, host: Node) -> None:
 
 
 def _sigcont(driver: Driver, host: Node) -> None:
-    _group(driver, host, signal.SIGCONT)
+    driver.signal_group(host, signal.SIGCONT)
 
 
 def _unblock_etcd(driver: Driver, host: Node) -> None:

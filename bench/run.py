@@ -49,6 +49,7 @@ from bench.systems import (
     fail_flag,
     haagent_variants,
     keepalived_variants,
+    wait_for,
 )
 from haagent.lab.history import (
     AddressEvent,
@@ -58,7 +59,7 @@ from haagent.lab.history import (
     start_address_recorder,
 )
 from haagent.lab.probe import ProbeRecord, read_records, started_marker
-from haagent.lab.topology import Lab, LabError, Node, list_netns
+from haagent.lab.topology import Lab, LabError, Node, find_leftovers, list_netns
 
 PROBE_INTERVAL = 0.005
 PRE = 0.15  # s of steady answers in every trial window before the failure
@@ -120,15 +121,6 @@ class ConfigRun:
 # --------------------------------------------------------------------------- helpers
 
 
-def _wait(pred: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
 def holders_now(
     events: Sequence[AddressEvent], ip: IPv4Address | IPv6Address, since: float
 ) -> tuple[set[str], float]:
@@ -147,12 +139,10 @@ class _Holds(HoldCheck):
     def wait_holds(self, host: Node, timeout: float) -> None:
         def holds() -> bool:
             events = self.recorder.poll()
-            return all(
-                host.role in holders_now(events, ip, self.recorder.started_at)[0]
-                for ip in FAMILIES.values()
-            )
+            since = self.recorder.started_at
+            return all(host.role in holders_now(events, ip, since)[0] for ip in FAMILIES.values())
 
-        if not _wait(holds, timeout, 0.05):
+        if not wait_for(holds, timeout):
             raise BenchError(f"{host.role} does not hold every VIP after {timeout:g}s")
 
 
@@ -176,14 +166,17 @@ class Runner:
         self.trials = trials
         self.run_dir = run_dir
         self.mode_names = list(modes)
-        self.lab_ids: list[str] = []
         self.runs: list[ConfigRun] = []  # filled as we go, so an interrupt keeps what ran
+
+    @property
+    def lab_ids(self) -> list[str]:
+        """The labs this runner built (for leftovers())."""
+        return [run.lab_id for run in self.runs]
 
     def run_config(self, make: Callable[[Lab], Driver], slug: str) -> ConfigRun:
         started = time.monotonic()
         workdir = self.run_dir / slug
         lab = Lab(hosts=3, workdir=workdir)
-        self.lab_ids.append(lab.lab_id)
         driver = make(lab)
         modes = [MODES[m] for m in self.mode_names if driver.system in MODES[m].systems]
         run = ConfigRun(driver.system, driver.config, lab.lab_id, {}, [m.name for m in modes])
@@ -196,15 +189,14 @@ class Runner:
             for host in lab.hosts:
                 lab.start_responder(host)
             recorder = start_address_recorder(lab, lab.hosts, tag="bench")
-            driver.prepare()
-            run.configs = driver.configs()
+            run.configs = driver.prepare()
             driver.start_all(_Holds(recorder))
             for fam, ip in FAMILIES.items():
                 out = workdir / f"probe-v{fam}.jsonl"
                 proc = lab.start_probe(ip, out, interval=PROBE_INTERVAL, duration=PROBE_DURATION)
                 probes[fam] = (out, proc)
             for out, _proc in probes.values():
-                if not _wait(started_marker(out).exists, 15.0, 0.05):
+                if not wait_for(started_marker(out).exists, 15.0):
                     raise BenchError(f"probe {out.name} did not start")
             console.print(f"  [dim]lab and cluster up in {time.monotonic() - started:.1f} s[/dim]")
             for mode in modes:
@@ -253,9 +245,9 @@ class Runner:
             self._tidy(lab, workdir)
         run.trials = [self.judge(p, records.get(p.family, []), events) for p in run.plans]
 
-    def wait_steady(self, lab: Lab, driver: Driver, recorder: Recorder) -> dict[int, str]:
-        """Exactly one holder per VIP (the expected one, if the system has one), every
-        daemon alive, and no holder change for QUIET seconds."""
+    def wait_steady(self, driver: Driver, recorder: Recorder) -> dict[int, str]:
+        """Exactly one holder per VIP, every daemon alive, and no holder change for QUIET
+        seconds."""
         deadline = time.monotonic() + STEADY_TIMEOUT
         while True:
             events = recorder.poll()
@@ -265,7 +257,7 @@ class Runner:
             why = ""
             for fam, ip in FAMILIES.items():
                 holders, changed = holders_now(events, ip, recorder.started_at)
-                if len(holders) == 1 and driver.expected_holder in (None, *holders):
+                if len(holders) == 1:
                     got[fam] = next(iter(holders))
                 else:
                     why = f"v{fam} held by {sorted(holders) or 'nobody'}"
@@ -285,7 +277,7 @@ class Runner:
     ) -> None:
         counts = dict.fromkeys(FAMILIES, 0)
         window = mode.wait(driver.timing())
-        holders = self.wait_steady(lab, driver, recorder)
+        holders = self.wait_steady(driver, recorder)
         reach_note = self.reach(lab, holders)
         attempts = 0
         while min(counts.values()) < self.trials and attempts < 3 * self.trials:
@@ -301,7 +293,8 @@ class Runner:
             t_fail = time.time()
             mode.inject(driver, target)
             bound: dict[int, float] = {}
-            _wait(partial(self._moved, recorder, measured, target.role, t_fail, bound), window)
+            moved = partial(self._moved, recorder, measured, target.role, t_fail, bound)
+            wait_for(moved, window, 0.02)  # bounded: no new holder by then is "failover: none"
             time.sleep(SETTLE)
             until = time.time()
             time.sleep(RESTORE_GUARD)
@@ -311,11 +304,11 @@ class Runner:
                 notes.append(f"restore failed: {exc}")
             driver.after_restore(target)
             back = partial(driver.recovered, target, token, rejoin=mode.rejoin)
-            if not _wait(back, RECOVER_TIMEOUT, 0.05):
+            if not wait_for(back, RECOVER_TIMEOUT):
                 notes.append(f"{target.role} not back after {RECOVER_TIMEOUT:g}s; restarted")
                 self.force_restart(lab, driver, target)
             recovered_at = time.time()
-            holders = self.wait_steady(lab, driver, recorder)
+            holders = self.wait_steady(driver, recorder)
             steady_at = time.time()
             reach_note = self.reach(lab, holders)
             reached_at = time.time()
@@ -364,14 +357,13 @@ class Runner:
         that reaches the holder. Returns a note when it did not within REACH_TIMEOUT."""
         deadline = time.monotonic() + REACH_TIMEOUT
 
+        def answered_by_holder(fam: int) -> bool:
+            with contextlib.suppress(LabError, subprocess.SubprocessError):
+                return bool(lab.probe_once(FAMILIES[fam], timeout=0.2)["by"] == holders[fam])
+            return False
+
         def until_reached(fam: int) -> bool:
-            while True:
-                with contextlib.suppress(LabError, subprocess.SubprocessError):
-                    if lab.probe_once(FAMILIES[fam], timeout=0.2)["by"] == holders[fam]:
-                        return True
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.05)
+            return wait_for(partial(answered_by_holder, fam), deadline - time.monotonic())
 
         with ThreadPoolExecutor(len(holders)) as pool:  # both families at once
             reached = dict(zip(holders, pool.map(until_reached, holders), strict=True))
@@ -401,8 +393,7 @@ class Runner:
         return len(bound) == len(measured)
 
     def force_restart(self, lab: Lab, driver: Driver, host: Node) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.proc(host).pid, signal.SIGKILL)
+        driver.signal_group(host, signal.SIGKILL)
         driver.wait_gone(host, 5.0)
         lab.restore_link(host)
         lab.unblock_etcd(host)
@@ -410,7 +401,7 @@ class Runner:
         token = driver.ready_token(host)
         driver.start(host)
         driver.after_restore(host)
-        if not _wait(partial(driver.recovered, host, token), RECOVER_TIMEOUT, 0.05):
+        if not wait_for(partial(driver.recovered, host, token), RECOVER_TIMEOUT):
             raise BenchError(f"{host.role} does not come back even after a restart")
 
     @staticmethod
@@ -504,6 +495,35 @@ def _failover(r: dict[str, Any]) -> str:
     return text + (f" ({r['unstable_start']} excl.)" if r["unstable_start"] else "")
 
 
+def _cells(r: dict[str, Any], *, markdown: bool) -> list[str]:
+    """One summary row as the console table and the markdown table show it; a count of
+    trials with two holders or two answering hosts stands out (red, or bold)."""
+    cens = r["gap_censored"] > 0
+    dh = r["double_holder_trials"]
+    da = r["double_answer_trials"]
+    longest = f"({r['double_holder_max_ms']:.0f} ms)"
+    if markdown:
+        holders, answers = f"**{dh}** {longest}", f"**{da}**"
+    else:
+        holders, answers = f"[red]{dh} {longest}[/red]", f"[red]{da}[/red]"
+    return [
+        r["system"],
+        r["config"],
+        r["mode"],
+        r["family"],
+        _failover(r),
+        _ms(r["gap_median_ms"]),
+        _ms(r["gap_p95_ms"], censored=cens),
+        _ms(r["gap_max_ms"], censored=cens),
+        _ms(r["to_new_median_ms"]),
+        _ms(r["to_new_p95_ms"]),
+        _ms(r["to_new_max_ms"]),
+        holders if dh else "0",
+        answers if da else "0",
+        f"{r['client_back_max_s']:.1f} s",
+    ]
+
+
 def print_table(rows: Sequence[dict[str, Any]], title: str) -> None:
     table = Table(title=title, show_lines=False)
     for col, justify in (
@@ -524,24 +544,7 @@ def print_table(rows: Sequence[dict[str, Any]], title: str) -> None:
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in rows:
-        cens = r["gap_censored"] > 0
-        dh = r["double_holder_trials"]
-        table.add_row(
-            r["system"],
-            r["config"],
-            r["mode"],
-            r["family"],
-            _failover(r),
-            _ms(r["gap_median_ms"]),
-            _ms(r["gap_p95_ms"], censored=cens),
-            _ms(r["gap_max_ms"], censored=cens),
-            _ms(r["to_new_median_ms"]),
-            _ms(r["to_new_p95_ms"]),
-            _ms(r["to_new_max_ms"]),
-            f"[red]{dh} ({r['double_holder_max_ms']:.0f} ms)[/red]" if dh else "0",
-            f"[red]{r['double_answer_trials']}[/red]" if r["double_answer_trials"] else "0",
-            f"{r['client_back_max_s']:.1f} s",
-        )
+        table.add_row(*_cells(r, markdown=False))
     console.print(table)
 
 
@@ -551,21 +554,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         "| new holder med | p95 | max | two holders (max) | two answering | client back (max) |\n"
         "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
     )
-    lines = []
-    for r in rows:
-        cens = r["gap_censored"] > 0
-        dh = r["double_holder_trials"]
-        da = r["double_answer_trials"]
-        holders = f"**{dh}** ({r['double_holder_max_ms']:.0f} ms)" if dh else "0"
-        answers = f"**{da}**" if da else "0"
-        lines.append(
-            f"| {r['system']} | {r['config']} | {r['mode']} | {r['family']} "
-            f"| {_failover(r)} | {_ms(r['gap_median_ms'])} "
-            f"| {_ms(r['gap_p95_ms'], censored=cens)} | {_ms(r['gap_max_ms'], censored=cens)} "
-            f"| {_ms(r['to_new_median_ms'])} | {_ms(r['to_new_p95_ms'])} "
-            f"| {_ms(r['to_new_max_ms'])} "
-            f"| {holders} | {answers} | {r['client_back_max_s']:.1f} s |"
-        )
+    lines = ["| " + " | ".join(_cells(r, markdown=True)) + " |" for r in rows]
     return head + "\n".join(lines) + "\n"
 
 
@@ -629,7 +618,7 @@ def leftovers(lab_ids: Sequence[str], run_dir: Path) -> list[str]:
     Processes are ours when their command line names one of our lab ids or our run
     directory (every config, data dir and log of a bench run lives there)."""
     marks = [*lab_ids, run_dir.name]
-    found = [ns for ns in list_netns() if any(ns.startswith(f"{i}-") for i in lab_ids)]
+    found = sorted(ns for i in lab_ids for ns in find_leftovers(i))
     for name in ("keepalived", "etcd", "haagent"):
         out = subprocess.run(
             ["pgrep", "-a", "-f", name], capture_output=True, text=True, check=False, timeout=10
@@ -694,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = args.out.resolve() / f"run-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (args.out / "failover-latest.png").unlink(missing_ok=True)  # never copy a stale picture
-    others = sorted({ns.split("-", 1)[0] for ns in list_netns() if ns.startswith("hx")})
+    others = sorted({ns.split("-", 1)[0] for ns in find_leftovers()})
     meta: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "argv": sys.argv[1:] if argv is None else list(argv),
@@ -710,18 +699,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan: list[tuple[str, Callable[[Lab], Driver]]] = []
     if "haagent" in systems:
         for name in args.haagent.split(","):
-
-            def make_agent(lab: Lab, vmac: bool = haagent_variants()[name]) -> Driver:
-                return HaagentDriver(lab, vmac=vmac)
-
+            make_agent = partial(HaagentDriver, vmac=haagent_variants()[name])
             plan.append((f"haagent-{name}", make_agent))
     if "keepalived" in systems:
         for name in args.keepalived.split(","):
             advert, vmac = keepalived_variants()[name]
-
-            def make(lab: Lab, advert: float = advert, vmac: bool = vmac) -> Driver:
-                return KeepalivedDriver(lab, advert_int=advert, vmac=vmac)
-
+            make = partial(KeepalivedDriver, advert_int=advert, vmac=vmac)
             plan.append((f"keepalived-{name}", make))
     runs = runner.runs
     started = time.monotonic()

@@ -29,6 +29,7 @@ KEEPALIVED_TEMPLATES = Path(__file__).resolve().parent / "keepalived"
 # haagent as the lab runs it: lease TTL 3 s, margin 1 s (Lab.write_agent_config's defaults).
 HAAGENT_TTL = 3
 HAAGENT_MARGIN = 1.0
+HAAGENT_VIPS = (("web4", str(Lab.vip4(0))), ("web6", str(Lab.vip6(0))))  # (name, address)
 
 # keepalived runs as a VRRP pair on h1 and h2 (h3 idles), both BACKUP with nopreempt and
 # priorities one apart. Why:
@@ -68,6 +69,19 @@ KEEPALIVED_SCRIPT_INTERVAL = 1
 KEEPALIVED_SCRIPT_TIMEOUT = 1
 
 
+def wait_for(pred: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
+    """Poll `pred` every `interval` s until it is true (True) or `timeout` s passed (False).
+
+    The one polling helper of the benchmark (tests/lab keeps its own: bench must not
+    import tests)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 @dataclass(frozen=True)
 class Timing:
     """How long the benchmark waits for a new holder before calling it "failover: none"."""
@@ -102,14 +116,12 @@ class Driver(ABC):
     @abstractmethod
     def timing(self) -> Timing: ...
 
-    def prepare(self) -> None:
-        for name, text in self.configs().items():
+    def prepare(self) -> dict[str, str]:
+        """Write the config files into the lab's workdir; returns them for the report."""
+        texts = self.configs()
+        for name, text in texts.items():
             (self.lab.workdir / name).write_text(text)
-
-    @property
-    def expected_holder(self) -> str | None:
-        """The host that must hold every VIP when the cluster is steady; None: any one host."""
-        return None
+        return texts
 
     @property
     def hosts(self) -> list[Node]:
@@ -119,26 +131,29 @@ class Driver(ABC):
     def proc(self, host: Node) -> subprocess.Popen[bytes]:
         return self.procs[host.role]
 
+    def signal_group(self, host: Node, sig: signal.Signals) -> None:
+        """Signal the daemon's whole process group (its check scripts, keepalived's VRRP
+        child); a group already gone is no error."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc(host).pid, sig)
+
     def wait_gone(self, host: Node, timeout: float = 10.0) -> None:
         """Wait until the daemon and every process of its group have exited (zombies
         count as gone); SIGKILL the group after `timeout`."""
         proc = self.procs.get(host.role)
         if proc is None:
             return
-        deadline = time.monotonic() + timeout
-        killed = False
-        while True:
-            proc.poll()
-            if proc.returncode is not None and not group_members(proc.pid):
-                return
-            if time.monotonic() >= deadline:
-                if killed:
-                    raise TimeoutError(f"{self.system} on {host.role} survives SIGKILL")
-                for pid in [proc.pid, *group_members(proc.pid)]:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                killed, deadline = True, time.monotonic() + 5.0
-            time.sleep(0.02)
+
+        def gone() -> bool:
+            return proc.poll() is not None and not group_members(proc.pid)
+
+        if wait_for(gone, timeout, 0.02):
+            return
+        for pid in [proc.pid, *group_members(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if not wait_for(gone, 5.0, 0.02):
+            raise TimeoutError(f"{self.system} on {host.role} survives SIGKILL")
 
     def alive(self, host: Node) -> bool:
         p = self.procs.get(host.role)
@@ -159,9 +174,6 @@ class Driver(ABC):
     @abstractmethod
     def after_restore(self, host: Node) -> None:
         """Called right after a trial's failure was undone on `host` (before recovered())."""
-
-    def log_path(self, host: Node) -> Path:
-        raise NotImplementedError
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
@@ -185,6 +197,13 @@ def fail_flag(lab: Lab, host: Node) -> Path:
 def health_argv(flag: Path) -> list[str]:
     """The health check of both systems: passes (exit 0) while `flag` does not exist."""
     return [HEALTH_COMMAND, "!", "-e", str(flag)]
+
+
+def _latest_run(log: str, start: re.Pattern[str]) -> str:
+    """What a daemon logged since its last start: the part of `log` (appended to across
+    restarts) after its last `start` match; all of it if there is none."""
+    starts = list(start.finditer(log))
+    return log[starts[-1].end() :] if starts else log
 
 
 # --------------------------------------------------------------------------- haagent
@@ -212,9 +231,13 @@ def haagent_extra(
     }
     out: list[dict[str, Any]] = []
     for name, address in vips:
-        vip: dict[str, Any] = {"name": name, "address": address, "interface": ifname}
-        vip["checks"] = [HEALTH_CHECK]
-        vip["hold_down"] = HAAGENT_HOLD_DOWN
+        vip: dict[str, Any] = {
+            "name": name,
+            "address": address,
+            "interface": ifname,
+            "checks": [HEALTH_CHECK],
+            "hold_down": HAAGENT_HOLD_DOWN,
+        }
         if vmac:
             vip["vmac"] = True
             vip["vrid"] = VRID6 if ":" in address else VRID4
@@ -227,23 +250,17 @@ def haagent_healthy(log: str, vips: Sequence[str]) -> bool:
 
     Only the lines after the last start count: the log is appended to across restarts,
     and a fresh agent is not healthy until its checks have risen."""
-    starts = list(_STARTING.finditer(log))
-    run = log[starts[-1].end() :] if starts else log
-    last = {m.group(1): m.group(2) for m in _VIP_HEALTH.finditer(run)}
+    last = {m.group(1): m.group(2) for m in _VIP_HEALTH.finditer(_latest_run(log, _STARTING))}
     return all(last.get(v) == "healthy" for v in vips)
 
 
 def haagent_held_down_until(log: str, hold_down: float) -> float:
     """Unix time until which the agent's latest run holds back from campaigning after its
     last release for a failing check (0 if it never released one for that)."""
-    starts = list(_STARTING.finditer(log))
-    run = log[starts[-1].end() :] if starts else log
-    last = None
-    for m in _HEALTH_RELEASE.finditer(run):
-        last = m.group(1)
-    if last is None:
+    releases = _HEALTH_RELEASE.findall(_latest_run(log, _STARTING))
+    if not releases:
         return 0.0
-    return datetime.fromisoformat(last).timestamp() + hold_down
+    return datetime.fromisoformat(releases[-1]).timestamp() + hold_down
 
 
 class HaagentDriver(Driver):
@@ -255,25 +272,23 @@ class HaagentDriver(Driver):
         self.config = f"ttl {HAAGENT_TTL}s margin {HAAGENT_MARGIN:g}s" + (" vmac" if vmac else "")
         self._paths: dict[str, Path] = {}
 
-    def _vips(self) -> list[tuple[str, str]]:
-        return [("web4", str(Lab.vip4(0))), ("web6", str(Lab.vip6(0)))]
-
     def configs(self) -> dict[str, str]:
         # write_agent_config writes the file itself; read it back for the report.
         out = {}
         for host in self.lab.hosts:
             extra = haagent_extra(
-                self._vips(), host.ifname, fail_flag(self.lab, host), vmac=self.vmac
+                HAAGENT_VIPS, host.ifname, fail_flag(self.lab, host), vmac=self.vmac
             )
             path = self.lab.write_agent_config(
-                host, self._vips(), ttl=HAAGENT_TTL, margin=HAAGENT_MARGIN, extra=extra
+                host, HAAGENT_VIPS, ttl=HAAGENT_TTL, margin=HAAGENT_MARGIN, extra=extra
             )
             self._paths[host.role] = path
             out[path.name] = path.read_text()
         return out
 
-    def prepare(self) -> None:
-        self.configs()
+    def prepare(self) -> dict[str, str]:
+        # configs() has written the files already: the base class would write them again.
+        return self.configs()
 
     def start(self, host: Node) -> None:
         self.procs[host.role] = self.lab.start_agent(host, self._paths[host.role])
@@ -287,16 +302,14 @@ class HaagentDriver(Driver):
         for host in rest:
             self.start(host)
         for host in rest:
-            _wait(partial(self.recovered, host, tokens[host.role]), 30.0, f"agent on {host.role}")
+            if not wait_for(partial(self.recovered, host, tokens[host.role]), 30.0):
+                raise TimeoutError(f"agent on {host.role}: not ready after 30s")
 
     def timing(self) -> Timing:
         # Graceful: a watch event away. Hard: the lease TTL, plus slack before "none".
         # Health: the check's fall (and a run in progress), then a graceful handover.
         detect = (CHECK_FALL + 1) * HAAGENT_CHECK_INTERVAL + HAAGENT_CHECK_TIMEOUT
         return Timing(graceful=2.0, hard=HAAGENT_TTL + 3.0, health=detect + 2.0)
-
-    def log_path(self, host: Node) -> Path:
-        return self.lab.agent_log_path(host)
 
     def ready_token(self, host: Node) -> int:
         return len(_JOINED.findall(self.lab.agent_log(host)))
@@ -308,7 +321,7 @@ class HaagentDriver(Driver):
         joined = not rejoin or len(_JOINED.findall(log)) > token
         return (
             joined
-            and haagent_healthy(log, [name for name, _ in self._vips()])
+            and haagent_healthy(log, [name for name, _ in HAAGENT_VIPS])
             and haagent_held_down_until(log, HAAGENT_HOLD_DOWN) <= time.time()
         )
 
@@ -326,8 +339,7 @@ _KEEPALIVED_STATE = re.compile(r"\((\S+)\) Entering (\w+) STATE")
 def keepalived_states(log: str) -> dict[str, str]:
     """Instance name -> its latest state (MASTER, BACKUP, FAULT) in keepalived's log, for
     the latest run only (the log is appended to across restarts)."""
-    starts = list(_KEEPALIVED_START.finditer(log))
-    run = log[starts[-1].end() :] if starts else log
+    run = _latest_run(log, _KEEPALIVED_START)
     return {m.group(1): m.group(2) for m in _KEEPALIVED_STATE.finditer(run)}
 
 
@@ -522,11 +534,3 @@ def group_members(pgid: int) -> list[int]:
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             found.append(int(entry.name))
     return found
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not ready after {timeout:g}s")
-        time.sleep(0.05)

@@ -1,8 +1,9 @@
 """The agent: one event loop that wires config, store, elections and net together.
 
-Threads only *report* (keepalive answers, watch events, signals) into one queue; every decision
-and every bind/unbind happens on the loop's thread, in order. The loop wakes at the lease
-deadline even when nothing arrives, so a holder cut off from etcd unbinds on time.
+Threads only *report* (keepalive answers, watch events, health changes, signals) into one
+queue; every decision and every bind/unbind happens on the loop's thread, in order. The loop
+wakes at the lease deadline even when nothing arrives, so a holder cut off from etcd unbinds
+on time.
 
 Blocking calls on the loop are etcd RPCs bounded by ``etcd.timeout``, which config validation
 keeps below ``lease.margin``: the loop can be late for the deadline by at most one RPC, and
@@ -120,9 +121,9 @@ class Agent:
         self._hold_until: dict[str, float] = {}
         self._keeping: set[str] = set()  # VIPs held while unhealthy (when_all_unhealthy: keep)
         self._outage_keep = False  # holding past the deadline (lease.when_etcd_unreachable: keep)
-        for v in cfg.vips:
-            if v.checks:
-                self.elections[v.name].set_eligible(False, "health not yet known")
+        for name, healthy in self._healthy.items():
+            if healthy is None:
+                self.elections[name].set_eligible(False, self._health_reason[name])
         self._stop_requested = threading.Event()
         self._lock_fd: int | None = None
 
@@ -333,17 +334,19 @@ class Agent:
             log.warning("vip %s unhealthy on this node: %s", vip, reason)
             if was is not False:
                 self.notifier.fire("fault", self.vips[vip], reason)
-            if e.state is State.HOLDER:
+            if e.state is State.HOLDER and self.vips[vip].hold_down > 0:
                 # Damping: after giving a VIP up for its health, do not take it back at once.
-                hold = self.vips[vip].hold_down
-                if hold > 0:
-                    self._hold_until[vip] = time.monotonic() + hold
-                    self._after(hold, lambda: self._refresh_eligibility(vip), key=f"hold:{vip}")
+                self._hold_down(vip, self.vips[vip].hold_down)
         self._refresh_eligibility(vip)
         try:
             self._publish_member()  # anyone can see who could take over
         except ETCD_ERRORS as exc:
             log.warning("cannot publish health in member record: %s", describe_error(exc))
+
+    def _hold_down(self, vip: str, seconds: float) -> None:
+        """Keep ``vip`` ineligible for ``seconds`` (see _eligibility), then look again."""
+        self._hold_until[vip] = time.monotonic() + seconds
+        self._after(seconds, lambda: self._refresh_eligibility(vip), key=f"hold:{vip}")
 
     def _healthy_peers(self, vip: str) -> list[str]:
         return [
@@ -647,13 +650,8 @@ class Agent:
                 "cannot bind vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, exc
             )
             # Give the key up for a while (hold-down) so a host that can bind it takes over.
-            self._hold_until[vip.name] = time.monotonic() + BIND_FAILURE_HOLDOFF
+            self._hold_down(vip.name, BIND_FAILURE_HOLDOFF)
             self._refresh_eligibility(vip.name)
-            self._after(
-                BIND_FAILURE_HOLDOFF,
-                lambda: self._refresh_eligibility(vip.name),
-                key=f"hold:{vip.name}",
-            )
             return
         # Announce before anything else: clients and switches move on the first one.
         self._announce(vip, vip.announce.count)
@@ -794,8 +792,9 @@ class Agent:
         The revoke is what the other hosts react to, so nothing but the address removals
         stands before it: one revoke frees every holder key in one etcd revision, where a
         resign per VIP (and the logging, fence and hook bookkeeping of each release) cost
-        ~2 ms per VIP of extra outage, measured. The elections then release as usual; their
-        unbinds and resigns find nothing left to do.
+        ~2 ms per VIP of extra outage, measured. The elections then release as usual (log
+        lines, fence, hooks, vmac links); their unbinds find nothing left to do, and their
+        resigns are dropped when the revoke took the keys already.
         """
         if self._place is not None:
             for vip in self._held():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 from haagent import __version__
 
 if TYPE_CHECKING:
-    from haagent.config import Config
+    from haagent.config import Config, ConfigError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -66,9 +67,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
     if cfg is None:
         return EXIT_ERROR
-    problems = [] if args.no_host_checks else check_host(cfg)
-    for warning in [] if args.no_host_checks else key_file_warnings(cfg):
-        print(f"warning: {warning}", file=sys.stderr)
+    problems: list[ConfigError] = []
+    if not args.no_host_checks:  # file modes are facts of this host too
+        problems = check_host(cfg)
+        for warning in key_file_warnings(cfg):
+            print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(
             json.dumps(
@@ -102,17 +105,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_ERROR
     setup_logging(args.log_level or cfg.log_level)
+    log = logging.getLogger("haagent")
     problems = check_host(cfg)
     if problems:
         for p in problems:
-            logging.getLogger("haagent").error("%s", p)
+            log.error("%s", p)
         return EXIT_ERROR
     for warning in key_file_warnings(cfg):
-        logging.getLogger("haagent").warning("%s", warning)
+        log.warning("%s", warning)
     try:
         return Agent(cfg, state_dir=Path(args.state_dir)).run()
     except (AgentError, StoreError, NetError) as exc:
-        logging.getLogger("haagent").error("%s", exc)
+        log.error("%s", exc)
         return EXIT_ERROR
 
 
@@ -124,20 +128,16 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_ERROR
     status = EXIT_OK
-    with AddressManager() as net:
-        place = Placement(net)
-        try:
-            for vip in cfg.vips:
-                try:
-                    removed = place.remove(vip)
-                except NetError as exc:
-                    print(f"error: vip {vip.name}: {exc}", file=sys.stderr)
-                    status = EXIT_ERROR
-                    continue
-                state = "removed" if removed else "not bound"
-                print(f"vip {vip.name} ({vip.address} on {place.where(vip)}): {state}")
-        finally:
-            place.close()
+    with AddressManager() as net, contextlib.closing(Placement(net)) as place:
+        for vip in cfg.vips:
+            try:
+                removed = place.remove(vip)
+            except NetError as exc:
+                print(f"error: vip {vip.name}: {exc}", file=sys.stderr)
+                status = EXIT_ERROR
+                continue
+            state = "removed" if removed else "not bound"
+            print(f"vip {vip.name} ({vip.address} on {place.where(vip)}): {state}")
     return status
 
 
@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate a config file (exit 0 if valid, 1 if not)",
         description=(
             "Validate a config file: syntax, every key and value, and, unless --no-host-checks, "
-            "what only this host can tell (interfaces exist, TLS files readable)."
+            "what only this host can tell (interfaces exist, the programs of exec checks and "
+            "notify hooks can start, TLS files readable); warn about secret files open to group "
+            "or others."
         ),
     )
     check.add_argument("file", type=Path)

@@ -23,7 +23,7 @@ import re
 import shlex
 import shutil
 import socket
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import (
     AddressValueError,
@@ -43,6 +43,7 @@ __all__ = [
     "CHECK_TYPES",
     "LOG_LEVELS",
     "NAME_RE",
+    "NOTIFY_KINDS",
     "SHELL",
     "AnnounceConfig",
     "CheckConfig",
@@ -57,6 +58,7 @@ __all__ = [
     "InterfaceCheckConfig",
     "LeaseConfig",
     "NotifyConfig",
+    "NotifyKind",
     "TLSConfig",
     "TcpCheckConfig",
     "VipConfig",
@@ -139,12 +141,19 @@ class EtcdConfig:
     tls: TLSConfig | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # never in logs or tracebacks
+    # Where ``password`` was read from, if it came from a file: haagent.security judges its mode.
+    password_file: Path | None = None
     timeout: float = 1.0  # seconds, per etcd RPC
     retry_interval: float = 1.0  # seconds before a failed endpoint is tried again
 
     def parsed_endpoints(self) -> tuple[tuple[str, int, bool], ...]:
         """``(host without brackets, port, secure)`` for each endpoint; ValueError if invalid."""
         return tuple(parse_endpoint(e) for e in self.endpoints)
+
+
+# The answer to "hold on or let go" wherever the file asks it (lease and VIP health).
+ReleaseOrKeep = Literal["release", "keep"]
+_RELEASE_OR_KEEP: tuple[str, ...] = get_args(ReleaseOrKeep)
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,7 @@ class LeaseConfig:
     # What a holder does when its deadline passes without an answer from etcd: "release" (safe:
     # a partitioned host cannot tell it apart from an etcd outage) or "keep" (availability
     # during a real etcd outage, at the risk of two holders if it is a partition instead).
-    when_etcd_unreachable: Literal["release", "keep"] = "release"
+    when_etcd_unreachable: ReleaseOrKeep = "release"
 
     @property
     def interval(self) -> float:
@@ -175,7 +184,18 @@ class AnnounceConfig:
 
 CheckType = Literal["tcp", "http", "exec", "interface"]
 CHECK_TYPES: tuple[CheckType, ...] = get_args(CheckType)
+HttpMethod = Literal["GET", "HEAD"]
+_HTTP_METHODS: tuple[str, ...] = get_args(HttpMethod)
+NotifyKind = Literal["acquire", "release", "fault"]
+NOTIFY_KINDS: tuple[NotifyKind, ...] = get_args(NotifyKind)
 SHELL = "/bin/sh"  # a command written as one string runs as (SHELL, "-c", string)
+
+
+def _shell_text(argv: tuple[str, ...]) -> str | None:
+    """The text of a command written as one string (``(SHELL, "-c", text)``), else None."""
+    if len(argv) == 3 and argv[:2] == (SHELL, "-c"):
+        return argv[2]
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,7 +230,7 @@ class HttpCheckConfig(CheckConfig):
 
     type: ClassVar[CheckType] = "http"
     url: str  # http:// or https://
-    method: Literal["GET", "HEAD"] = "GET"
+    method: HttpMethod = "GET"
     expect_status: tuple[int, ...] = ()  # empty: any 2xx or 3xx (redirects are not followed)
     expect_body: str | None = None  # substring of the first 64 KiB of the body
     tls_verify: bool = True  # https: verify the server certificate and host name
@@ -252,7 +272,7 @@ class NotifyConfig:
     on_fault: tuple[str, ...] | None = None
     timeout: float = 10.0  # seconds before a hook's process group is killed
 
-    def command(self, kind: str) -> tuple[str, ...] | None:
+    def command(self, kind: NotifyKind) -> tuple[str, ...] | None:
         """The command for "acquire", "release" or "fault"."""
         cmd: tuple[str, ...] | None = getattr(self, f"on_{kind}")
         return cmd
@@ -281,7 +301,7 @@ class CheckMap(Mapping[str, CheckConfig]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Mapping):
-            return dict(self._items) == dict(other.items())
+            return self._items == dict(other)
         return NotImplemented
 
     def __repr__(self) -> str:
@@ -302,7 +322,7 @@ class VipConfig:
     announce: AnnounceConfig = field(default_factory=AnnounceConfig)
     checks: tuple[str, ...] = ()  # names in Config.checks; healthy here when all pass
     hold_down: float = DEFAULT_HOLD_DOWN  # seconds without campaigning after this host released it
-    when_all_unhealthy: Literal["release", "keep"] = "release"
+    when_all_unhealthy: ReleaseOrKeep = "release"
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     # Layer 2 (docs/layer2.md): bind on a macvlan with the VRRP virtual MAC of ``vrid`` so
     # clients' neighbour caches never go stale; or do not bind at all (announce-only) and answer
@@ -573,17 +593,29 @@ class _Section:
         return self.values.get(name, default)
 
 
-def _log_level_problem(v: str) -> str | None:
-    if v.lower() in LOG_LEVELS:
+def _one_of(
+    v: str, choices: Sequence[str], *, fold: Callable[[str], str] | None = None
+) -> str | None:
+    """Problem text when ``v`` (or ``fold(v)``) is not one of ``choices``, with a did-you-mean."""
+    folded = fold(v) if fold is not None else v
+    if folded in choices:
         return None
-    reason = f"{v!r} is not one of {', '.join(LOG_LEVELS)}"
-    if close := difflib.get_close_matches(v.lower(), LOG_LEVELS, n=1, cutoff=0.6):
+    reason = f"{v!r} is not one of {', '.join(choices)}"
+    if close := difflib.get_close_matches(folded, choices, n=1, cutoff=0.6):
         reason += f"; did you mean {close[0]!r}?"
     return reason
 
 
+def _log_level_problem(v: str) -> str | None:
+    return _one_of(v, LOG_LEVELS, fold=str.lower)
+
+
 def _positive(v: float) -> str | None:
     return None if v > 0 else f"must be greater than 0, found {v:g}"
+
+
+def _at_least_one(v: int) -> str | None:
+    return None if v >= 1 else f"must be at least 1, found {v}"
 
 
 # --------------------------------------------------------------------------- sections
@@ -621,9 +653,7 @@ _CHECK_TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "exec": ("command",),
     "interface": ("interface",),
 }
-_NOTIFY_KEYS = ("on_acquire", "on_release", "on_fault", "timeout")
-_WHEN_ALL_UNHEALTHY = ("release", "keep")
-_HTTP_METHODS = ("GET", "HEAD")
+_NOTIFY_KEYS = (*(f"on_{kind}" for kind in NOTIFY_KINDS), "timeout")
 MIN_CHECK_INTERVAL = 0.1
 
 
@@ -760,6 +790,7 @@ def _parse_etcd(col: _Collector, value: object) -> tuple[EtcdConfig, _Section]:
         tls=s.values.get("tls"),
         username=username,
         password=password,
+        password_file=password_file,
         timeout=s.values.get("timeout", EtcdConfig.timeout),
         retry_interval=s.values.get("retry_interval", EtcdConfig.retry_interval),
     )
@@ -777,7 +808,7 @@ def _parse_lease(col: _Collector, value: object) -> tuple[LeaseConfig, _Section]
     )
     s.take("margin", col.number, _positive)
     s.take("keepalive_interval", col.number, _positive, nullable=True)
-    s.take("when_etcd_unreachable", col.string, lambda v: _one_of(v, _WHEN_ALL_UNHEALTHY))
+    s.take("when_etcd_unreachable", col.string, lambda v: _one_of(v, _RELEASE_OR_KEEP))
 
     ttl = s.get("ttl", LeaseConfig.ttl)
     margin = s.get("margin", LeaseConfig.margin)
@@ -818,7 +849,7 @@ def _parse_announce(
 ) -> AnnounceConfig:
     raw = None if value is None else col.mapping(value, path, _ANNOUNCE_KEYS)
     s = _Section(col, raw, path)
-    s.take("count", col.integer, lambda v: None if v >= 1 else f"must be at least 1, found {v}")
+    s.take("count", col.integer, _at_least_one)
     s.take("interval", col.number, _positive)
     s.take(
         "refresh",
@@ -898,21 +929,6 @@ def _interface_problem(name: str) -> str | None:
     if "/" in name or any(c.isspace() for c in name):
         return f"{name!r}: interface names cannot contain '/' or white space"
     return None
-
-
-def _one_of(v: str, choices: Iterable[str]) -> str | None:
-    """Problem text when ``v`` is not one of ``choices``, with a did-you-mean."""
-    choices = list(choices)
-    if v in choices:
-        return None
-    reason = f"{v!r} is not one of {', '.join(choices)}"
-    if close := difflib.get_close_matches(v, choices, n=1, cutoff=0.6):
-        reason += f"; did you mean {close[0]!r}?"
-    return reason
-
-
-def _at_least_one(v: int) -> str | None:
-    return None if v >= 1 else f"must be at least 1, found {v}"
 
 
 def _not_negative(v: float) -> str | None:
@@ -1075,7 +1091,7 @@ def _parse_check(col: _Collector, name: str, value: object, path: str) -> CheckC
             return False
         return True
 
-    ok = not s.bad
+    # s.bad only grows, so "not s.bad" below also covers the common keys above.
     if kind == "tcp":
         s.take("host", col.string, _host_problem)
         if required("port"):
@@ -1084,7 +1100,7 @@ def _parse_check(col: _Collector, name: str, value: object, path: str) -> CheckC
                 col.integer,
                 lambda v: None if 1 <= v <= 65535 else f"port {v} is out of range 1-65535",
             )
-        if s.bad or "port" not in s.values or not ok:
+        if s.bad or "port" not in s.values:
             return None
         host = s.values.get("host", TcpCheckConfig.host)
         return TcpCheckConfig(name=name, host=host, port=s.values["port"], **common)
@@ -1096,12 +1112,7 @@ def _parse_check(col: _Collector, name: str, value: object, path: str) -> CheckC
             col.string,
             lambda v: None if v.upper() in _HTTP_METHODS else _one_of(v, _HTTP_METHODS),
         )
-        if "expect_status" in s.raw:
-            status = _parse_status_list(col, s.raw["expect_status"], s.key("expect_status"))
-            if status is None:
-                s.bad.add("expect_status")
-            else:
-                s.values["expect_status"] = status
+        s.take("expect_status", lambda v, key: _parse_status_list(col, v, key))
         s.take("expect_body", col.string)
         s.take("tls_verify", col.boolean)
         method = s.values.get("method", "GET").upper()
@@ -1116,7 +1127,7 @@ def _parse_check(col: _Collector, name: str, value: object, path: str) -> CheckC
                 "or remove tls_verify",
             )
             s.bad.add("tls_verify")
-        if s.bad or url is None or not ok:
+        if s.bad or url is None:
             return None
         return HttpCheckConfig(
             name=name,
@@ -1131,11 +1142,11 @@ def _parse_check(col: _Collector, name: str, value: object, path: str) -> CheckC
         command = None
         if required("command"):
             command = _parse_command(col, s.raw["command"], s.key("command"))
-        if command is None or not ok:
+        if s.bad or command is None:
             return None
         return ExecCheckConfig(name=name, command=command, **common)
     s.take("interface", col.string, _interface_problem, nullable=True)
-    if s.bad or not ok:
+    if s.bad:
         return None
     return InterfaceCheckConfig(name=name, interface=s.values.get("interface"), **common)
 
@@ -1166,14 +1177,14 @@ def _parse_notify(col: _Collector, value: object, path: str) -> NotifyConfig | N
     if raw is None:
         return None
     s = _Section(col, raw, path)
-    for kind in ("on_acquire", "on_release", "on_fault"):
-        if s.raw.get(kind) is None:
+    for key in (f"on_{kind}" for kind in NOTIFY_KINDS):
+        if s.raw.get(key) is None:
             continue
-        command = _parse_command(col, s.raw[kind], s.key(kind))
+        command = _parse_command(col, s.raw[key], s.key(key))
         if command is None:
-            s.bad.add(kind)
+            s.bad.add(key)
         else:
-            s.values[kind] = command
+            s.values[key] = command
     s.take("timeout", col.number, _positive)
     if s.bad:
         return None
@@ -1223,11 +1234,9 @@ def _parse_vips(
     col: _Collector,
     value: object,
     announce: AnnounceConfig,
-    checks: Mapping[str, CheckConfig] | None = None,
-    defined: set[str] | None = None,
+    checks: Mapping[str, CheckConfig],
+    defined: set[str],
 ) -> tuple[VipConfig, ...]:
-    checks = checks or {}
-    defined = defined if defined is not None else set(checks)
     path = "vips"
     if value is None or value == []:
         col.error(path, "at least one VIP is required; an agent with no VIP has nothing to do")
@@ -1310,7 +1319,7 @@ def _parse_vips(
         s.take(
             "when_all_unhealthy",
             col.string,
-            lambda v: _one_of(v, _WHEN_ALL_UNHEALTHY),
+            lambda v: _one_of(v, _RELEASE_OR_KEEP),
         )
         if (
             s.values.get("when_all_unhealthy") == "keep"
@@ -1502,9 +1511,9 @@ def program_problem(argv: tuple[str, ...]) -> str | None:
     may be a shell builtin, keyword or function, which only the shell can tell).
     """
     programs = [argv[0]]
-    if len(argv) == 3 and argv[:2] == (SHELL, "-c"):
+    if (text := _shell_text(argv)) is not None:
         try:
-            words = shlex.split(argv[2])
+            words = shlex.split(text)
         except ValueError as exc:
             return f"the shell command cannot be parsed: {exc}"
         if words and words[0].startswith("/"):
@@ -1521,6 +1530,12 @@ def program_problem(argv: tuple[str, ...]) -> str | None:
     return None
 
 
+def _used_checks(cfg: Config) -> dict[str, CheckConfig]:
+    """The checks some VIP lists, in the order they are defined: the only ones that ever run."""
+    used = {name for vip in cfg.vips for name in vip.checks}
+    return {name: check for name, check in cfg.checks.items() if name in used}
+
+
 def check_host(cfg: Config) -> list[ConfigError]:
     """Checks that are only true on this machine.
 
@@ -1530,45 +1545,30 @@ def check_host(cfg: Config) -> list[ConfigError]:
     """
     source = str(cfg.source) if cfg.source is not None else "<config>"
     errors: list[ConfigError] = []
-    used = {name for vip in cfg.vips for name in vip.checks}
+    used = _used_checks(cfg)
+    # (key, interface) for every interface this host must have, VIPs' first.
+    interfaces = [(f"vips[{i}].interface", vip.interface) for i, vip in enumerate(cfg.vips)]
+    interfaces += [
+        (f"checks.{name}.interface", check.interface)
+        for name, check in used.items()
+        if isinstance(check, InterfaceCheckConfig) and check.interface is not None
+    ]
     try:
         present = {name for _, name in socket.if_nameindex()}
     except OSError as exc:
         errors.append(ConfigError(source, "vips", f"cannot list network interfaces: {exc}"))
     else:
         have = ", ".join(sorted(present)) or "none"
-        for i, vip in enumerate(cfg.vips):
-            if vip.interface not in present:
-                errors.append(
-                    ConfigError(
-                        source,
-                        f"vips[{i}].interface",
-                        f"no interface {vip.interface!r} on this host (it has: {have})",
-                    )
-                )
-        for name, check in cfg.checks.items():
-            if (
-                name in used
-                and isinstance(check, InterfaceCheckConfig)
-                and check.interface is not None
-                and check.interface not in present
-            ):
-                errors.append(
-                    ConfigError(
-                        source,
-                        f"checks.{name}.interface",
-                        f"no interface {check.interface!r} on this host (it has: {have})",
-                    )
-                )
-    for name, check in cfg.checks.items():
-        if (
-            name in used
-            and isinstance(check, ExecCheckConfig)
-            and (problem := program_problem(check.command))
-        ):
+        errors += [
+            ConfigError(source, key, f"no interface {iface!r} on this host (it has: {have})")
+            for key, iface in interfaces
+            if iface not in present
+        ]
+    for name, check in used.items():
+        if isinstance(check, ExecCheckConfig) and (problem := program_problem(check.command)):
             errors.append(ConfigError(source, f"checks.{name}.command", problem))
     for i, vip in enumerate(cfg.vips):
-        for kind in ("acquire", "release", "fault"):
+        for kind in NOTIFY_KINDS:
             command = vip.notify.command(kind)
             if command is not None and (problem := program_problem(command)):
                 errors.append(ConfigError(source, f"vips[{i}].notify.on_{kind}", problem))
@@ -1612,17 +1612,15 @@ def describe(cfg: Config) -> str:
             f"  {v.name:<{width}}  {v.address} on {v.interface} "
             f"(announce {a.count} x {_secs(a.interval)}, {refresh}{health})"
         )
-    used = {name for v in cfg.vips for name in v.checks}
+    used = _used_checks(cfg)
     if used:
         lines.append(f"checks ({len(used)} used):")
         cwidth = max(len(n) for n in used)
-        for name, c in cfg.checks.items():
-            if name in used:
-                lines.append(
-                    f"  {name:<{cwidth}}  {c.type} {_check_target(c)}: every "
-                    f"{_secs(c.interval)}, timeout {_secs(c.timeout)}, rise {c.rise}, "
-                    f"fall {c.fall}"
-                )
+        for name, c in used.items():
+            lines.append(
+                f"  {name:<{cwidth}}  {c.type} {_check_target(c)}: every "
+                f"{_secs(c.interval)}, timeout {_secs(c.timeout)}, rise {c.rise}, fall {c.fall}"
+            )
     return "\n".join(lines)
 
 
@@ -1633,9 +1631,8 @@ def _check_target(c: CheckConfig) -> str:
     if isinstance(c, HttpCheckConfig):
         return f"{c.method} {c.url}"
     if isinstance(c, ExecCheckConfig):
-        if len(c.command) == 3 and c.command[:2] == (SHELL, "-c"):
-            return c.command[2]
-        return shlex.join(c.command)
+        text = _shell_text(c.command)
+        return text if text is not None else shlex.join(c.command)
     if isinstance(c, InterfaceCheckConfig):
         return c.interface or "(the VIP's interface)"
     return ""

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 # The kernel checks address lifetimes on whole-second ticks, so an address can outlive its
-# valid_lft by up to a second (measured: 0.01-0.35 s on Linux 6.x).
+# valid_lft by up to a second (measurements in docs/safety.md).
 KERNEL_LIFETIME_SLACK = 1.0
 
 
@@ -56,12 +56,6 @@ class LeaseClock:
             return None
         earliest_expiry = self.deadline + self.margin
         return max(1, math.floor(earliest_expiry - now - KERNEL_LIFETIME_SLACK))
-
-    def past_deadline(self, now: float) -> float | None:
-        """Seconds since the deadline passed; None if there is none or it has not passed."""
-        if self.deadline is None or now < self.deadline:
-            return None
-        return now - self.deadline
 
     def forget(self) -> None:
         """The lease is gone (revoked, expired, or its deadline passed)."""

@@ -12,9 +12,6 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from haagent.config import Config
 
@@ -39,36 +36,6 @@ def mode_warning(path: Path, what: str) -> str | None:
     )
 
 
-def _password_file(cfg: Config) -> Path | None:
-    """The config's ``etcd.password_file`` (resolved like the loader does), if it has one."""
-    given = getattr(cfg.etcd, "password_file", None)
-    if isinstance(given, Path):
-        return given
-    raw = _raw_etcd_section(cfg)
-    value = raw.get("password_file")
-    if not isinstance(value, str) or not value:
-        return None
-    path = Path(value)
-    if not path.is_absolute() and cfg.source is not None:
-        path = cfg.source.parent / path
-    return path
-
-
-def _raw_etcd_section(cfg: Config) -> dict[str, Any]:
-    """The ``etcd`` mapping as written in the config file ({} if it cannot be read again).
-
-    The parsed config keeps the password but not where it came from; the file tells.
-    """
-    if cfg.source is None:
-        return {}
-    try:
-        doc = yaml.safe_load(cfg.source.read_bytes())
-    except (OSError, yaml.YAMLError):
-        return {}
-    etcd = doc.get("etcd") if isinstance(doc, dict) else None
-    return etcd if isinstance(etcd, dict) else {}
-
-
 def key_file_warnings(cfg: Config) -> list[str]:
     """Warnings about etcd secrets in files that group or others can access.
 
@@ -76,18 +43,16 @@ def key_file_warnings(cfg: Config) -> list[str]:
     itself, the config file.
     """
     source = str(cfg.source) if cfg.source is not None else "<config>"
+    etcd = cfg.etcd
     checks: list[tuple[Path, str]] = []
-    tls = cfg.etcd.tls
-    if tls is not None and tls.key is not None:
-        checks.append((tls.key, "etcd.tls.key"))
-    password_file = _password_file(cfg)
-    if password_file is not None:
-        checks.append((password_file, "etcd.password_file"))
-    elif cfg.etcd.password is not None and cfg.source is not None:
+    if etcd.tls is not None and etcd.tls.key is not None:
+        checks.append((etcd.tls.key, "etcd.tls.key"))
+    if etcd.password_file is not None:
+        checks.append((etcd.password_file, "etcd.password_file"))
+    elif etcd.password is not None and cfg.source is not None:
         checks.append((cfg.source, "the config file (it holds etcd.password)"))
-    warnings: list[str] = []
-    for path, what in checks:
-        warning = mode_warning(path, what)
-        if warning is not None:
-            warnings.append(f"{source}: {warning}")
-    return warnings
+    return [
+        f"{source}: {warning}"
+        for path, what in checks
+        if (warning := mode_warning(path, what)) is not None
+    ]

@@ -2,7 +2,8 @@
 
 It owns the client, the agent's lease keepalive thread and the prefix watch, and turns what it
 reads into the typed events of ``haagent.events``. Values it cannot decode are logged once and
-ignored (or, for holder keys, treated as held by nobody we know) — never raised into the agent.
+ignored (or, for holder keys, reported as held by ``UNREADABLE``, which the agent deletes: see
+docs/keys.md) — never raised into the agent.
 
 Facts about the client that shaped this code (measured against etcd 3.4 and etcd-sdk-python):
 
@@ -36,6 +37,7 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
+    sleep_using_event,
     stop_after_delay,
     stop_never,
     stop_when_event_set,
@@ -82,10 +84,6 @@ def describe_error(exc: BaseException) -> str:
         details = exc.details() if hasattr(exc, "details") else str(exc)
         return f"{getattr(code, 'name', code)}: {details}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _wait(event: threading.Event, seconds: float) -> None:
-    event.wait(seconds)
 
 
 def _grpc_options() -> list[tuple[str, int]]:
@@ -315,7 +313,7 @@ class Store:
             wait=wait_exponential(multiplier=0.2, max=5.0),
             stop=(stop_never if give_up_after is None else stop_after_delay(give_up_after))
             | stop_when_event_set(cancel),
-            sleep=lambda seconds: _wait(cancel, seconds),  # a set cancel cuts the backoff short
+            sleep=sleep_using_event(cancel),  # a set cancel cuts the backoff short
             before_sleep=before_sleep,
             reraise=True,
         )

@@ -40,6 +40,7 @@ from haagent.config import (
     HttpCheckConfig,
     InterfaceCheckConfig,
     TcpCheckConfig,
+    VipConfig,
     program_problem,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "check_tcp",
     "run_check",
     "run_command",
+    "vip_env",
 ]
 
 BODY_LIMIT = 64 * 1024  # bytes of an HTTP body searched for expect_body
@@ -88,6 +90,12 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _failed(exc: BaseException, took: float) -> str:
+    """:func:`_reason`, with how long it took when it timed out."""
+    why = _reason(exc)
+    return f"timed out after {_ms(took)}" if why == "timed out" else why
+
+
 # --------------------------------------------------------------------------- tcp
 
 
@@ -100,10 +108,7 @@ def check_tcp(host: str, port: int, timeout: float) -> CheckResult:
             pass
     except Exception as exc:  # any failure is a failed check, never an exception
         took = time.monotonic() - start
-        why = _reason(exc)
-        if why == "timed out":
-            why = f"timed out after {_ms(took)}"
-        return CheckResult(False, f"{target}: {why}", duration=took)
+        return CheckResult(False, f"{target}: {_failed(exc, took)}", duration=took)
     took = time.monotonic() - start
     return CheckResult(True, f"connected to {target} in {_ms(took)}", duration=took)
 
@@ -119,10 +124,9 @@ def check_http(check: HttpCheckConfig) -> CheckResult:
         ok, detail = _http(check, start, deadline)
     except Exception as exc:
         took = time.monotonic() - start
-        why = _reason(exc)
-        if why == "timed out":
-            why = f"timed out after {_ms(took)}"
-        return CheckResult(False, f"{check.method} {check.url}: {why}", duration=took)
+        return CheckResult(
+            False, f"{check.method} {check.url}: {_failed(exc, took)}", duration=took
+        )
     return CheckResult(ok, detail, duration=time.monotonic() - start)
 
 
@@ -205,6 +209,11 @@ class CommandResult:
                 name = str(-self.returncode)
             return f"killed by {name}"
         return f"exit status {self.returncode}"
+
+    def last_line(self) -> str:
+        """The last line of the output, cut to 200 characters, for one-line log messages."""
+        lines = self.output.strip().splitlines()
+        return lines[-1][:200] if lines else ""
 
 
 class _Tail:
@@ -293,6 +302,16 @@ def _wait_exit(pid: int, timeout: float) -> bool:
         time.sleep(0.01)
 
 
+def vip_env(vip: VipConfig, node: str) -> dict[str, str]:
+    """What every command run about a VIP (exec check, notify hook) finds in its environment."""
+    return {
+        "HAAGENT_VIP": vip.name,
+        "HAAGENT_ADDRESS": str(vip.ip),
+        "HAAGENT_INTERFACE": vip.interface,
+        "HAAGENT_NODE": node,
+    }
+
+
 def run_command(
     argv: tuple[str, ...] | list[str],
     timeout: float,
@@ -362,8 +381,8 @@ def check_exec(
 ) -> CheckResult:
     """Pass when the command exits 0 within the timeout."""
     r = run_command(check.command, check.timeout, env, groups)
-    last = r.output.strip().splitlines()[-1:] if r.output.strip() else []
-    detail = r.describe() + (f": {last[0][:200]}" if last else "")
+    last = r.last_line()
+    detail = r.describe() + (f": {last}" if last else "")
     return CheckResult(r.returncode == 0, detail, r.output, r.duration)
 
 

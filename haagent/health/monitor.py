@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,14 +36,16 @@ from haagent.config import (
     InterfaceCheckConfig,
     VipConfig,
 )
-from haagent.health.checks import CheckResult, ProcessGroups, run_check
+from haagent.election import State
+from haagent.health.checks import CheckResult, ProcessGroups, run_check, vip_env
 from haagent.health.state import CheckState, VipHealth
 
 __all__ = ["INITIAL_STATE", "HealthMonitor", "VipHealthChanged"]
 
 log = logging.getLogger("haagent.health")
 
-INITIAL_STATE = "idle"  # HAAGENT_STATE until set_state() says otherwise (the election starts idle)
+# HAAGENT_STATE until set_state() says otherwise: the state every election starts in.
+INITIAL_STATE = State.IDLE.value
 _GRACE = 0.5  # seconds a run may overstay its timeout before the scheduler stops waiting
 
 
@@ -112,9 +115,7 @@ class HealthMonitor:
                     by_ident[ident] = inst
                 inst.vips.append(vip.name)
                 per_vip[vip.name].append((name, inst))
-        counts: dict[str, int] = {}
-        for name, _ in by_ident:
-            counts[name] = counts.get(name, 0) + 1
+        counts = Counter(name for name, _ in by_ident)
         for (name, variant), inst in by_ident.items():
             inst.key = name if counts[name] == 1 else f"{name}@{variant}"
             self._instances[inst.key] = inst
@@ -225,11 +226,8 @@ class HealthMonitor:
             with self._lock:
                 state = self._states[inst.vip.name]
             env = {
-                "HAAGENT_VIP": inst.vip.name,
-                "HAAGENT_ADDRESS": str(inst.vip.ip),
-                "HAAGENT_INTERFACE": inst.vip.interface,
+                **vip_env(inst.vip, self._cfg.node),
                 "HAAGENT_STATE": state,
-                "HAAGENT_NODE": self._cfg.node,
                 "HAAGENT_CHECK": check.name,
             }
         box: list[CheckResult] = []

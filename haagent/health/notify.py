@@ -23,16 +23,13 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Literal
 
-from haagent.config import VipConfig
-from haagent.health.checks import CommandResult, run_command
+from haagent.config import NotifyKind, VipConfig
+from haagent.health.checks import CommandResult, run_command, vip_env
 
 __all__ = ["Notifier", "NotifyKind"]
 
 log = logging.getLogger("haagent.notify")
-
-NotifyKind = Literal["acquire", "release", "fault"]
 
 
 @dataclass(frozen=True)
@@ -67,10 +64,7 @@ class Notifier:
                 command=command,
                 env={
                     "HAAGENT_EVENT": kind,
-                    "HAAGENT_VIP": vip.name,
-                    "HAAGENT_ADDRESS": str(vip.ip),
-                    "HAAGENT_INTERFACE": vip.interface,
-                    "HAAGENT_NODE": self.node,
+                    **vip_env(vip, self.node),
                     "HAAGENT_REASON": reason,
                 },
                 timeout=vip.notify.timeout,
@@ -130,8 +124,8 @@ class Notifier:
         with self._lock:
             self.last[(job.vip, job.kind)] = r
         what = f"on_{job.kind} for vip {job.vip}"
-        last = r.output.strip().splitlines()[-1:] if r.output.strip() else []
-        said = f"; it said: {last[0][:200]}" if last else ""
+        last = r.last_line()
+        said = f"; it said: {last}" if last else ""
         if r.returncode == 0:
             log.info("%s: done in %.3f s", what, r.duration)
         else:

@@ -138,14 +138,9 @@ def parse_monitor_line(host: str, line: str, *, tz: tzinfo = UTC) -> AddressEven
     m = _LINE.match(line.strip())
     if m is None:
         return None
+    ts = m.group("ts")
     try:
-        at = datetime.strptime(m.group("ts"), "%Y-%m-%dT%H:%M:%S.%f")
-    except ValueError:
-        try:
-            at = datetime.strptime(m.group("ts"), "%Y-%m-%dT%H:%M:%S")
-        except ValueError:
-            return None
-    try:
+        at = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%f" if "." in ts else "%Y-%m-%dT%H:%M:%S")
         addr = ip_address(m.group("addr"))
     except ValueError:
         return None
@@ -293,12 +288,14 @@ def interleavings(
         if not runs or runs[-1][0] != p.by:
             runs.append((p.by, p.sent, p.sent + (p.rtt or 0.0)))
     found: list[Interleaving] = []
+    last_run: dict[str, int] = {}  # host -> index of its latest run so far
     for i, (host, at, back) in enumerate(runs):
-        previous = [j for j in range(i) if runs[j][0] == host]
-        if not previous:
+        previous = last_run.get(host)
+        last_run[host] = i
+        if previous is None:
             continue
         # The host that took over right after this host's previous run.
-        after, superseded_at, _ = runs[previous[-1] + 1]
+        after, superseded_at, _ = runs[previous + 1]
         held = _interval_at((intervals or {}).get(host, []), at, back + EVENT_SLACK)
         if held is not None and held[0] > superseded_at:
             continue  # it lost the address and bound it again: a hand-back, not a double
@@ -372,7 +369,7 @@ class Recorder:
             )
         deadline = time.monotonic() + ready_timeout
         for role, proc in self._procs.items():
-            while not _listening(proc.pid):
+            while not _subscribed(proc.pid):
                 if proc.poll() is not None:
                     self.stop()
                     raise RuntimeError(f"ip monitor on {role} exited {proc.returncode}")
@@ -380,7 +377,6 @@ class Recorder:
                     self.stop()
                     raise RuntimeError(f"ip monitor on {role} not listening after {ready_timeout}s")
                 time.sleep(0.01)
-        time.sleep(0.05)  # socket() to bind(): a few syscalls; the subscription is then live
         self.started_at = time.time()
         self._snapshot()
         return self
@@ -418,12 +414,6 @@ class Recorder:
             self._events.extend(parse_monitor_output(role, text))
         return list(self._events)
 
-    def holders(self, ip: IPAddress | str) -> set[str]:
-        """Hosts holding ``ip`` now, according to the events so far."""
-        now = time.time() + 3600.0  # anything recorded counts, even with clock skew of ip
-        ivs = holding_intervals(self.poll(), ip, now, since=self.started_at)
-        return {host for host, spans in ivs.items() if spans and spans[-1][1] == now}
-
     def stop(self) -> list[AddressEvent]:
         for proc in self._procs.values():
             with contextlib.suppress(Exception):
@@ -442,15 +432,26 @@ class Recorder:
         self.stop()
 
 
-def _listening(pid: int) -> bool:
-    """The process has exec'd ``ip ... monitor`` and opened its netlink socket."""
+def _subscribed(pid: int) -> bool:
+    """The process has exec'd ``ip ... monitor`` and bound its netlink socket to the address
+    groups: every change from now on reaches it.
+
+    ``/proc/<pid>/net/netlink`` is the table of the process's own namespace; its ``Groups``
+    column (hex) is 0 until bind() joins the multicast groups.
+    """
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         if b"monitor" not in cmdline or b"netns" in cmdline:
             return False
-        fds = Path(f"/proc/{pid}/fd")
-        return any(str(fd.readlink()).startswith("socket:") for fd in fds.iterdir())
-    except OSError:
+        links = (str(fd.readlink()) for fd in Path(f"/proc/{pid}/fd").iterdir())
+        inodes = {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
+        table = Path(f"/proc/{pid}/net/netlink").read_text().splitlines()[1:]
+        # sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+        return any(
+            len(cols) >= 10 and cols[9] in inodes and int(cols[3], 16) != 0
+            for cols in (row.split() for row in table)
+        )
+    except (OSError, ValueError):
         return False
 
 

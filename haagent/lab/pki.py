@@ -181,14 +181,13 @@ def make_server_cert(
     own HTTP gateway dials the gRPC server with the server certificate as its client
     certificate.
     """
-    _check_name(name)
+    pair = LabPKI(directory).server(name)  # checks the name
     if name == "ca":
         raise ValueError("'ca' is the CA's own file name")
     if not addresses and not dns:
         raise ValueError("a server certificate needs at least one address or DNS name")
-    pair = CertPair(directory / f"{name}.crt", directory / f"{name}.key")
     _new_key(pair.key)
-    csr = directory / f"{name}.csr"
+    csr = pair.cert.with_suffix(".csr")
     _csr(pair.key, name, csr)
     sans = [f"IP:{a}" for a in addresses] + [f"DNS:{d}" for d in dns]
     _sign(
@@ -210,12 +209,9 @@ def make_client_cert(
     ca: CertPair, directory: Path, common_name: str, *, days: int = DAYS
 ) -> CertPair:
     """A client certificate with CN = ``common_name`` (for etcd: the user name)."""
-    _check_name(common_name)
-    pair = CertPair(
-        directory / f"client-{common_name}.crt", directory / f"client-{common_name}.key"
-    )
+    pair = LabPKI(directory).client(common_name)  # checks the name
     _new_key(pair.key)
-    csr = directory / f"client-{common_name}.csr"
+    csr = pair.cert.with_suffix(".csr")
     _csr(pair.key, common_name, csr)
     _sign(
         ca,
@@ -233,7 +229,9 @@ def make_client_cert(
 
 @dataclass(frozen=True)
 class LabPKI:
-    """Where the lab's certificates live; paths only, so a re-attached lab finds them again."""
+    """Where the lab's certificates live; paths only, so a re-attached lab finds them again.
+
+    The one place that names the files: the make_* functions write where these point."""
 
     directory: Path
 

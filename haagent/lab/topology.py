@@ -267,10 +267,6 @@ class Lab:
             ]
         self.hosts: list[Node] = [node(f"h{i}", HOST_BASE + i) for i in range(1, hosts + 1)]
         self.client: Node = node("cl", CLIENT_HOST_PART)
-        # TLS: https client URLs, client certificates from a CA made in <workdir>/pki at up().
-        # Auth: users root and haagent, the role haagent limited to /haagent/v1/ (etcd.py).
-        self.etcd_tls = etcd_tls
-        self.etcd_auth = etcd_auth
         self.etcd: EtcdCluster = EtcdCluster(
             self,
             self.etcd_nodes,
@@ -449,8 +445,8 @@ class Lab:
             "switch_ns": self.switch_ns,
             "bridge": BRIDGE,
             "etcd_members": len(self.etcd_nodes),
-            "etcd_tls": self.etcd_tls,
-            "etcd_auth": self.etcd_auth,
+            "etcd_tls": self.etcd.tls,
+            "etcd_auth": self.etcd.auth,
             "etcd_args": self.etcd.extra_args,
             "hosts": len(self.hosts),
             "etcd_endpoints": self.etcd_endpoints,
@@ -496,7 +492,7 @@ class Lab:
             etcd_args=[str(a) for a in data.get("etcd_args", [])],
         )
         # Auth is switched on once, at up(); a lab that got that far has it on.
-        lab.etcd.auth_enabled = lab.etcd_auth and lab.etcd.password_file(ROOT_USER).exists()
+        lab.etcd.auth_enabled = lab.etcd.auth and lab.etcd.password_file(ROOT_USER).exists()
         lab._status = str(data.get("status", "unknown"))
         lab._created = float(data.get("created", 0.0))
         lab._proc_records = list(data.get("processes", []))
@@ -592,31 +588,20 @@ class Lab:
 
     # ---------------------------------------------------------------- agents
 
-    def agent_etcd_security(
-        self,
-        *,
-        user: str | None = AGENT_USER,
-        password: bool | None = None,
-    ) -> dict[str, object]:
-        """The ``etcd`` config keys that let an agent in as ``user`` on this lab's etcd.
+    def agent_etcd_security(self) -> dict[str, object]:
+        """The ``etcd`` config keys that let an agent in as ``haagent`` on this lab's etcd.
 
-        TLS: ``tls.{ca,cert,key}`` with ``user``'s client certificate (CN = user). Auth:
-        ``username`` + ``password_file`` when ``password`` is true; the default is a password
-        only without TLS, because with TLS the certificate's CN already names the user.
-        ``user=None``: no client identity at all (TLS: the CA only).
+        TLS: ``tls.{ca,cert,key}`` with haagent's client certificate, whose CN already names
+        the user. Auth without TLS: ``username`` + ``password_file``. Neither: nothing.
         """
         out: dict[str, object] = {}
         if self.etcd.pki is not None:
-            tls: dict[str, str] = {"ca": str(self.etcd.pki.ca.cert)}
-            if user is not None:
-                pair = self.etcd.client_cert(user)
-                tls |= {"cert": str(pair.cert), "key": str(pair.key)}
-            out["tls"] = tls
-        if password is None:
-            password = self.etcd_auth and self.etcd.pki is None
-        if password and user is not None:
-            out["username"] = user
-            out["password_file"] = str(self.etcd.password_file(user))
+            pair = self.etcd.client_cert(AGENT_USER)
+            ca = self.etcd.pki.ca.cert
+            out["tls"] = {"ca": str(ca), "cert": str(pair.cert), "key": str(pair.key)}
+        elif self.etcd.auth:
+            out["username"] = AGENT_USER
+            out["password_file"] = str(self.etcd.password_file(AGENT_USER))
         return out
 
     def write_agent_config(
@@ -732,13 +717,17 @@ table inet {NFT_TABLE} {{
     # ---------------------------------------------------------------- inspection
 
     def bound(
-        self, node: Node, *, include_link_local: bool = False
+        self, node: Node, *, include_link_local: bool = False, all_interfaces: bool = False
     ) -> set[IPv4Address | IPv6Address]:
-        """Addresses on the node's interface (link-local ones only if asked)."""
-        out = _cmd(["ip", "-n", node.netns, "-j", "addr", "show", "dev", node.ifname])
+        """Addresses on the node's interface, or with ``all_interfaces`` on any of its
+        interfaces (a vmac, lo, …); link-local ones only if asked."""
+        dev = [] if all_interfaces else ["dev", node.ifname]
+        out = _cmd(["ip", "-n", node.netns, "-j", "addr", "show", *dev])
         result: set[IPv4Address | IPv6Address] = set()
         for link in json.loads(out or "[]"):
             for info in link.get("addr_info", []):
+                if "local" not in info:
+                    continue
                 addr = ip_address(info["local"])
                 if addr.is_link_local and not include_link_local:
                     continue

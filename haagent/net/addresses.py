@@ -73,6 +73,39 @@ class NetlinkOwner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- helpers for subclasses (the netlink ones: caller holds the lock) ---------------
+
+    def _netlink(self, what: str = "netlink request") -> Any:
+        if self._ipr is None:
+            raise NetError(f"{what}: the {type(self).__name__} is closed")
+        return self._ipr
+
+    def _link(self, ifname: str, what: str, *, missing_ok: bool = False) -> Any:
+        """The RTM_NEWLINK message of ``ifname``; None if it does not exist and missing_ok.
+
+        ``what`` opens the error message ("cannot bind 198.51.100.10/32 on eth0").
+        """
+        try:
+            links = self._netlink(what).link("get", ifname=ifname)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                if missing_ok:
+                    return None
+                raise NetError(f"{what}: no such interface") from exc
+            raise NetError(f"{what}: {_reason(exc)}") from exc
+        return links[0]
+
+    def _index(self, ifname: str, what: str, *, missing_ok: bool = False) -> int | None:
+        # if_nametoindex is one ioctl; a netlink "link get" parses every attribute of the
+        # link (~0.35 ms, more on a busy host) and sat on every bind and unbind. Both look
+        # in the calling thread's namespace, like pyroute2's per-thread socket.
+        try:
+            return socket.if_nametoindex(ifname)
+        except (OSError, ValueError) as exc:  # "no interface with this name"
+            if missing_ok:
+                return None
+            raise NetError(f"{what}: no such interface") from exc
+
 
 class AddressManager(NetlinkOwner):
     """Idempotent bind/unbind of VIPs via pyroute2 (one IPRoute kept open).
@@ -230,36 +263,6 @@ class AddressManager(NetlinkOwner):
             flags=flags,
             **extra,
         )
-
-    def _netlink(self, what: str = "netlink request") -> Any:
-        if self._ipr is None:
-            raise NetError(f"{what}: the AddressManager is closed")
-        return self._ipr
-
-    def _link(self, ifname: str, what: str, *, missing_ok: bool = False) -> Any:
-        """The RTM_NEWLINK message of ``ifname``; None if it does not exist and missing_ok.
-
-        ``what`` opens the error message ("cannot bind 198.51.100.10/32 on eth0").
-        """
-        try:
-            links = self._netlink(what).link("get", ifname=ifname)
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
-                if missing_ok:
-                    return None
-                raise NetError(f"{what}: no such interface") from exc
-            raise NetError(f"{what}: {_reason(exc)}") from exc
-        return links[0]
-
-    def _index(self, ifname: str, what: str, *, missing_ok: bool = False) -> int | None:
-        # if_nametoindex is one ioctl; a netlink "link get" parses every attribute of the
-        # link (~0.35 ms, more on a busy host) and sat on every bind and unbind.
-        try:
-            return socket.if_nametoindex(ifname)
-        except (OSError, ValueError) as exc:  # "no interface with this name"
-            if missing_ok:
-                return None
-            raise NetError(f"{what}: no such interface") from exc
 
     def _dump(self, index: int, version: int | None) -> list[tuple[IPAddress, int, int]]:
         """(ip, prefixlen, flags) of every address on interface ``index``."""

@@ -116,7 +116,7 @@ def ipv6_source(ifname: str, vip: IPv6Address) -> IPv6Address:
 
 
 FRAME_CACHE_SIZE = 256  # distinct (VIP, MAC, source) frames kept; a host has a handful
-_FrameKey = tuple[IPv4Address | IPv6Address, str, bool, IPv6Address | None]
+_FrameKey = tuple[IPAddress, str, bool, IPv6Address | None]  # ip, mac, arp_reply, src
 
 
 class Announcer:

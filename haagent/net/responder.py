@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from haagent.net.addresses import NetError
-from haagent.net.announce import ipv6_source
+from haagent.net.announce import _MAC, ipv6_source
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,11 @@ _REOPEN_INTERVAL = 1.0
 
 
 def mac_bytes(mac: str) -> bytes:
-    """'aa:bb:cc:dd:ee:ff' -> 6 bytes; NetError for anything else."""
-    parts = mac.split(":")
-    try:
-        if len(parts) != 6 or any(len(p) != 2 for p in parts):
-            raise ValueError(mac)
-        return bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise NetError(f"bad MAC address {mac!r}") from None
+    """'aa:bb:cc:dd:ee:ff' (either case) -> 6 bytes; NetError for anything else."""
+    # The announcer's check: the two never disagree on what a MAC address is.
+    if not _MAC.fullmatch(mac.lower()):
+        raise NetError(f"bad MAC address {mac!r}")
+    return bytes.fromhex(mac.replace(":", ""))
 
 
 def mac_str(mac: bytes) -> str:
@@ -648,14 +645,23 @@ class Responder:
             except NetError:
                 iface.broken_since = time.monotonic()
 
+    def _held_here(self, iface: _Iface, sock: socket.socket, ip: IPAddress) -> Held | None:
+        """What is held for ``ip`` on ``iface``, if ``sock`` still answers for it there.
+
+        Caller holds the lock; a socket replaced meanwhile (reopened after a failure) must
+        not answer from a frame it read before.
+        """
+        held = self._held.get((iface.ifname, ip))
+        return held if iface.sock is sock else None
+
     def _answer(self, iface: _Iface, sock: socket.socket, frame: bytes, stamp: int) -> None:
         if frame[12:14] == b"\x08\x06":
             arp = parse_arp(frame)
             if arp is None or arp.op != ARP_REQUEST:
                 return
             with self._lock:
-                held = self._held.get((iface.ifname, arp.tpa))
-                if held is None or iface.sock is not sock:
+                held = self._held_here(iface, sock, arp.tpa)
+                if held is None:
                     return
                 if arp.spa == arp.tpa:  # a gratuitous ARP: someone else claims our VIP
                     self._conflict(held, arp.sha)
@@ -670,8 +676,8 @@ class Responder:
         if nd is None or nd.type != ND_NS:
             return
         with self._lock:
-            held = self._held.get((iface.ifname, nd.target))
-            if held is None or iface.sock is not sock:
+            held = self._held_here(iface, sock, nd.target)
+            if held is None:
                 return
             assert held.source is not None
             if nd.eth_dst not in (held.mac, multicast_mac(nd.dst)) or not (

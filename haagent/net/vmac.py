@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
+import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6
@@ -73,6 +74,16 @@ def _check(vrid: int, family: int) -> None:
 
 def _version(family: int) -> int:
     return 4 if family == AF_INET else 6
+
+
+def _present(msg: Any, **attrs: str) -> dict[str, Any]:
+    """``{key: msg[attr]}`` for each ``key=attr`` the netlink message carries."""
+    return {key: msg.get(attr) for key, attr in attrs.items() if msg.get(attr) is not None}
+
+
+def _route_key(r: Any) -> tuple[Any, int, int]:
+    """(dst, dst_len, metric): what tells two routes of one table apart here."""
+    return r.get("RTA_DST"), int(r["dst_len"]), int(r.get("RTA_PRIORITY") or 0)
 
 
 def vrrp_mac(vrid: int, family: int) -> str:
@@ -164,14 +175,14 @@ class VirtualMac(NetlinkOwner):
         )
         what = f"cannot bring up {name} on {parent}"
         with self._lock:
-            parent_index = self._index(parent, what)
+            parent_index = self._index(parent, what, missing_ok=True)
             if parent_index is None:
                 raise NetError(f"{what}: no such interface {parent}")
-            link = self._link(name, what)
+            link = self._link(name, what, missing_ok=True)
             created = link is None
             if link is None:
                 try:
-                    self._nl(what).link(
+                    self._netlink(what).link(
                         "add",
                         ifname=name,
                         kind="macvlan",
@@ -181,14 +192,15 @@ class VirtualMac(NetlinkOwner):
                     )
                 except NetlinkError as exc:
                     raise NetError(f"{what}: {_reason(exc)}") from exc
-                link = self._link(name, what)
-                assert link is not None
+                # Only its index is needed: an ioctl, not a second netlink link message.
+                index = self._index(name, what)
+                assert index is not None
             else:
-                self._check_existing(link, name, parent, parent_index, mac, what)
-            index = int(link["index"])
+                self._check_existing(link, name, parent_index, mac, what)
+                index = int(link["index"])
             try:
                 self._configure(parent, name, family)
-                self._nl(what).link("set", index=index, state="up")
+                self._netlink(what).link("set", index=index, state="up")
                 self._sync_table(parent_index, index, family, table, what)
             except (NetlinkError, NetError, OSError) as exc:
                 if created:
@@ -211,7 +223,7 @@ class VirtualMac(NetlinkOwner):
         except ValueError as exc:
             raise NetError(f"cannot take down {ifname}: {exc}") from exc
         with self._lock:
-            link = self._link(ifname, f"cannot take down {ifname}")
+            link = self._link(ifname, f"cannot take down {ifname}", missing_ok=True)
             if link is not None:
                 kind, _, _ = self._macvlan(link)
                 mac = str(link.get("IFLA_ADDRESS") or "").lower()
@@ -235,7 +247,7 @@ class VirtualMac(NetlinkOwner):
             if self._rules(table, family, ip):
                 return False
             try:
-                self._nl().rule(
+                self._netlink().rule(
                     "add",
                     family=family,
                     src=str(ip),
@@ -260,39 +272,44 @@ class VirtualMac(NetlinkOwner):
     def info(self, ifname: str) -> VmacInfo | None:
         """The kernel's view of ``ifname`` (any macvlan); None if it does not exist."""
         with self._lock:
-            link = self._link(ifname, f"cannot look up {ifname}")
+            link = self._link(ifname, f"cannot look up {ifname}", missing_ok=True)
             if link is None:
                 return None
-            kind, mode, parent_index = self._macvlan(link)
-            if kind != "macvlan":
+            info = self._info(link)
+            if info is None:
                 raise NetError(f"{ifname} is not a macvlan interface")
-            parent = None
-            if parent_index and link.get("IFLA_LINK_NETNSID") is None:
-                plink = self._link_by_index(parent_index)
-                parent = None if plink is None else str(plink.get("IFLA_IFNAME"))
-            return VmacInfo(
-                ifname=ifname,
-                parent=parent,
-                mac=str(link.get("IFLA_ADDRESS") or "").lower(),
-                mode=mode,
-                up=bool(int(link["flags"]) & 1),  # IFF_UP
-            )
+            return info
 
     def existing(self) -> list[VmacInfo]:
         """Every haagent vmac in this namespace (``vmacN.M`` macvlans), e.g. to remove
         those left by a previous run at start-up."""
         with self._lock:
-            names = [str(link.get("IFLA_IFNAME")) for link in self._nl().link("dump")]
-        out = []
-        for name in sorted(names):
-            if _NAME.match(name):
-                with contextlib.suppress(NetError):  # not a macvlan, or gone meanwhile
-                    info = self.info(name)
-                    if info is not None:
-                        out.append(info)
-        return out
+            # The dump already carries every link's details: no second query per link.
+            found = [
+                self._info(link)
+                for link in self._netlink().link("dump")
+                if _NAME.match(str(link.get("IFLA_IFNAME")))
+            ]
+        return sorted((i for i in found if i is not None), key=lambda i: i.ifname)
 
     # -- internals (caller holds the lock) -----------------------------------------------
+
+    def _info(self, link: Any) -> VmacInfo | None:
+        """VmacInfo of an RTM_NEWLINK message; None if it is not a macvlan."""
+        kind, mode, parent_index = self._macvlan(link)
+        if kind != "macvlan":
+            return None
+        parent = None
+        if parent_index and link.get("IFLA_LINK_NETNSID") is None:
+            with contextlib.suppress(OSError):  # the parent is gone
+                parent = socket.if_indextoname(parent_index)
+        return VmacInfo(
+            ifname=str(link.get("IFLA_IFNAME")),
+            parent=parent,
+            mac=str(link.get("IFLA_ADDRESS") or "").lower(),
+            mode=mode,
+            up=bool(int(link["flags"]) & 1),  # IFF_UP
+        )
 
     def _parse(self, ifname: str, ip: IPAddress, what: str) -> tuple[int, int]:
         try:
@@ -308,16 +325,14 @@ class VirtualMac(NetlinkOwner):
         # Parent: answer ARP only for addresses configured on the parent itself (the VIP
         # lives on the vmac, and broadcasts reach both), and never put a vmac's VIP as
         # sender into an ARP request the parent sends: clients would map the VIP to the
-        # node's MAC. Any non-zero arp_ignore already restricts to the incoming interface;
-        # 2 is the strictest arp_announce. Stricter values an operator set stay.
-        if sysctl.get_conf("ipv4", parent, "arp_ignore") == 0:
-            sysctl.set_conf("ipv4", parent, "arp_ignore", 1)
-        sysctl.set_conf("ipv4", parent, "arp_announce", 2)
-        # The vmac: the same two, so it never answers for the node's own addresses with
-        # the virtual MAC (ARP requests for them reach the vmac too).
-        if sysctl.get_conf("ipv4", name, "arp_ignore") == 0:
-            sysctl.set_conf("ipv4", name, "arp_ignore", 1)
-        sysctl.set_conf("ipv4", name, "arp_announce", 2)
+        # node's MAC. The vmac: the same two, so it never answers for the node's own
+        # addresses with the virtual MAC (ARP requests for them reach the vmac too).
+        for ifname in (parent, name):
+            # Any non-zero arp_ignore already restricts to the incoming interface; 2 is the
+            # strictest arp_announce. Stricter values an operator set stay.
+            if sysctl.get_conf("ipv4", ifname, "arp_ignore") == 0:
+                sysctl.set_conf("ipv4", ifname, "arp_ignore", 1)
+            sysctl.set_conf("ipv4", ifname, "arp_announce", 2)
         if family == AF_INET:
             # No IPv6 on an IPv4 vmac: no link-local address (identical on every host,
             # derived from the shared MAC), no MLD, no router solicitations.
@@ -335,51 +350,49 @@ class VirtualMac(NetlinkOwner):
 
     def _sync_table(self, parent: int, vmac: int, family: int, table: int, what: str) -> None:
         """Make ``table`` the main table's unicast routes of ``family``, parent -> vmac."""
-        nl = self._nl(what)
+        nl = self._netlink(what)
         want: dict[tuple[Any, int, int], dict[str, Any]] = {}
         for r in nl.route("dump", family=family, table=254):
             if r["type"] != RTN_UNICAST or r.get("RTA_MULTIPATH") or r.get("RTA_OIF") is None:
                 continue  # multipath and encap routes are left to the main table
             oif = int(r.get("RTA_OIF"))
-            spec: dict[str, Any] = {
-                "family": family,
-                "table": table,
-                "dst_len": int(r["dst_len"]),
+            spec = {
+                **self._route_spec(r, family, table),
                 "oif": vmac if oif == parent else oif,
                 "scope": int(r["scope"]),
                 "proto": RTPROT_STATIC,
             }
-            if r.get("RTA_DST") is not None:
-                spec["dst"] = r.get("RTA_DST")
-            if r.get("RTA_PRIORITY") is not None:
-                spec["priority"] = int(r.get("RTA_PRIORITY"))
             if r.get("RTA_GATEWAY") is not None:
                 spec["gateway"] = r.get("RTA_GATEWAY")
                 # The gateway was valid through the parent; it is on the same link.
                 spec["flags"] = RTNH_F_ONLINK
-            want[(spec.get("dst"), spec["dst_len"], spec.get("priority", 0))] = spec
+            want[_route_key(r)] = spec
         for spec in want.values():
             nl.route("replace", **spec)
         for r in nl.route("dump", family=family, table=table):
-            key = (r.get("RTA_DST"), int(r["dst_len"]), int(r.get("RTA_PRIORITY") or 0))
-            if key not in want:
+            if _route_key(r) not in want:
                 self._del_route(r, table, family)
 
+    @staticmethod
+    def _route_spec(r: Any, family: int, table: int) -> dict[str, Any]:
+        """What identifies route ``r`` in ``table``: destination, length and metric."""
+        return {
+            "family": family,
+            "table": table,
+            "dst_len": int(r["dst_len"]),
+            **_present(r, dst="RTA_DST", priority="RTA_PRIORITY"),
+        }
+
     def _del_route(self, r: Any, table: int, family: int) -> None:
-        spec: dict[str, Any] = {"family": family, "table": table, "dst_len": int(r["dst_len"])}
-        if r.get("RTA_DST") is not None:
-            spec["dst"] = r.get("RTA_DST")
-        if r.get("RTA_PRIORITY") is not None:
-            spec["priority"] = int(r.get("RTA_PRIORITY"))
         try:
-            self._nl().route("del", **spec)
+            self._netlink().route("del", **self._route_spec(r, family, table))
         except NetlinkError as exc:
             if exc.code not in (errno.ESRCH, errno.ENOENT):
                 raise
 
     def _rules(self, table: int, family: int, ip: IPAddress | None = None) -> list[Any]:
         out = []
-        for rule in self._nl().rule("dump", family=family):
+        for rule in self._netlink().rule("dump", family=family):
             if rule.get("FRA_TABLE") != table:
                 continue
             if ip is not None and (
@@ -395,13 +408,11 @@ class VirtualMac(NetlinkOwner):
         removed = 0
         for rule in self._rules(table, family, ip):
             spec: dict[str, Any] = {"family": int(rule["family"]), "table": table}
-            if rule.get("FRA_SRC") is not None:
-                spec["src"] = rule.get("FRA_SRC")
+            spec.update(_present(rule, src="FRA_SRC", priority="FRA_PRIORITY"))
+            if "src" in spec:
                 spec["src_len"] = int(rule["src_len"])
-            if rule.get("FRA_PRIORITY") is not None:
-                spec["priority"] = int(rule.get("FRA_PRIORITY"))
             try:
-                self._nl().rule("del", **spec)
+                self._netlink().rule("del", **spec)
             except NetlinkError as exc:
                 if exc.code not in (errno.ENOENT, errno.ESRCH):
                     raise NetError(f"cannot delete rule for table {table}: {_reason(exc)}") from exc
@@ -414,18 +425,16 @@ class VirtualMac(NetlinkOwner):
         what = f"cannot take down {name}"
         try:
             self._del_rules(table, family)
-            for r in self._nl(what).route("dump", family=family, table=table):
+            for r in self._netlink(what).route("dump", family=family, table=table):
                 self._del_route(r, table, family)
-            index = self._index(name, what)
+            index = self._index(name, what, missing_ok=True)
             if index is not None:
-                self._nl(what).link("del", index=index)
+                self._netlink(what).link("del", index=index)
         except NetlinkError as exc:
             if exc.code != errno.ENODEV:
                 raise NetError(f"{what}: {_reason(exc)}") from exc
 
-    def _check_existing(
-        self, link: Any, name: str, parent: str, parent_index: int, mac: str, what: str
-    ) -> None:
+    def _check_existing(self, link: Any, name: str, parent_index: int, mac: str, what: str) -> None:
         kind, mode, link_index = self._macvlan(link)
         got_mac = str(link.get("IFLA_ADDRESS") or "").lower()
         problems = []
@@ -456,26 +465,3 @@ class VirtualMac(NetlinkOwner):
                 mode = str(raw)
         parent = link.get_attr("IFLA_LINK")
         return kind, mode, int(parent) if parent is not None else None
-
-    def _nl(self, what: str = "netlink request") -> Any:
-        if self._ipr is None:
-            raise NetError(f"{what}: the VirtualMac is closed")
-        return self._ipr
-
-    def _link(self, ifname: str, what: str) -> Any:
-        try:
-            return self._nl(what).link("get", ifname=ifname)[0]
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
-                return None
-            raise NetError(f"{what}: {_reason(exc)}") from exc
-
-    def _link_by_index(self, index: int) -> Any:
-        try:
-            return self._nl().link("get", index=index)[0]
-        except NetlinkError:
-            return None
-
-    def _index(self, ifname: str, what: str) -> int | None:
-        link = self._link(ifname, what)
-        return None if link is None else int(link["index"])

@@ -14,11 +14,12 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -31,6 +32,15 @@ def _unavailable(*binaries: str) -> str | None:
         return "needs root for network namespaces"
     missing = [b for b in binaries if shutil.which(b) is None]
     return f"missing {', '.join(missing)} (run `make deps`)" if missing else None
+
+
+def require(*binaries: str) -> None:
+    """Skip the test (fail it under CI) unless we are root and have ``binaries``."""
+    why = _unavailable(*binaries)
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -67,14 +77,11 @@ def start_probe(
     return out, proc
 
 
-def bound_anywhere(lab: Lab, host: Node) -> set[IPv4Address | IPv6Address]:
-    out = lab.run(host, ["ip", "-j", "addr", "show"]).stdout
-    return {
-        ip_address(a["local"])
-        for link in json.loads(out or "[]")
-        for a in link.get("addr_info", [])
-        if "local" in a
-    }
+def etcd_holder(lab: Lab, cluster: str, vip: str) -> str | None:
+    """The node named by the VIP's holder key in etcd, None if there is no such key."""
+    key = f"/haagent/v1/{cluster}/vips/{vip}/holder"
+    out = lab.etcd.etcdctl("get", "--print-value-only", key, check=False).stdout.strip()
+    return str(json.loads(out)["node"]) if out else None
 
 
 LOG_LINE = re.compile(r"^(\S+Z) (\w+) (\S+): (.*)$")
@@ -97,6 +104,15 @@ def parse_log(text: str) -> list[LogEvent]:
     return out
 
 
+class Identity(TypedDict, total=False):
+    """How an agent logs in to etcd: the arguments of Lab.write_agent_config."""
+
+    tls: Mapping[str, str | Path]
+    username: str
+    password: str
+    password_file: Path
+
+
 @dataclass
 class Agents:
     """The agents of one test: started from per-host configs, always stopped at teardown."""
@@ -109,16 +125,33 @@ class Agents:
     extra: dict[str, object] = field(default_factory=dict)  # more top-level config keys
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     configs: dict[str, Path] = field(default_factory=dict)
+    log_start: dict[str, int] = field(init=False, default_factory=dict)
 
-    def start(self, host: Node, *, wait: bool = True) -> subprocess.Popen[bytes]:
-        """Start the host's agent; with ``wait``, return once it holds a lease (is a member)."""
+    def __post_init__(self) -> None:
+        # The module's lab outlives a test and its agent logs are appended to: what an earlier
+        # test's agents wrote must not satisfy this test's waits and assertions.
+        self.log_start = {h.role: len(self.lab.agent_log(h)) for h in self.lab.hosts}
+
+    def start(
+        self,
+        host: Node,
+        identity: Identity | None = None,
+        *,
+        vips: list[tuple[str, str]] | None = None,
+        wait: bool = True,
+    ) -> subprocess.Popen[bytes]:
+        """Start the host's agent; with ``wait``, return once it holds a lease (is a member).
+
+        ``identity`` (default: the lab's, see Lab.write_agent_config) and ``vips`` (default:
+        ``self.vips``) are for this host only."""
         runs = self._lease_lines(host)
         cfg = self.lab.write_agent_config(
             host,
-            self.vips,
+            self.vips if vips is None else vips,
             ttl=self.ttl,
             margin=self.margin,
             extra={"cluster": self.cluster, **self.extra},
+            **(identity or {}),
         )
         self.configs[host.role] = cfg
         proc = self.lab.start_agent(host, cfg)
@@ -130,9 +163,17 @@ class Agents:
         return proc
 
     def _lease_lines(self, host: Node) -> int:
-        # The log file is appended to across restarts: count, do not search.
-        log = self.log(host) if self.lab.agent_log_path(host).exists() else ""
+        # The log is appended to across restarts: count, do not search.
+        log = self.log(host)
         return log.count("haagent.agent: granted lease") + log.count("adopted lease")
+
+    def start_cut_off_from_etcd(self, host: Node) -> None:
+        """Block etcd for ``host``, start its agent, return once it logs etcd as not reachable."""
+        before = self.log(host).count("not reachable")
+        self.lab.block_etcd(host)
+        self.start(host, wait=False)
+        said = wait_until(lambda: self.log(host).count("not reachable") > before, 10)
+        assert said, self.log(host)
 
     def start_all(self) -> None:
         runs = {h.role: self._lease_lines(h) for h in self.lab.hosts}
@@ -180,7 +221,8 @@ class Agents:
                 proc.wait(timeout=5)
 
     def log(self, host: Node) -> str:
-        return self.lab.agent_log(host)
+        """This test's part of the host's agent log."""
+        return self.lab.agent_log(host)[self.log_start.get(host.role, 0) :]
 
     def events(self, host: Node, pattern: str) -> list[LogEvent]:
         return [e for e in parse_log(self.log(host)) if re.search(pattern, e.message)]
@@ -188,7 +230,7 @@ class Agents:
     def holders(self, ip: IPv4Address | IPv6Address) -> list[str]:
         """Hosts that have ``ip`` bound right now on any interface (eth0, a vmac, …), from the
         kernel of each namespace."""
-        return [h.role for h in self.lab.hosts if ip in bound_anywhere(self.lab, h)]
+        return [h.role for h in self.lab.hosts if ip in self.lab.bound(h, all_interfaces=True)]
 
     def wait_single_holder(self, ip: IPv4Address | IPv6Address, timeout: float = 10) -> str:
         got = wait_until(lambda: (hs := self.holders(ip)) and len(hs) == 1 and hs, timeout)
@@ -211,11 +253,7 @@ _TEST_NUMBER = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    why = _unavailable("ip", "etcd", "etcdctl", "nft")
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require("ip", "etcd", "etcdctl", "nft")
     with Lab(hosts=3) as lab:
         for h in lab.hosts:
             lab.start_responder(h)

@@ -10,8 +10,6 @@ SIGTERM trials, judgement, summary). The pure judgement has its own unit tests
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from bench.modes import MODES
 from bench.run import Runner, leftovers, summary_rows
 from bench.systems import Driver, HoldCheck, Timing
 from haagent.lab.topology import Lab, Node
+from tests.lab.conftest import require
 
 pytestmark = pytest.mark.lab
 
@@ -53,8 +52,7 @@ class NeverFailsOver(Driver):
 def test_a_system_that_never_fails_over_is_reported_as_such(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if os.geteuid() != 0 or shutil.which("etcd") is None:
-        pytest.skip("needs root and etcd-server (make deps)")
+    require("ip", "etcd", "etcdctl", "nft")
     sigterm = MODES["sigterm"]
     monkeypatch.setitem(
         MODES, "sigterm", dataclasses.replace(sigterm, systems=sigterm.systems | {"never"})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -11,7 +10,7 @@ import pytest
 
 from haagent.lab.probe import read_records, summarize
 from haagent.lab.topology import Lab
-from tests.lab.conftest import Agents, start_probe, wait_until
+from tests.lab.conftest import Agents, etcd_holder, start_probe, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -22,23 +21,6 @@ def client_probe(lab: Lab, target: object, *, tcp: bool = False) -> str | None:
     """Ask the responder behind ``target`` who it is, from inside the client namespace."""
     by = lab.probe_once(str(target), PORT, tcp=tcp, timeout=0.3)["by"]
     return str(by) if by else None
-
-
-def etcd_holder(lab: Lab, cluster: str, vip: str) -> str | None:
-    r = lab.run(
-        lab.client,
-        [
-            "etcdctl",
-            "--endpoints",
-            ",".join(lab.etcd_endpoints),
-            "get",
-            f"/haagent/v1/{cluster}/vips/{vip}/holder",
-            "--print-value-only",
-        ],
-        check=False,
-    )
-    out = r.stdout.strip()
-    return json.loads(out)["node"] if out else None
 
 
 def test_exactly_one_holder_and_client_reaches_it(lab: Lab, agents: Agents) -> None:
@@ -141,9 +123,7 @@ def test_sigterm_while_etcd_is_unreachable_at_start_up_exits_cleanly(
     lab: Lab, agents: Agents
 ) -> None:
     host = lab.hosts[0]
-    lab.block_etcd(host)
-    agents.start(host, wait=False)
-    assert wait_until(lambda: "not reachable" in agents.log(host), 10), agents.log(host)
+    agents.start_cut_off_from_etcd(host)
     assert agents.holders(lab.vip4(0)) == []  # binds nothing while it cannot prove a lease
     agents.signal(host, signal.SIGTERM)
     assert agents.wait_exit(host, 1.5) == 0, agents.log(host)
@@ -161,9 +141,8 @@ def test_rolling_restart_keeps_every_vip_reachable(lab: Lab, agents: Agents) -> 
         runs = agents.log(host).count("granted lease")  # the log is appended to across runs
         agents.signal(host, signal.SIGTERM)
         assert agents.wait_exit(host, 2) == 0, agents.log(host)
-        agents.start(host)
-        back = wait_until(lambda: agents.log(host).count("granted lease") > runs, 10)  # noqa: B023
-        assert back, agents.log(host)
+        agents.start(host)  # returns once the new run holds a lease
+        assert agents.log(host).count("granted lease") > runs, agents.log(host)
         time.sleep(1.0)
     for tag, (out, proc) in probes.items():
         proc.wait(timeout=30)

@@ -31,17 +31,25 @@ class History:
         self.lab = agents.lab
         self.ip = ip
         self.seconds = seconds
-        self.recorder = start_address_recorder(self.lab, self.lab.hosts, tag=f"v{ip.version}")
 
     def __enter__(self) -> History:
-        self.out, self.probe = start_probe(
-            self.lab, self.ip, self.seconds, f"hist{self.ip.version}"
-        )
+        self.recorder = start_address_recorder(self.lab, self.lab.hosts, tag=f"v{self.ip.version}")
+        try:
+            self.out, self.probe = start_probe(
+                self.lab, self.ip, self.seconds, f"hist{self.ip.version}"
+            )
+        except BaseException:
+            self.recorder.stop()  # __exit__ does not run when __enter__ fails
+            raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.probe.wait(timeout=self.seconds + 30)
-        self.events = self.recorder.stop()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if exc_type is None:  # a failed test need not wait for the probe's full run
+                self.probe.wait(timeout=self.seconds + 30)
+        finally:
+            Lab.stop(self.probe)  # nothing to do once it has finished
+            self.events = self.recorder.stop()
 
     def report(self) -> HistoryReport:
         probes = read_records(self.out)

@@ -1,9 +1,10 @@
 """Health check runners, the monitor and notify hooks, for real, in a throwaway namespace.
 
-Every runner runs *inside* the test's namespace: a forked child enters it with setns() before
-it does anything else, so its sockets, ioctls and the commands it starts belong to that
-namespace. Servers are started there with ``ip netns exec``. Addresses are documentation
-addresses on a veth pair whose ends are both inside the namespace; nothing leaves it.
+Every runner runs *inside* the test's namespace: a forked child (``tests/lab/nsutil``) enters
+it with setns() before it does anything else, so its sockets, ioctls and the commands it starts
+belong to that namespace. Servers are started there with ``ip netns exec``. Addresses are
+documentation addresses on a veth pair whose ends are both inside the namespace; nothing leaves
+it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import sys
 import textwrap
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from ipaddress import IPv4Interface
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Interface
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -49,7 +49,9 @@ from haagent.health.checks import (
 )
 from haagent.health.monitor import HealthMonitor, VipHealthChanged
 from haagent.health.notify import Notifier
+from haagent.lab import pki
 from tests.lab.conftest import wait_until
+from tests.lab.nsutil import ip, run_in_ns, start_in_ns
 
 pytestmark = pytest.mark.lab
 
@@ -63,68 +65,27 @@ PORT = 8080
 # --------------------------------------------------------------------------- namespace
 
 
-def _ip(*args: str, ns: str | None = None) -> None:
-    cmd = ["ip", *(["-n", ns] if ns else []), *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
-
-
 @pytest.fixture
 def ns() -> Iterator[str]:
     """A fresh namespace ``hxh<4 hex>`` with lo up and a veth end holding ADDR and ADDR6."""
     name = "hxh" + secrets.token_hex(2)
-    _ip("netns", "add", name)
+    ip("netns", "add", name)
     try:
-        _ip("link", "set", "lo", "up", ns=name)
+        ip("link", "set", "lo", "up", ns=name)
         # Both ends of a veth pair stay inside; the addresses live on one end, and nothing
         # answers for other addresses of the prefix.
-        _ip("link", "add", f"{name}s", "type", "veth", "peer", "name", f"{name}p", ns=name)
-        _ip("addr", "add", f"{ADDR}/24", "dev", f"{name}s", ns=name)
-        _ip("addr", "add", f"{ADDR6}/64", "dev", f"{name}s", "nodad", ns=name)
-        _ip("link", "set", f"{name}s", "up", ns=name)
-        _ip("link", "set", f"{name}p", "up", ns=name)
+        ip("link", "add", f"{name}s", "type", "veth", "peer", "name", f"{name}p", ns=name)
+        ip("addr", "add", f"{ADDR}/24", "dev", f"{name}s", ns=name)
+        ip("addr", "add", f"{ADDR6}/64", "dev", f"{name}s", "nodad", ns=name)
+        ip("link", "set", f"{name}s", "up", ns=name)
+        ip("link", "set", f"{name}p", "up", ns=name)
         yield name
     finally:
         # Anything a test left running in it (only processes this test started live there).
-        r = subprocess.run(
-            ["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10, check=False
-        )
-        for pid in r.stdout.split():
+        for pid in ip("netns", "pids", name, check=False).split():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10, check=False)
-
-
-def _child(conn: Connection, ns: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    from pyroute2.netns import setns
-
-    try:
-        setns(ns, flags=0)
-        conn.send(("ok", fn(*args)))
-    except BaseException as exc:
-        conn.send(("err", f"{exc!r}\n{traceback.format_exc()}"))
-
-
-def in_ns(ns: str, fn: Callable[..., Any], *args: Any, timeout: float = 15) -> Any:
-    """``fn(*args)`` in a forked child inside ``ns``; its (picklable) result."""
-    parent, child = _FORK.Pipe(duplex=False)
-    proc = _FORK.Process(target=_child, args=(child, ns, fn, args), daemon=True)
-    proc.start()
-    child.close()
-    try:
-        if not parent.poll(timeout):
-            raise TimeoutError(f"{fn.__name__} in {ns}: no result within {timeout} s")
-        status, value = parent.recv()
-    finally:
-        proc.join(2)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(2)
-        parent.close()
-    if status == "err":
-        raise AssertionError(f"{fn.__name__} failed in {ns}:\n{value}")
-    return value
+        ip("netns", "del", name, check=False)
 
 
 # --------------------------------------------------------------------------- a test server
@@ -222,18 +183,18 @@ def gone(pid: int) -> bool:
 
 def test_tcp_passes_on_a_listener_and_fails_when_it_stops(ns):
     with server(ns):
-        ok = in_ns(ns, check_tcp, ADDR, PORT, 1.0)
+        ok = run_in_ns(ns, check_tcp, ADDR, PORT, 1.0)
         assert ok.ok and ok.detail.startswith(f"connected to {ADDR}:{PORT} in ")
-    refused = in_ns(ns, check_tcp, ADDR, PORT, 1.0)
+    refused = run_in_ns(ns, check_tcp, ADDR, PORT, 1.0)
     assert not refused.ok and refused.detail == f"{ADDR}:{PORT}: connection refused"
 
     with server(ns, ADDR6):
-        ok6 = in_ns(ns, check_tcp, ADDR6, PORT, 1.0)
+        ok6 = run_in_ns(ns, check_tcp, ADDR6, PORT, 1.0)
         assert ok6.ok and f"[{ADDR6}]:{PORT}" in ok6.detail
 
 
 def test_tcp_times_out_within_its_timeout(ns):
-    r = in_ns(ns, check_tcp, BLACKHOLE, PORT, 0.3)
+    r = run_in_ns(ns, check_tcp, BLACKHOLE, PORT, 0.3)
     assert not r.ok and r.detail.startswith(f"{BLACKHOLE}:{PORT}: timed out after ")
     assert 0.25 <= r.duration < 1.5
 
@@ -259,7 +220,7 @@ def _http_results(base: str) -> dict[str, CheckResult]:
 
 def test_http_status_body_and_timeout_against_a_real_server(ns):
     with server(ns):
-        r = in_ns(ns, _http_results, f"http://{ADDR}:{PORT}")
+        r = run_in_ns(ns, _http_results, f"http://{ADDR}:{PORT}")
     assert r["ok"].ok and r["ok"].detail.startswith(f"GET http://{ADDR}:{PORT}/health: 200 OK in ")
     assert not r["status"].ok and r["status"].detail.endswith(
         "503 Service Unavailable, expected 2xx or 3xx"
@@ -275,7 +236,7 @@ def test_http_status_body_and_timeout_against_a_real_server(ns):
 
 
 def test_http_refused_and_bad_urls_are_failures_not_exceptions(ns):
-    refused = in_ns(ns, check_http, HttpCheckConfig(name="w", url=f"http://{ADDR}:{PORT}/"))
+    refused = run_in_ns(ns, check_http, HttpCheckConfig(name="w", url=f"http://{ADDR}:{PORT}/"))
     assert not refused.ok and refused.detail.endswith(": connection refused")
     bad = run_check(HttpCheckConfig(name="w", url="http://[2001:db8::1/"))
     assert not bad.ok and bad.detail
@@ -285,21 +246,13 @@ def test_http_refused_and_bad_urls_are_failures_not_exceptions(ns):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 def test_https_verifies_the_certificate_unless_told_not_to(ns, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
-            *("-nodes", "-days", "1", "-subj", "/CN=haagent-test"),
-            *("-addext", f"subjectAltName=IP:{ADDR}", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=20,
-    )
+    # Signed by a throwaway CA that no trust store knows.
+    ca = pki.make_ca(tmp_path)
+    pair = pki.make_server_cert(ca, tmp_path, "srv", [IPv4Address(ADDR)], days=1)
     url = f"https://{ADDR}:{PORT}/health"
-    with server(ns, ADDR, PORT, str(cert), str(key)):
-        loose = in_ns(ns, check_http, HttpCheckConfig(name="w", url=url, tls_verify=False))
-        strict = in_ns(ns, check_http, HttpCheckConfig(name="w", url=url))
+    with server(ns, ADDR, PORT, str(pair.cert), str(pair.key)):
+        loose = run_in_ns(ns, check_http, HttpCheckConfig(name="w", url=url, tls_verify=False))
+        strict = run_in_ns(ns, check_http, HttpCheckConfig(name="w", url=url))
     assert loose.ok, loose.detail
     assert not strict.ok and "TLS certificate not accepted" in strict.detail
 
@@ -329,7 +282,7 @@ def test_exec_pass_fail_env_and_output_tail(ns, tmp_path):
             check_exec(ExecCheckConfig(name="e", command=("ip", "-o", "link", "show", "lo"))),
         ]
 
-    ok, fail, envr, chatty, inside = in_ns(ns, run)
+    ok, fail, envr, chatty, inside = run_in_ns(ns, run)
     assert ok.ok and ok.detail == "exit status 0"
     assert not fail.ok and fail.detail == "exit status 3: broken" and fail.output == "broken\n"
     assert envr.ok
@@ -344,7 +297,9 @@ def test_exec_pass_fail_env_and_output_tail(ns, tmp_path):
 def test_exec_timeout_kills_the_whole_process_group(ns, tmp_path):
     pids = tmp_path / "pids"
     script = f"sleep 30 & echo $! > {pids}; echo $$ >> {pids}; echo started; wait"
-    r = in_ns(ns, check_exec, ExecCheckConfig(name="e", timeout=0.5, command=(SHELL, "-c", script)))
+    r = run_in_ns(
+        ns, check_exec, ExecCheckConfig(name="e", timeout=0.5, command=(SHELL, "-c", script))
+    )
     assert not r.ok and r.detail == "killed at the 0.5 s timeout: started"
     assert 0.45 <= r.duration < 1.5
     child, shell = (int(p) for p in pids.read_text().split())
@@ -376,29 +331,29 @@ def _wait_interface(name: str, want: bool, timeout: float) -> tuple[CheckResult,
 
 def test_interface_check_follows_admin_state_and_carrier(ns):
     a, b = f"{ns}a", f"{ns}b"
-    _ip("link", "add", a, "type", "veth", "peer", "name", b, ns=ns)
-    _ip("link", "set", a, "up", ns=ns)
-    _ip("link", "set", b, "up", ns=ns)
-    r, _ = in_ns(ns, _wait_interface, a, True, 5)
+    ip("link", "add", a, "type", "veth", "peer", "name", b, ns=ns)
+    ip("link", "set", a, "up", ns=ns)
+    ip("link", "set", b, "up", ns=ns)
+    r, _ = run_in_ns(ns, _wait_interface, a, True, 5)
     assert r.ok and r.detail == f"{a} is up with carrier"
 
-    _ip("link", "set", b, "down", ns=ns)  # the peer down: a loses carrier
-    r, took = in_ns(ns, _wait_interface, a, False, 5)
+    ip("link", "set", b, "down", ns=ns)  # the peer down: a loses carrier
+    r, took = run_in_ns(ns, _wait_interface, a, False, 5)
     assert not r.ok and r.detail == f"{a} is up but has no carrier (not RUNNING)", took
 
-    _ip("link", "set", a, "down", ns=ns)
-    r, _ = in_ns(ns, _wait_interface, a, False, 5)
+    ip("link", "set", a, "down", ns=ns)
+    r, _ = run_in_ns(ns, _wait_interface, a, False, 5)
     assert r.detail == f"{a} is administratively down"
 
-    _ip("link", "set", a, "up", ns=ns)
-    _ip("link", "set", b, "up", ns=ns)
-    r, _ = in_ns(ns, _wait_interface, a, True, 5)
+    ip("link", "set", a, "up", ns=ns)
+    ip("link", "set", b, "up", ns=ns)
+    r, _ = run_in_ns(ns, _wait_interface, a, True, 5)
     assert r.ok
 
-    missing = in_ns(ns, check_interface, "hxhnope0")
+    missing = run_in_ns(ns, check_interface, "hxhnope0")
     assert not missing.ok and missing.detail == "no interface 'hxhnope0'"
     # The host's interfaces are not visible in the namespace: the check answers for its own.
-    assert in_ns(ns, check_interface, a).ok and not check_interface(a).ok
+    assert run_in_ns(ns, check_interface, a).ok and not check_interface(a).ok
 
 
 # --------------------------------------------------------------------------- monitor
@@ -486,14 +441,9 @@ def test_monitor_reports_fall_and_rise_and_a_hung_check_blocks_nothing(ns, tmp_p
     cfg_text = _MONITOR_CONFIG.format(addr=ADDR, port=PORT, env_file=env_file)
     ev_recv, ev_send = _FORK.Pipe(duplex=False)
     ctl_recv, ctl_send = _FORK.Pipe(duplex=False)
-    parent, child = _FORK.Pipe(duplex=False)
     srv = Server(ns)
-    proc = _FORK.Process(
-        target=_child, args=(child, ns, _run_monitor, (cfg_text, ev_send, ctl_recv)), daemon=True
-    )
     started = time.monotonic()
-    proc.start()
-    child.close()
+    monitor = start_in_ns(ns, _run_monitor, cfg_text, ev_send, ctl_recv)
     ev_send.close()
     ctl_recv.close()
     events = Events(ev_recv)
@@ -539,16 +489,16 @@ def test_monitor_reports_fall_and_rise_and_a_hung_check_blocks_nothing(ns, tmp_p
         }
 
         ctl_send.send(("stop",))
-        assert parent.poll(5), "monitor did not stop"
-        status, result = parent.recv()
+        assert monitor.conn.poll(5), "monitor did not stop"
+        status, result = monitor.conn.recv()
         assert status == "ok", result
     finally:
         srv.stop()
-        proc.join(3)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(2)
-        for c in (ev_recv, ctl_send, parent):
+        monitor.proc.join(3)
+        if monitor.proc.is_alive():
+            monitor.proc.kill()
+            monitor.proc.join(2)
+        for c in (ev_recv, ctl_send, monitor.conn):
             c.close()
     assert result["stop_took"] < 2.5
     assert result["db"] is True and result["slow"] is False

@@ -40,7 +40,10 @@ from haagent.net.responder import (
     ARP_REPLY,
     ARP_REQUEST,
     BROADCAST,
+    ETH_P_ALL,
     ND_NA,
+    PACKET_OUTGOING,
+    SO_TIMESTAMPNS,
     UNSPECIFIED6,
     Responder,
     arp_frame,
@@ -240,16 +243,18 @@ def do_refusals(parent: str) -> dict[str, str]:
             check=True,
             timeout=10,
         )
-        for key, call in (
-            ("down_parent", lambda: vm.down(parent)),
-            ("up_foreign", lambda: vm.up(parent, 77, socket.AF_INET)),
-        ):
-            try:
-                call()
-                out[key] = "accepted"
-            except Exception as exc:
-                out[key] = f"{type(exc).__name__}: {exc}"
-        subprocess.run(["ip", "link", "del", "vmac4.77"], check=True, timeout=10)
+        try:
+            for key, call in (
+                ("down_parent", lambda: vm.down(parent)),
+                ("up_foreign", lambda: vm.up(parent, 77, socket.AF_INET)),
+            ):
+                try:
+                    call()
+                    out[key] = "accepted"
+                except Exception as exc:
+                    out[key] = f"{type(exc).__name__}: {exc}"
+        finally:
+            subprocess.run(["ip", "link", "del", "vmac4.77"], check=True, timeout=10)
     return out
 
 
@@ -266,13 +271,31 @@ def do_sysctls(parent: str, name: str) -> dict[str, str]:
     return {k: v.strip() for k, v in out.items()}
 
 
+def is_resolution(frame: bytes, ip_: IPv4Address | IPv6Address) -> bool:
+    """Is ``frame`` an ARP request or NS (any form) for ``ip_``, i.e. a resolution of it?"""
+    arp, nd = parse_arp(frame), parse_nd(frame)
+    return bool(
+        (arp and arp.op == ARP_REQUEST and arp.tpa == ip_)
+        or (nd and nd.type != ND_NA and nd.target == ip_)
+    )
+
+
+def is_answer(frame: bytes, ip_: IPv4Address | IPv6Address) -> bool:
+    """Is ``frame`` an ARP reply or NA for ``ip_``?"""
+    arp, nd = parse_arp(frame), parse_nd(frame)
+    return bool(
+        (arp and arp.op == ARP_REPLY and arp.spa == ip_)
+        or (nd and nd.type == ND_NA and nd.target == ip_)
+    )
+
+
 def do_talk(dev: str, vip: str, proto: str) -> dict[str, Any]:
     """One UDP datagram / one TCP line to the VIP's service. Returns the answer, the
     Ethernet sources of every frame that came from the VIP meanwhile, and whether this
     host sent ARP requests / NS for the VIP (i.e. had to resolve it)."""
     ip_ = ip_address(vip)
     fam = socket.AF_INET if ip_.version == 4 else socket.AF_INET6
-    cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     cap.bind((dev, 0))
     cap.setblocking(False)
     answer = None
@@ -296,11 +319,8 @@ def do_talk(dev: str, vip: str, proto: str) -> dict[str, Any]:
             frame, addr = cap.recvfrom(2048)
         except BlockingIOError:
             break
-        arp, nd = parse_arp(frame), parse_nd(frame)
-        if addr[2] == 4:  # PACKET_OUTGOING
-            if (arp and arp.op == ARP_REQUEST and arp.tpa == ip_) or (
-                nd and nd.type != ND_NA and nd.target == ip_
-            ):
+        if addr[2] == PACKET_OUTGOING:
+            if is_resolution(frame, ip_):
                 resolved.append(mac_str(frame[0:6]))
             continue
         if frame[12:14] == b"\x08\x00" and IPv4Address(frame[26:30]) == ip_:
@@ -328,9 +348,9 @@ def do_ask(
     round trip from just before sending to the kernel's receive timestamp of the answer.
     """
     ip_ = ip_address(target)
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     s.bind((dev, 0))
-    s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
+    s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     own = bytes(s.getsockname()[4][:6])
     me4, me6 = IPv4Address("198.51.100.100"), IPv6Address("2001:db8::64")
     if isinstance(ip_, IPv4Address):
@@ -361,11 +381,11 @@ def do_ask(
                     frame, anc, _, addr = s.recvmsg(2048, socket.CMSG_SPACE(16))
                 except TimeoutError:
                     break
-                if addr[2] == 4:
+                if addr[2] == PACKET_OUTGOING:
                     continue
                 stamp = 0
                 for level, kind, data in anc:
-                    if level == socket.SOL_SOCKET and kind == 35:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                         sec, nsec = struct.unpack("=qq", data[:16])
                         stamp = sec * 1_000_000_000 + nsec
                 arp, nd = parse_arp(frame), parse_nd(frame)
@@ -390,52 +410,45 @@ def do_ask(
     return answers
 
 
+def _capture_sent(
+    ready: Any,
+    stop: Any,
+    dev: str,
+    keep: Callable[[bytes], bool],
+    show: Callable[[bytes], str],
+    seconds: float,
+) -> list[str]:
+    """``show(frame)`` of every frame this host sends on ``dev`` that ``keep`` accepts, until
+    ``stop`` is set or, should the test never set it, ``seconds`` have passed."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s:
+        s.bind((dev, 0))
+        s.settimeout(0.02)  # how often ``stop`` is looked at
+        ready.set()
+        sent: list[str] = []
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                frame, addr = s.recvfrom(2048)
+            except TimeoutError:
+                continue
+            if addr[2] == PACKET_OUTGOING and keep(frame):
+                sent.append(show(frame))
+        return sent
+
+
 def do_capture_answers(ready: Any, stop: Any, dev: str, target: str) -> list[str]:
     """Every ARP reply / NA for ``target`` this host *sends* until ``stop`` is set."""
     ip_ = ip_address(target)
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) as s:
-        s.bind((dev, 0))
-        s.settimeout(0.02)
-        ready.set()
-        sent: list[str] = []
-        deadline = time.monotonic() + 10
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                frame, addr = s.recvfrom(2048)
-            except TimeoutError:
-                continue
-            if addr[2] != 4:
-                continue
-            arp, nd = parse_arp(frame), parse_nd(frame)
-            if (arp and arp.op == ARP_REPLY and arp.spa == ip_) or (
-                nd and nd.type == ND_NA and nd.target == ip_
-            ):
-                sent.append(frame.hex())
-        return sent
+    return _capture_sent(ready, stop, dev, lambda frame: is_answer(frame, ip_), bytes.hex, 10)
 
 
 def do_capture_resolution(ready: Any, stop: Any, dev: str, target: str) -> list[str]:
-    """Every ARP request / NS for ``target`` this host sends until ``stop`` is set."""
+    """Every ARP request / NS for ``target`` this host sends until ``stop`` is set, as the
+    Ethernet destination it was sent to."""
     ip_ = ip_address(target)
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) as s:
-        s.bind((dev, 0))
-        s.settimeout(0.02)
-        ready.set()
-        sent: list[str] = []
-        deadline = time.monotonic() + 20
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                frame, addr = s.recvfrom(2048)
-            except TimeoutError:
-                continue
-            if addr[2] != 4:
-                continue
-            arp, nd = parse_arp(frame), parse_nd(frame)
-            if (arp and arp.op == ARP_REQUEST and arp.tpa == ip_) or (
-                nd and nd.type != ND_NA and nd.target == ip_
-            ):
-                sent.append(mac_str(frame[0:6]))
-        return sent
+    return _capture_sent(
+        ready, stop, dev, lambda frame: is_resolution(frame, ip_), lambda f: mac_str(f[0:6]), 20
+    )
 
 
 def do_serve_responder(conn: Connection) -> None:
@@ -496,7 +509,10 @@ def cleanup_vmac(ns: str, name: str) -> None:
 def capture(ns: str, fn: Callable[..., list[str]], *args: Any) -> tuple[Any, Any]:
     ready, stop = FORK.Event(), FORK.Event()
     child = start_in_ns(ns, fn, ready, stop, *args)
-    assert ready.wait(5), "capture did not start"
+    if not ready.wait(5):
+        stop.set()
+        child.result(5)  # re-raises the child's error if it had one; reaps it either way
+        raise AssertionError("capture did not start")
     return child, stop
 
 
@@ -710,7 +726,8 @@ def test_responder_answers_for_an_unbound_vip_and_hands_over(net: Net, version: 
     try:
         for m in ("a", "b"):
             nft_dnat(net.ns(m), version, vip, host_ip(m, version))
-        resp_a, resp_b = ResponderProc(a), ResponderProc(b)
+        resp_a = ResponderProc(a)
+        resp_b = ResponderProc(b)
         assert run_in_ns(c, do_ask, net.dev("c"), vip, "arp" if version == 4 else "ns") == []
 
         resp_a.call("hold", net.dev("a"), vip, mac_a)

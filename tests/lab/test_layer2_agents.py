@@ -15,8 +15,8 @@ import pytest
 
 from haagent.lab.probe import read_records, summarize
 from haagent.lab.topology import Lab, Node
-from haagent.net.vmac import vrrp_mac
-from tests.lab.conftest import Agents, start_probe, wait_until
+from haagent.net.vmac import vmac_ifname, vrrp_mac
+from tests.lab.conftest import Agents, etcd_holder, start_probe, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -42,7 +42,7 @@ def fdb_port(lab: Lab, mac: str) -> str | None:
 
 
 def vmac_up_on(lab: Lab, family: int) -> list[str]:
-    name = f"vmac{4 if family == 4 else 6}.{VRID}"
+    name = vmac_ifname(VRID, socket.AF_INET if family == 4 else socket.AF_INET6)
     return [
         h.role
         for h in lab.hosts
@@ -106,12 +106,6 @@ def test_node_mac_failover_updates_the_clients_neighbour_entry(
     assert neighbour_mac(lab, ip) == host_mac(lab, lab.host(new))
 
 
-def etcd_holder(agents: Agents) -> str | None:
-    key = f"/haagent/v1/{agents.cluster}/vips/web/holder"
-    out = agents.lab.etcd.etcdctl("get", key, "--print-value-only").stdout.strip()
-    return str(json.loads(out)["node"]) if out else None
-
-
 def dnat(lab: Lab, host: Node, vip: IPv4Address, add: bool) -> None:
     table = "haagent_test_dnat"
     if not add:
@@ -140,7 +134,7 @@ def test_announce_only_vip_is_answered_for_and_reaches_a_dnat_service(
             "vips": [{"name": "web", "address": str(ip), "interface": "eth0", "bind": False}]
         }
         agents.start_all()
-        holder = wait_until(lambda: etcd_holder(agents), 10)
+        holder = wait_until(lambda: etcd_holder(lab, agents.cluster, "web"), 10)
         assert holder, agents.dump()
         old = str(holder)
         assert agents.holders(ip) == []  # announce-only: bound nowhere

@@ -9,25 +9,20 @@ default) or by user name + password over the same TLS connection.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import TypedDict
 
 import pytest
 
 from haagent.lab import pki
 from haagent.lab.etcd import AGENT_PREFIX, AGENT_USER
-from haagent.lab.topology import Lab, Node
+from haagent.lab.topology import Lab
 from haagent.schema import HolderRecord
-from tests.lab.conftest import wait_until
+from tests.lab.conftest import Agents, Identity, etcd_holder, require, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -35,105 +30,14 @@ OUTSIDE = "/not-haagent/x"
 LOG_LINE = re.compile(r"^\S+Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
 
 
-class Identity(TypedDict, total=False):
-    """How an agent logs in to etcd: the arguments of Lab.write_agent_config."""
-
-    tls: Mapping[str, str | Path]
-    username: str
-    password: str
-    password_file: Path
-
-
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for network namespaces"
-    missing = [b for b in ("ip", "etcd", "etcdctl", "nft", "openssl") if shutil.which(b) is None]
-    return f"missing {', '.join(missing)} (run `make deps`)" if missing else None
-
-
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    why = _unavailable()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+    require("ip", "etcd", "etcdctl", "nft", "openssl")
     with Lab(hosts=3, etcd_tls=True, etcd_auth=True) as lab:
         yield lab
 
 
 _COUNT = iter(range(1, 1000))
-
-
-@dataclass
-class Agents:
-    """Agents of one test, each with its own etcd identity; always stopped at teardown."""
-
-    lab: Lab
-    cluster: str
-    vips: list[tuple[str, str]]
-    ttl: int = 3
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    log_start: dict[str, int] = field(default_factory=dict)
-
-    def start(
-        self,
-        host: Node,
-        identity: Identity | None = None,
-        *,
-        vips: list[tuple[str, str]] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        """Start an agent; ``identity`` goes to Lab.write_agent_config (default: the lab's)."""
-        cfg = self.lab.write_agent_config(
-            host,
-            self.vips if vips is None else vips,
-            ttl=self.ttl,
-            margin=1.0,
-            extra={"cluster": self.cluster},
-            **(identity or {}),
-        )
-        path = self.lab.agent_log_path(host)
-        self.log_start[host.role] = path.stat().st_size if path.exists() else 0
-        proc = self.lab.start_agent(host, cfg)
-        self.procs[host.role] = proc
-        return proc
-
-    def log(self, host: Node) -> str:
-        """This test's part of the host's agent log."""
-        return self.lab.agent_log(host)[self.log_start.get(host.role, 0) :]
-
-    def holders(self, ip: IPv4Address | IPv6Address) -> list[str]:
-        return [h.role for h in self.lab.hosts if ip in self.lab.bound(h)]
-
-    def wait_single_holder(self, ip: IPv4Address | IPv6Address, timeout: float = 10) -> str:
-        got = wait_until(lambda: (hs := self.holders(ip)) and len(hs) == 1 and hs, timeout)
-        assert got, f"no single holder of {ip} within {timeout}s: {self.holders(ip)}\n{self.dump()}"
-        assert isinstance(got, list)
-        return str(got[0])
-
-    def wait_exit(self, host: Node, timeout: float) -> int | None:
-        try:
-            return self.procs[host.role].wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def dump(self) -> str:
-        return "\n".join(
-            f"--- {h.role} agent log ---\n{self.log(h)[-4000:]}"
-            for h in self.lab.hosts
-            if h.role in self.procs
-        )
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
 
 
 @pytest.fixture
@@ -151,12 +55,6 @@ def agents(lab: Lab) -> Iterator[Agents]:
             for ip in (lab.vip4(1), lab.vip6(1)):
                 plen = 32 if ip.version == 4 else 128
                 lab.run(h, ["ip", "addr", "del", f"{ip}/{plen}", "dev", "eth0"], check=False)
-
-
-def etcd_holder(lab: Lab, cluster: str, vip: str) -> str | None:
-    r = lab.etcd.etcdctl("get", "--print-value-only", f"/haagent/v1/{cluster}/vips/{vip}/holder")
-    out = r.stdout.strip()
-    return str(json.loads(out)["node"]) if out else None
 
 
 def password_identity(lab: Lab, user: str = AGENT_USER) -> Identity:
@@ -347,7 +245,7 @@ def test_bad_credentials_stop_start_up_with_one_clear_error(
     make, reason = BAD_IDENTITIES[case]
     host = lab.hosts[0]
     started = time.monotonic()
-    agents.start(host, make(lab))
+    agents.start(host, make(lab), wait=False)  # it is meant not to get a lease
     code = agents.wait_exit(host, timeout=20)
     took = time.monotonic() - started
     log = agents.log(host)

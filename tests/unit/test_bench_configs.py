@@ -21,6 +21,7 @@ from bench.systems import (
     KEEPALIVED_SCRIPT_INTERVAL,
     VRID4,
     VRID6,
+    Driver,
     HaagentDriver,
     KeepalivedDriver,
     Timing,
@@ -159,16 +160,12 @@ def test_health_mode_waits_for_the_check_and_does_not_ask_for_a_rejoin() -> None
 
 
 def test_health_windows_cover_detection_with_room_to_spare(lab: Lab) -> None:
-    for driver in (
-        HaagentDriver(lab),
-        KeepalivedDriver(lab, advert_int=1.0, vmac=False),
-    ):
+    drivers: list[tuple[Driver, float]] = [
+        (HaagentDriver(lab), HAAGENT_CHECK_INTERVAL),
+        (KeepalivedDriver(lab, advert_int=1.0, vmac=False), KEEPALIVED_SCRIPT_INTERVAL),
+    ]
+    for driver, interval in drivers:  # each system with its check's polling interval
         timing = driver.timing()
-        interval = (
-            HAAGENT_CHECK_INTERVAL
-            if isinstance(driver, HaagentDriver)
-            else KEEPALIVED_SCRIPT_INTERVAL
-        )
         assert timing.health >= timing.graceful + CHECK_FALL * interval + interval
 
 

@@ -13,7 +13,6 @@ from haagent.config import (
     SHELL,
     CheckConfig,
     Config,
-    ConfigErrors,
     ExecCheckConfig,
     HttpCheckConfig,
     InterfaceCheckConfig,
@@ -25,6 +24,7 @@ from haagent.config import (
     parse_config,
     program_problem,
 )
+from tests.unit.test_config import errors, one_error
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "haagent.example.yaml"
 
@@ -44,16 +44,20 @@ BASE: dict[str, object] = {
 }
 
 
+def _edit(target: object, changes: dict[str, object]) -> None:
+    """Set each key of ``changes`` in ``target``; None deletes the key."""
+    assert isinstance(target, dict)
+    for k, v in changes.items():
+        if v is None:
+            target.pop(k, None)
+        else:
+            target[k] = v
+
+
 def doc(**checks: object) -> dict[str, object]:
     """BASE with checks replaced or added (None deletes one)."""
     d = copy.deepcopy(BASE)
-    defined = d["checks"]
-    assert isinstance(defined, dict)
-    for k, v in checks.items():
-        if v is None:
-            defined.pop(k, None)
-        else:
-            defined[k] = v
+    _edit(d["checks"], checks)
     return d
 
 
@@ -62,11 +66,7 @@ def with_vip(**kw: object) -> dict[str, object]:
     d = copy.deepcopy(BASE)
     vips = d["vips"]
     assert isinstance(vips, list)
-    for k, v in kw.items():
-        if v is None:
-            vips[0].pop(k, None)
-        else:
-            vips[0][k] = v
+    _edit(vips[0], kw)
     return d
 
 
@@ -77,23 +77,6 @@ def check(**body: object) -> dict[str, object]:
     assert isinstance(vips, list)
     vips[0]["checks"] = ["pg", "x"]
     return d
-
-
-def errors(data: object) -> dict[str, str]:
-    with pytest.raises(ConfigErrors) as info:
-        parse_config(data, "test.yaml")
-    out: dict[str, str] = {}
-    for e in info.value.errors:
-        assert e.file == "test.yaml"
-        assert e.key not in out, f"two errors for {e.key}: {out.get(e.key)!r} / {e.reason!r}"
-        out[e.key] = e.reason
-    return out
-
-
-def one_error(data: object) -> tuple[str, str]:
-    errs = errors(data)
-    assert len(errs) == 1, errs
-    return next(iter(errs.items()))
 
 
 # --------------------------------------------------------------------------- happy paths

@@ -22,6 +22,15 @@ def feed(st: CheckState, results: list[bool] | tuple[bool, ...]) -> list[Transit
     return [st.record(ok, "pass" if ok else "fail") for ok in results]
 
 
+def flip_at_last(st: CheckState, results: list[bool]) -> Transition:
+    """Feed ``results``; only the last of them may change the state, and it must."""
+    got = feed(st, results)
+    assert got[:-1] == [None] * (len(results) - 1)
+    t = got[-1]
+    assert t is not None
+    return t
+
+
 def states(st: CheckState, results: list[bool]) -> list[bool | None]:
     out = []
     for ok in results:
@@ -46,10 +55,7 @@ def test_starts_unknown_with_nothing_counted():
 @pytest.mark.parametrize("rise", [1, 2, 3, 5])
 def test_unknown_becomes_healthy_after_exactly_rise_passes(rise):
     st = CheckState(rise, 3)
-    got = feed(st, [P] * rise)
-    assert got[:-1] == [None] * (rise - 1)
-    t = got[-1]
-    assert t is not None
+    t = flip_at_last(st, [P] * rise)
     assert t == Transition(None, True, "pass", rise, rise, t.at)
     assert st.healthy is True
 
@@ -76,19 +82,15 @@ def test_a_pass_then_a_failure_at_start_is_unhealthy_and_needs_rise_again():
 
 def test_healthy_becomes_unhealthy_after_exactly_fall_failures():
     st = CheckState(2, 3, initial=True)
-    got = feed(st, [F, F, F])
-    assert got[:2] == [None, None]
-    t = got[2]
-    assert t is not None and (t.previous, t.healthy, t.count, t.needed) == (True, False, 3, 3)
+    t = flip_at_last(st, [F, F, F])
+    assert (t.previous, t.healthy, t.count, t.needed) == (True, False, 3, 3)
     assert t.describe() == "fail (3/3)"
 
 
 def test_unhealthy_becomes_healthy_after_exactly_rise_passes():
     st = CheckState(3, 2, initial=False)
-    got = feed(st, [P, P, P])
-    assert got[:2] == [None, None]
-    t = got[2]
-    assert t is not None and (t.previous, t.healthy, t.count, t.needed) == (False, True, 3, 3)
+    t = flip_at_last(st, [P, P, P])
+    assert (t.previous, t.healthy, t.count, t.needed) == (False, True, 3, 3)
 
 
 def test_more_of_the_same_result_never_transitions_again():

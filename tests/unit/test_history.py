@@ -204,11 +204,15 @@ def test_late_reply_to_an_earlier_probe_is_not_interleaving() -> None:
     assert interleavings(answers) == []
 
 
+# h1 holds the VIP, lets go at 1.0; h2 binds it at 1.05, lets go at 2.0; h1 binds it anew
+# at 2.05: the address history of the three hand-back tests below.
+HAND_BACK = [add("h1", -1.0), rm("h1", 1.0), add("h2", 1.05), rm("h2", 2.0), add("h1", 2.05)]
+
+
 def test_hand_back_after_a_new_bind_is_not_a_double_answer() -> None:
     # h1 -> h2 -> h1, but h1 lost the address and bound it anew after h2 took over.
     answers = probes((0.0, 1.0, "h1"), (1.1, 2.0, "h2"), (2.1, 3.0, "h1"))
-    events = [add("h1", -1.0), rm("h1", 1.0), add("h2", 1.05), rm("h2", 2.0), add("h1", 2.05)]
-    report = check_history(events, answers, VIP, until=3.0)
+    report = check_history(HAND_BACK, answers, VIP, until=3.0)
     assert report.ok, report
     # Without the history it counts: nothing shows that h1 let go.
     assert len(interleavings(answers)) == 1
@@ -223,8 +227,7 @@ def test_probe_that_waited_for_the_rebind_is_a_hand_back() -> None:
         ProbeRecord(900, 2.046, 0.006, "h1"),
         ProbeRecord(901, 2.051, 0.0002, "h1"),
     ]
-    events = [add("h1", -1.0), rm("h1", 1.0), add("h2", 1.05), rm("h2", 2.0), add("h1", 2.05)]
-    assert check_history(events, answers, VIP, until=3.0).ok
+    assert check_history(HAND_BACK, answers, VIP, until=3.0).ok
 
 
 def test_answer_long_before_the_rebind_still_counts() -> None:
@@ -235,8 +238,7 @@ def test_answer_long_before_the_rebind_still_counts() -> None:
         ProbeRecord(900, 2.009, 0.001, "h1"),
         ProbeRecord(901, 2.051, 0.0002, "h1"),
     ]
-    events = [add("h1", -1.0), rm("h1", 1.0), add("h2", 1.05), rm("h2", 2.0), add("h1", 2.05)]
-    report = check_history(events, answers, VIP, until=3.0)
+    report = check_history(HAND_BACK, answers, VIP, until=3.0)
     assert report.double_answer and not report.ok
 
 
