@@ -22,9 +22,12 @@ answers). That deletes the dead agent's holder keys at once, so another host tak
 milliseconds instead of waiting for etcd to expire the lease — the TTL plus up to 0.5 s of
 etcd's expiry sweep. The order is the agent's own on a graceful stop: unbind, then revoke, so
 the old address is gone before anyone can win the key. The revoke is best effort: a fence that
-cannot reach etcd (the host is cut off too) leaves the lease to expire as before. A frozen agent
-whose keepalive thread still runs would otherwise keep the lease alive while answering nobody;
-the revoke hands its VIPs over as well.
+cannot reach etcd (the host is cut off too) leaves the lease to expire as before. After a
+missed deadline the fence removes at once but revokes only if the agent then stays silent for
+``etcd.timeout`` + 0.25 s: a live agent reports its own deadline within one RPC and may regain
+its lease after an etcd pause (a leader election), which a revoke would turn into a failover.
+A frozen agent whose keepalive thread still runs would otherwise keep the lease alive while
+answering nobody; the late revoke hands its VIPs over.
 
 ``hold`` is sent only under ``lease.when_etcd_unreachable: keep``, while the agent deliberately
 keeps its VIPs past the deadline; the pipe closing still removes them.
@@ -58,6 +61,10 @@ from haagent.store import STORE_ERRORS, Store, StoreError, describe_error
 
 log = logging.getLogger("haagent.fence")
 
+# s beyond etcd.timeout that a live agent gets to report its own deadline before the fence
+# takes it for frozen and revokes its lease (the agent's loop is late by at most one RPC).
+REVOKE_SLACK = 0.25
+
 Address = tuple[str, IPv4Interface | IPv6Interface]
 
 
@@ -70,6 +77,9 @@ class Fence:
         self.addresses: list[Address] = []
         self.lease: int | None = None  # the agent's lease, revoked once the fence acted
         self.setup: dict[str, Any] | None = None  # how to reach etcd (see setup_message)
+        # After acting at the deadline: when to revoke the lease unless the agent speaks first.
+        self.revoke_at: float | None = None
+        self.revoke_grace = 1.0 + REVOKE_SLACK  # etcd.timeout (from the setup) + slack
 
     def update(self, message: dict[str, object]) -> bool:
         """Apply one message; False when the agent said it is exiting."""
@@ -78,7 +88,10 @@ class Fence:
         setup = message.get("setup")
         if isinstance(setup, dict):
             self.setup = setup
+            self.revoke_grace = float(setup.get("timeout", 1.0)) + REVOKE_SLACK
             return True
+        # The agent speaks, so it is not frozen: whatever it missed, it handles its lease.
+        self.revoke_at = None
         lease = message.get("lease")
         self.lease = lease if isinstance(lease, int) and lease > 0 else None
         deadline = message.get("deadline")
@@ -95,16 +108,35 @@ class Fence:
 
     def timeout(self, now: float) -> float | None:
         """How long to wait for the next message before acting; None: forever."""
-        if not self.addresses or self.deadline is None or self.hold:
-            return None
-        return max(0.0, self.deadline - now)
+        whens = [] if self.revoke_at is None else [self.revoke_at]
+        if self.addresses and self.deadline is not None and not self.hold:
+            whens.append(self.deadline)
+        return max(0.0, min(whens) - now) if whens else None
 
     def due(self, now: float) -> tuple[list[Address], str]:
-        """Addresses to remove now because the deadline passed, and why."""
+        """Addresses to remove now because the deadline passed, and why.
+
+        Removing them cannot wait; revoking the lease can (see revoke_due).
+        """
         if not self.addresses or self.hold or (self.deadline is not None and now < self.deadline):
             return [], ""
         late = "" if self.deadline is None else f" {(now - self.deadline) * 1000:.0f} ms ago"
+        self.revoke_at = now + self.revoke_grace
         return self.take(), f"lease deadline passed{late} and the agent did not act"
+
+    def revoke_due(self, now: float) -> int | None:
+        """The lease to revoke now: the agent stayed silent for ``revoke_grace`` after the
+        fence acted at its deadline, so it is frozen, not merely cut off from etcd.
+
+        A live agent reaches the same deadline itself and tells the fence (at most one etcd
+        RPC late), and may then regain the lease if etcd answers before it expires — e.g.
+        after an etcd leader election. Revoking at the deadline would turn that pause into
+        a failover.
+        """
+        if self.revoke_at is None or now < self.revoke_at:
+            return None
+        self.revoke_at = None
+        return self.lease
 
     def take(self) -> list[Address]:
         """Everything still listed (the agent died): the fence removes it and forgets it."""
@@ -211,11 +243,10 @@ def serve(stdin_fd: int, net: AddressManager) -> int:
     fence = Fence()
     revoker: LeaseRevoker | None = None
 
-    def act(addresses: list[Address], reason: str, why: str) -> None:
-        """Remove first, then revoke: nobody can win the key while the address is still here."""
-        remove(net, addresses, reason)
-        if revoker is not None and fence.lease is not None:
-            revoker.revoke(fence.lease, why)
+    def revoke(lease: int | None, why: str) -> None:
+        """Only ever after the removal: nobody may win a key while its address is still here."""
+        if revoker is not None and lease is not None:
+            revoker.revoke(lease, why)
 
     buffer = b""
     try:
@@ -225,7 +256,8 @@ def serve(stdin_fd: int, net: AddressManager) -> int:
                 chunk = os.read(stdin_fd, 65536)
                 if not chunk:
                     reason = "the agent exited without handing over (its pipe closed)"
-                    act(fence.take(), reason, "its agent died")
+                    remove(net, fence.take(), reason)
+                    revoke(fence.lease, "its agent died")
                     return 0
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
@@ -243,8 +275,8 @@ def serve(stdin_fd: int, net: AddressManager) -> int:
                         revoker = LeaseRevoker(fence.setup)
             # Also after a message: it may carry a deadline that has already passed.
             addresses, reason = fence.due(time.monotonic())
-            if addresses:
-                act(addresses, reason, "its agent missed the lease deadline")
+            remove(net, addresses, reason)
+            revoke(fence.revoke_due(time.monotonic()), "its agent is frozen past its deadline")
     finally:
         if revoker is not None:
             revoker.close()
@@ -312,7 +344,7 @@ class FenceClient:
                 proc.stdin.flush()
                 self._last = data
                 return
-            except (BrokenPipeError, OSError) as exc:
+            except OSError as exc:  # BrokenPipeError included: the fence died
                 if attempt == 2:
                     log.error("cannot reach the fence process: %s", exc)
                 self._proc = None

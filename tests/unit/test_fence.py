@@ -101,3 +101,20 @@ def test_etcd_settings_survive_the_pipe():
     assert etcd_from_setup(setup) == ("db", etcd)
     plain = EtcdConfig()
     assert etcd_from_setup(setup_message("x", plain)["setup"]) == ("x", plain)  # type: ignore[arg-type]
+
+
+def test_after_the_deadline_a_silent_agent_loses_its_lease_a_speaking_one_does_not():
+    f = Fence()
+    f.update({"setup": {"cluster": "db", "endpoints": [], "timeout": 0.5}})
+    f.update({**MSG, "lease": 7})
+    assert f.due(10.0)[0] == [V4, V6]  # removal cannot wait
+    assert f.timeout(10.0) == 0.75  # revocation can: etcd.timeout + slack
+    assert f.revoke_due(10.7) is None
+    assert f.revoke_due(10.75) == 7
+    assert f.revoke_due(11.0) is None  # once
+
+    f.update({**MSG, "lease": 7})
+    assert f.due(10.0)[0] == [V4, V6]
+    f.update({"deadline": None, "lease": 7, "addresses": []})  # the agent released by itself
+    assert f.revoke_due(20.0) is None
+    assert f.timeout(20.0) is None
