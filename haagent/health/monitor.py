@@ -36,8 +36,9 @@ from haagent.config import (
     InterfaceCheckConfig,
     VipConfig,
 )
-from haagent.election import State
+from haagent.decide.election import State
 from haagent.health.checks import CheckResult, ProcessGroups, run_check, vip_env
+from haagent.health.events import VipHealthChanged
 from haagent.health.state import CheckState, VipHealth
 
 __all__ = ["INITIAL_STATE", "HealthMonitor", "VipHealthChanged"]
@@ -47,13 +48,6 @@ log = logging.getLogger("haagent.health")
 # HAAGENT_STATE until set_state() says otherwise: the state every election starts in.
 INITIAL_STATE = State.IDLE.value
 _GRACE = 0.5  # seconds a run may overstay its timeout before the scheduler stops waiting
-
-
-@dataclass(frozen=True)
-class VipHealthChanged:
-    vip: str
-    healthy: bool
-    reason: str  # "check pg failed: connection refused (3/3)"
 
 
 @dataclass

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from haagent.cluster.schema import Holder
 from haagent.lab import pki
 from haagent.lab.etcd import AGENT_PREFIX, AGENT_USER
 from haagent.lab.topology import Lab
-from haagent.schema import HolderRecord
 from tests.lab.conftest import Agents, Identity, etcd_holder, require, wait_until
 
 pytestmark = pytest.mark.lab
@@ -328,7 +328,7 @@ def test_a_prefix_account_moves_vips_only_between_nodes_configured_for_them(
 
     def forge(node: str) -> None:
         lease = lease_of(node)
-        record = HolderRecord(node=node, since=time.time(), epoch=1, reason="forged", lease=lease)
+        record = Holder(node=node, lease=lease, since=time.time(), epoch=1, reason="forged")
         lab.etcd.etcdctl(
             "put", key, record.to_json().decode(), f"--lease={lease:x}", user=AGENT_USER
         )

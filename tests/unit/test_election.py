@@ -1,6 +1,7 @@
 """The per-VIP election, driven through every transition without etcd or netlink."""
 
-from haagent.election import Bind, Campaign, Election, Holder, Resign, State, Unbind
+from haagent.cluster.schema import Holder
+from haagent.decide.election import Bind, Campaign, Election, Resign, State, Unbind
 
 ME = "h1"
 LEASE = 0xA1

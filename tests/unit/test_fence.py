@@ -5,7 +5,8 @@ from ipaddress import ip_interface
 from pathlib import Path
 
 from haagent.config import EtcdConfig, TLSConfig
-from haagent.fence import Fence, etcd_from_setup, setup_message
+from haagent.fence.setup import etcd_from_setup, setup_message
+from haagent.fence.state import Fence
 
 V4 = ("eth0", ip_interface("198.51.100.200/32"))
 V6 = ("eth0", ip_interface("2001:db8::200/128"))

@@ -1,4 +1,4 @@
-from haagent.lease import LeaseClock
+from haagent.decide.lease import LeaseClock
 
 
 def test_deadline_is_send_time_plus_ttl_minus_margin():

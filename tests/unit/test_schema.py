@@ -1,6 +1,17 @@
 import pytest
 
-from haagent.schema import HolderRecord, Keys, MemberRecord, ParsedKey, SchemaError
+from haagent.cluster.schema import (
+    HEALTHY,
+    UNREADABLE,
+    Health,
+    HealthState,
+    Holder,
+    Keys,
+    MemberRecord,
+    ParsedKey,
+    Request,
+    SchemaError,
+)
 
 K = Keys("db")
 
@@ -30,10 +41,23 @@ def test_parse(key, parsed):
 
 
 def test_holder_round_trip_and_schema_field():
-    rec = HolderRecord(node="pg1", since=1700000000.123, epoch=17, reason="key absent", lease=0x1F)
+    rec = Holder(node="pg1", lease=0x1F, since=1700000000.123, epoch=17, reason="key absent")
     raw = rec.to_json()
     assert b'"schema":"haagent.holder/v1"' in raw and b'"lease":"1f"' in raw
-    assert HolderRecord.from_json(raw) == rec
+    assert Holder.from_json(raw) == rec
+
+
+def test_holder_lease_and_revision_come_from_the_key_not_the_json():
+    raw = Holder(node="pg1", lease=0x1F, epoch=3).to_json()
+    h = Holder.from_kv(raw, lease=0x2A, create_revision=9)
+    assert (h.node, h.lease, h.create_revision, h.readable) == ("pg1", 0x2A, 9, True)
+
+
+def test_unreadable_holder_keeps_the_key_metadata_and_says_why():
+    h = Holder.from_kv(b"garbage", lease=7, create_revision=12)
+    assert h.node == UNREADABLE and not h.readable
+    assert (h.lease, h.create_revision) == (7, 12)
+    assert h.problem is not None and "not JSON" in h.problem
 
 
 def test_member_round_trip():
@@ -45,9 +69,39 @@ def test_member_round_trip():
         config_digest="abc",
         lease=255,
         vips=("db",),
-        health={"db": "ok"},
+        health={"db": HEALTHY, "db6": Health(HealthState.UNHEALTHY, "check pg failed")},
     )
-    assert MemberRecord.from_json(rec.to_json()) == rec
+    raw = rec.to_json()
+    assert b'"health":{"db":"healthy","db6":"unhealthy: check pg failed"}' in raw
+    assert MemberRecord.from_json(raw) == rec
+
+
+@pytest.mark.parametrize(
+    "text,state,reason",
+    [
+        ("healthy", HealthState.HEALTHY, ""),
+        ("unknown", HealthState.UNKNOWN, ""),
+        ("unhealthy: check pg failed: refused", HealthState.UNHEALTHY, "check pg failed: refused"),
+        ("unhealthy", HealthState.UNHEALTHY, ""),
+        ("ok", HealthState.UNKNOWN, "unrecognised health 'ok'"),
+    ],
+)
+def test_health_text_is_parsed_into_a_typed_value(text, state, reason):
+    h = Health.from_text(text)
+    assert (h.state, h.reason) == (state, reason)
+    if state is not HealthState.UNKNOWN or text == "unknown":
+        assert h.to_text() == text
+
+
+def test_request_round_trip_and_refusals():
+    r = Request(action="move", to="h2", by="ops@bastion", at=12.5)
+    assert Request.from_json(r.to_json(), revision=4) == Request(
+        "move", "h2", "ops@bastion", 12.5, 4
+    )
+    with pytest.raises(SchemaError, match="unknown action"):
+        Request.from_json(b'{"schema":"haagent.request/v1","action":"explode"}')
+    with pytest.raises(SchemaError, match="'to'"):
+        Request.from_json(b'{"schema":"haagent.request/v1","action":"move","to":5}')
 
 
 @pytest.mark.parametrize(
@@ -69,7 +123,7 @@ def test_member_round_trip():
 )
 def test_malformed_holder_is_refused_with_reason(raw, msg):
     with pytest.raises(SchemaError, match=msg):
-        HolderRecord.from_json(raw)
+        Holder.from_json(raw)
 
 
 def test_member_with_wrong_schema_is_refused():

@@ -16,7 +16,7 @@ from pyetcd import exceptions as etcd_exc
 
 from haagent.config import Config, load_config
 from haagent.security import key_file_warnings, mode_warning
-from haagent.store import _auth_problem, _tls_problem
+from haagent.store.errors import _auth_problem, _tls_problem
 
 PEM = "-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n"
 

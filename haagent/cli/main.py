@@ -7,12 +7,12 @@ import contextlib
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from haagent import __version__
+from haagent.logs import setup_logging
 
 if TYPE_CHECKING:
     from haagent.config import Config, ConfigError
@@ -20,25 +20,6 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-
-
-class _UTCFormatter(logging.Formatter):
-    """ISO-8601 UTC timestamps with milliseconds: log lines from several hosts sort together."""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"{t}.{int(record.msecs):03d}Z"
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_UTCFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # gRPC and scapy are chatty at INFO; their warnings still show.
-    for noisy in ("scapy", "pyroute2", "grpc"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def _print_config_errors(exc: Exception) -> None:
@@ -95,7 +76,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from haagent.agent import Agent, AgentError
+    from haagent.agent.loop import Agent, AgentError
     from haagent.config import check_host
     from haagent.net.addresses import NetError
     from haagent.security import key_file_warnings

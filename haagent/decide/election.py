@@ -21,24 +21,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from haagent.cluster.schema import Holder
+
 
 class State(enum.Enum):
     IDLE = "idle"  # may not hold: no valid lease, not eligible, or shutting down
     CANDIDATE = "candidate"  # may hold, someone else has the key (or a retry is pending)
     CAMPAIGNING = "campaigning"  # create-if-absent transaction in flight
     HOLDER = "holder"  # etcd says this node holds the key on its live lease; address bound
-
-
-@dataclass(frozen=True)
-class Holder:
-    """What etcd says about a VIP's holder key."""
-
-    node: str
-    lease: int
-    create_revision: int
-    since: float = 0.0
-    epoch: int = 0
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,7 +66,11 @@ class Election:
     def __init__(self, vip: str, node: str) -> None:
         self.vip = vip
         self.node = node
-        self.state = State.IDLE
+        self._state = State.IDLE
+        # Bumped on every change of state. The agent queues actions instead of running them
+        # inside the call that produced them; a Campaign or Bind made in an older generation
+        # is stale (a later fact already decided again) and is dropped unexecuted.
+        self.gen = 0
         self.holder: Holder | None = None
         self.absent_revision = 0  # revision at which the key was last seen absent
         self.lease: int | None = None
@@ -85,6 +79,16 @@ class Election:
         self.stopping = False
         self.retry_pending = False  # a campaign failed without an answer; wait for retry()
         self._resigned: int | None = None  # create_revision of the key we asked etcd to delete
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        if value is not self._state:
+            self._state = value
+            self.gen += 1
 
     # -- facts ---------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ reader must bump the version segment (``/haagent/v1/``) or the record's ``schema
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,9 @@ ROOT = "/haagent/v1"
 HOLDER_SCHEMA = "haagent.holder/v1"
 MEMBER_SCHEMA = "haagent.member/v1"
 REQUEST_SCHEMA = "haagent.request/v1"
+
+# The node a holder key names when its value is not a record this version can read.
+UNREADABLE = "(unreadable)"
 
 KeyKind = Literal["member", "holder", "request"]
 
@@ -90,9 +94,64 @@ def _field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) ->
     return value
 
 
+class HealthState(enum.Enum):
+    UNKNOWN = "unknown"  # the checks have not risen or fallen yet
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
 @dataclass(frozen=True)
-class HolderRecord:
-    """Value of ``vips/<vip>/holder``: who answers for the VIP, since when and why.
+class Health:
+    """A node's health for one VIP, as its member record publishes it.
+
+    On the wire it stays the v1 text (``"healthy"``, ``"unknown"``, ``"unhealthy: <reason>"``)
+    so that existing readers keep working; inside haagent it is a typed value, never compared
+    as a string.
+    """
+
+    state: HealthState
+    reason: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is HealthState.HEALTHY
+
+    @property
+    def known(self) -> bool:
+        return self.state is not HealthState.UNKNOWN
+
+    def to_text(self) -> str:
+        if self.state is HealthState.UNHEALTHY:
+            return f"unhealthy: {self.reason}" if self.reason else "unhealthy"
+        return str(self.state.value)
+
+    @classmethod
+    def from_text(cls, text: str) -> Health:
+        if text == "healthy":
+            return HEALTHY
+        if text == "unknown":
+            return UNKNOWN
+        if text.startswith("unhealthy"):
+            return cls(
+                HealthState.UNHEALTHY, text.removeprefix("unhealthy").removeprefix(":").strip()
+            )
+        # A value this version does not know (a newer writer): not evidence of health.
+        return cls(HealthState.UNKNOWN, f"unrecognised health {text[:80]!r}")
+
+
+HEALTHY = Health(HealthState.HEALTHY)
+UNKNOWN = Health(HealthState.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A VIP's holder key: the record in its value plus what etcd says about the key.
+
+    ``lease`` and ``create_revision`` come from the key's metadata, never from the JSON (a
+    hand-written value could claim anything); the record's own ``lease`` field is written for
+    readers and must agree. ``problem`` is set when the value is not a record this version
+    understands: such a key still *exists* (nobody can create it), so it is reported as held by
+    :data:`UNREADABLE` rather than absent.
 
     ``epoch`` is the cluster revision at which the campaigning node saw the key absent. Each
     new holder must have observed its predecessor's key disappear, so epochs grow strictly
@@ -100,10 +159,16 @@ class HolderRecord:
     """
 
     node: str
-    since: float  # unix time the holder won the key
-    epoch: int
-    reason: str
-    lease: int  # the etcd lease the key hangs on (also in the key's metadata)
+    lease: int
+    create_revision: int = 0
+    since: float = 0.0  # unix time the holder won the key
+    epoch: int = 0
+    reason: str = ""
+    problem: str | None = None
+
+    @property
+    def readable(self) -> bool:
+        return self.problem is None
 
     def to_json(self) -> bytes:
         return _encode(
@@ -118,20 +183,32 @@ class HolderRecord:
         )
 
     @classmethod
-    def from_json(cls, raw: bytes) -> HolderRecord:
+    def from_json(cls, raw: bytes, *, lease: int | None = None, create_revision: int = 0) -> Holder:
+        """Decode a value; ``lease`` (the key's metadata) overrides the record's own field."""
         data = _decode(raw, HOLDER_SCHEMA)
         lease_hex = _field(data, "lease", str)
         try:
-            lease = int(lease_hex, 16)
+            recorded = int(lease_hex, 16)
         except ValueError:
             raise SchemaError(f"field 'lease' is not hexadecimal: {lease_hex!r}") from None
         return cls(
             node=_field(data, "node", str),
+            lease=recorded if lease is None else lease,
+            create_revision=create_revision,
             since=float(_field(data, "since", (int, float))),
             epoch=_field(data, "epoch", int),
             reason=_field(data, "reason", str),
-            lease=lease,
         )
+
+    @classmethod
+    def from_kv(cls, raw: bytes, lease: int, create_revision: int) -> Holder:
+        """What a key holds, never raising: a value we cannot read becomes an UNREADABLE holder."""
+        try:
+            return cls.from_json(raw, lease=lease, create_revision=create_revision)
+        except SchemaError as exc:
+            return cls(
+                node=UNREADABLE, lease=lease, create_revision=create_revision, problem=str(exc)
+            )
 
 
 @dataclass(frozen=True)
@@ -146,7 +223,7 @@ class MemberRecord:
     lease: int
     vips: tuple[str, ...] = ()
     draining: bool = False
-    health: Mapping[str, str] = field(default_factory=dict)
+    health: Mapping[str, Health] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return _encode(
@@ -160,7 +237,7 @@ class MemberRecord:
                 "lease": f"{self.lease:x}",
                 "vips": list(self.vips),
                 "draining": self.draining,
-                "health": dict(self.health),
+                "health": {vip: h.to_text() for vip, h in self.health.items()},
             }
         )
 
@@ -189,5 +266,49 @@ class MemberRecord:
             lease=lease,
             vips=tuple(vips),
             draining=bool(data.get("draining", False)),
-            health=health,
+            health={vip: Health.from_text(text) for vip, text in health.items()},
         )
+
+
+@dataclass(frozen=True)
+class Request:
+    """Value of ``vips/<vip>/request``: what an operator asked of a VIP (``haagent move``).
+
+    Written by the CLI, read by every agent; this version decodes it into the cluster view
+    but no decision acts on it yet (the placement work does, see docs/architecture.md).
+    """
+
+    action: str  # "move"
+    to: str | None = None  # target node; None: the next-ranked one
+    by: str = ""  # who asked (user@host), for the log
+    at: float = 0.0  # unix time of the request
+    revision: int = 0  # mod_revision of the key (from etcd, not the JSON)
+
+    def to_json(self) -> bytes:
+        return _encode(
+            {
+                "schema": REQUEST_SCHEMA,
+                "action": self.action,
+                "to": self.to,
+                "by": self.by,
+                "at": round(self.at, 3),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, revision: int = 0) -> Request:
+        data = _decode(raw, REQUEST_SCHEMA)
+        action = _field(data, "action", str)
+        if action not in REQUEST_ACTIONS:
+            raise SchemaError(f"unknown action {action[:40]!r}")
+        to = data.get("to")
+        if to is not None and not isinstance(to, str):
+            raise SchemaError("field 'to' is not a string")
+        by = data.get("by", "")
+        at = data.get("at", 0.0)
+        if not isinstance(by, str) or not isinstance(at, (int, float)) or isinstance(at, bool):
+            raise SchemaError("field 'by' or 'at' malformed")
+        return cls(action=action, to=to, by=by, at=float(at), revision=revision)
+
+
+REQUEST_ACTIONS = frozenset({"move"})

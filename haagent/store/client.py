@@ -1,7 +1,7 @@
 """The Store: the only module that talks to etcd.
 
 It owns the client, the agent's lease keepalive thread and the prefix watch, and turns what it
-reads into the typed events of ``haagent.events``. Values it cannot decode are logged once and
+reads into the typed events of ``haagent.store.events``. Values it cannot decode are logged once and
 ignored (or, for holder keys, reported as held by ``UNREADABLE``, which the agent deletes: see
 docs/keys.md) — never raised into the agent.
 
@@ -21,7 +21,6 @@ import contextlib
 import functools
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -44,46 +43,20 @@ from tenacity import (
     wait_exponential,
 )
 
+from haagent.cluster.schema import Holder, Keys, MemberRecord, Request, SchemaError
+from haagent.cluster.view import ClusterView, HolderChange, MemberChange, RequestChange
 from haagent.config import EtcdConfig
-from haagent.election import Holder
-from haagent.events import (
-    Event,
-    HolderChanged,
-    KeepaliveAcked,
-    KeepaliveFailed,
-    LeaseGone,
-    MemberChanged,
-    Snapshot,
-    WatchBroken,
-    WatchResumed,
+from haagent.store.errors import (
+    ETCD_ERRORS,
+    StoreError,
+    _auth_problem,
+    _tls_problem,
+    _token_expired,
+    describe_error,
 )
-from haagent.schema import HolderRecord, Keys, MemberRecord, SchemaError
+from haagent.store.events import Sink, StoreEvent, ViewLoaded, WatchBroken, WatchResumed
 
 log = logging.getLogger("haagent.store")
-
-# Every failure the client can raise for an RPC: its own exceptions, and raw gRPC errors for
-# status codes it does not translate (PERMISSION_DENIED, UNAUTHENTICATED, …).
-ETCD_ERRORS: tuple[type[BaseException], ...] = (etcd_exc.Etcd3Exception, grpc.RpcError)
-
-UNREADABLE = "(unreadable)"
-
-Sink = Callable[[Event], None]
-
-
-class StoreError(Exception):
-    pass
-
-
-# What a single Store call can raise: etcd/gRPC failures and our own.
-STORE_ERRORS: tuple[type[BaseException], ...] = (*ETCD_ERRORS, StoreError)
-
-
-def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, grpc.RpcError):
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        return f"{getattr(code, 'name', code)}: {details}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _grpc_options() -> list[tuple[str, int]]:
@@ -96,34 +69,6 @@ def _grpc_options() -> list[tuple[str, int]]:
         ("grpc.keepalive_time_ms", 6000),
         ("grpc.keepalive_timeout_ms", 3000),
     ]
-
-
-# gRPC names the peer it failed on in the details: "... ipv4:198.51.100.2:2379: Tls ...".
-_PEER_IN_DETAILS = re.compile(r"\b(ipv[46]:\S+):\s")
-
-
-def _rpc_error(exc: BaseException) -> tuple[Any, str, str] | None:
-    """(code, "CODE: details", details) of the gRPC error behind ``exc``, if there is one.
-
-    pyetcd turns UNAVAILABLE & co. into its own exceptions without the details; the gRPC error
-    is their ``__context__``.
-    """
-    err = exc if isinstance(exc, grpc.RpcError) else exc.__context__
-    if not isinstance(err, grpc.RpcError) or not hasattr(err, "code"):
-        return None
-    code = err.code()
-    details = str(err.details() or "") if hasattr(err, "details") else ""
-    return code, f"{getattr(code, 'name', code)}: {details}", details
-
-
-def _token_expired(exc: BaseException) -> bool:
-    """etcd forgot our password login (idle for --auth-token-ttl, or a member restarted)."""
-    rpc = _rpc_error(exc)
-    return (
-        rpc is not None
-        and rpc[0] == grpc.StatusCode.UNAUTHENTICATED
-        and ("invalid auth token" in rpc[2])
-    )
 
 
 R = TypeVar("R")
@@ -148,64 +93,6 @@ def _relogin_once(call: Callable[..., R]) -> Callable[..., R]:
             return call(self, *args, **kwargs)
 
     return wrapper
-
-
-def _auth_problem(exc: BaseException, prefix: str) -> str | None:
-    """Credentials or permissions etcd refused: the same answer from every member, for good."""
-    rpc = _rpc_error(exc)
-    if rpc is None:
-        return None
-    code, what, details = rpc
-    if code == grpc.StatusCode.UNAUTHENTICATED and "security level" in details:
-        # gRPC itself refuses to send the etcd token (a call credential) over plain http.
-        return f"etcd.username/password need https:// endpoints and etcd.tls ({what})"
-    if code == grpc.StatusCode.INVALID_ARGUMENT and "authentication failed" in details:
-        return f"authentication failed: wrong etcd.username or password ({what})"
-    if code == grpc.StatusCode.INVALID_ARGUMENT and "user name is empty" in details:
-        return (
-            "etcd requires authentication: set etcd.username and etcd.password_file, or use a "
-            f"client certificate whose CN is an etcd user ({what})"
-        )
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        return (
-            "the etcd user (etcd.username, or the CN of the client certificate) may not read "
-            f"and write {prefix}; grant its role readwrite on that prefix ({what})"
-        )
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return what  # never transient: the request itself is wrong
-    if code == grpc.StatusCode.FAILED_PRECONDITION and "authentication is not enabled" in details:
-        return f"etcd.username is set but authentication is off in etcd ({what})"
-    return None
-
-
-def _tls_problem(exc: BaseException) -> tuple[str, str | None] | None:
-    """(reason, peer) when the TLS handshake with one etcd member failed for lack of trust."""
-    rpc = _rpc_error(exc)
-    if rpc is None:
-        return None
-    _, what, details = rpc
-    peer = m.group(1) if (m := _PEER_IN_DETAILS.search(details)) else None
-    if "Hostname Verification Check failed" in details:
-        return (
-            "TLS handshake failed: etcd's server certificate does not name the address dialled "
-            f"(its subjectAltName) ({what})",
-            peer,
-        )
-    if "CERTIFICATE_VERIFY_FAILED" in details or "handshake failed" in details.lower():
-        return (
-            "TLS handshake failed: etcd's server certificate is not signed by etcd.tls.ca "
-            f"({what})",
-            peer,
-        )
-    if "TSI_DATA_CORRUPTED" in details:
-        # TLS 1.3: the client finishes its side of the handshake first; the server's "bad
-        # certificate" alert then arrives as data gRPC cannot decrypt.
-        return (
-            "etcd rejected the TLS connection: no client certificate (etcd.tls.cert/key), or "
-            f"one not signed by a CA etcd trusts ({what})",
-            peer,
-        )
-    return None
 
 
 class Store:
@@ -327,6 +214,10 @@ class Store:
         log.info("connected to etcd %s", ",".join(self.cfg.endpoints))
 
     @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    @property
     def client(self) -> Any:
         if self._client is None:
             raise StoreError("not connected")
@@ -348,27 +239,25 @@ class Store:
     def _holder_from_kv(
         self, key: str, value: bytes, lease: int, create_rev: int, mod_rev: int
     ) -> Holder:
-        try:
-            rec = HolderRecord.from_json(value)
-        except SchemaError as exc:
-            # The key exists, so nobody can create it; report it held by an unknown party
-            # rather than absent, which would make every node campaign in vain.
-            self._warn_once(key, mod_rev, f"malformed holder record: {exc}")
-            return Holder(node=UNREADABLE, lease=lease, create_revision=create_rev)
-        return Holder(
-            node=rec.node,
-            lease=lease,
-            create_revision=create_rev,
-            since=rec.since,
-            epoch=rec.epoch,
-            reason=rec.reason,
-        )
+        # An unreadable key still exists, so nobody can create it: it is reported held by
+        # UNREADABLE rather than absent, which would make every node campaign in vain.
+        holder = Holder.from_kv(value, lease, create_rev)
+        if holder.problem is not None:
+            self._warn_once(key, mod_rev, f"malformed holder record: {holder.problem}")
+        return holder
 
     def _member_from_kv(self, key: str, value: bytes, mod_rev: int) -> MemberRecord | None:
         try:
             return MemberRecord.from_json(value)
         except SchemaError as exc:
             self._warn_once(key, mod_rev, f"malformed member record: {exc}")
+            return None
+
+    def _request_from_kv(self, key: str, value: bytes, mod_rev: int) -> Request | None:
+        try:
+            return Request.from_json(value, revision=mod_rev)
+        except SchemaError as exc:
+            self._warn_once(key, mod_rev, f"malformed request: {exc}")
             return None
 
     def _relogin(self) -> None:
@@ -402,10 +291,12 @@ class Store:
     # -- reads ---------------------------------------------------------------------------
 
     @_relogin_once
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> ClusterView:
+        """The whole picture from one range read of the prefix."""
         resp = self.client.get_prefix_response(self.keys.prefix)
         holders: dict[str, Holder] = {}
         members: dict[str, MemberRecord] = {}
+        requests: dict[str, Request] = {}
         for kv in resp.kvs:
             key = kv.key.decode("utf-8", "replace")
             parsed = self.keys.parse(key)
@@ -419,7 +310,13 @@ class Store:
                 member = self._member_from_kv(key, kv.value, kv.mod_revision)
                 if member is not None:
                     members[parsed.name] = member
-        return Snapshot(revision=resp.header.revision, holders=holders, members=members)
+            elif parsed.kind == "request":
+                request = self._request_from_kv(key, kv.value, kv.mod_revision)
+                if request is not None:
+                    requests[parsed.name] = request
+        return ClusterView.of(
+            int(resp.header.revision), members=members, holders=holders, requests=requests
+        )
 
     # -- lease ---------------------------------------------------------------------------
 
@@ -453,7 +350,7 @@ class Store:
         self.client.put(self.keys.member(record.node), record.to_json(), lease=lease_id)
 
     @_relogin_once
-    def campaign(self, vip: str, record: HolderRecord) -> tuple[bool, Holder | None, int]:
+    def campaign(self, vip: str, record: Holder) -> tuple[bool, Holder | None, int]:
         """Create the holder key on our lease only if absent.
 
         Returns (won, holder as etcd now has it, revision of the answer).
@@ -524,7 +421,7 @@ class Store:
                     backoff = min(backoff * 2, 2.0)
                     continue
                 self._next_revision = snap.revision + 1
-                sink(snap)
+                sink(ViewLoaded(snap))
                 continue
             except ETCD_ERRORS as exc:
                 broken = self._watch_failed(sink, broken, exc, backoff)
@@ -569,7 +466,7 @@ class Store:
             self._next_revision = max(self._next_revision, int(item.header.revision) + 1)
         return None
 
-    def _translate(self, ev: Any) -> Event | None:
+    def _translate(self, ev: Any) -> StoreEvent | None:
         key = ev.key.decode("utf-8", "replace")
         parsed = self.keys.parse(key)
         rev = int(ev.mod_revision)
@@ -581,55 +478,9 @@ class Store:
             holder = None
             if not deleted:
                 holder = self._holder_from_kv(key, ev.value, ev.lease, ev.create_revision, rev)
-            return HolderChanged(parsed.name, holder, rev)
+            return HolderChange(parsed.name, holder, rev)
         if parsed.kind == "member":
             member = None if deleted else self._member_from_kv(key, ev.value, rev)
-            return MemberChanged(parsed.name, member, rev)
-        return None  # requests: handled by a later capability (move)
-
-
-class LeaseKeeper:
-    """Sends a keepalive every ``interval`` seconds from its own thread and reports each outcome.
-
-    It never decides anything: the agent turns ``KeepaliveAcked`` into a new deadline and acts
-    when the deadline passes, whatever this thread is doing (a keepalive can hang up to the RPC
-    timeout; it cannot hold the deadline back).
-    """
-
-    def __init__(self, store: Store, lease_id: int, interval: float, sink: Sink) -> None:
-        self.store = store
-        self.lease_id = lease_id
-        self.interval = interval
-        self.sink = sink
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="haagent-keepalive", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.store.cfg.timeout + 1.0)
-
-    def _run(self) -> None:
-        failing = False
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                ttl, sent = self.store.keepalive(self.lease_id)
-            except STORE_ERRORS as exc:
-                if not failing:
-                    log.warning(
-                        "keepalive for lease %x failed: %s", self.lease_id, describe_error(exc)
-                    )
-                failing = True
-                self.sink(KeepaliveFailed(self.lease_id, describe_error(exc)))
-            else:
-                if ttl <= 0:
-                    self.sink(LeaseGone(self.lease_id, "etcd says the lease no longer exists"))
-                    return
-                if failing:
-                    log.info("keepalive for lease %x answered again", self.lease_id)
-                failing = False
-                self.sink(KeepaliveAcked(self.lease_id, sent, ttl))
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            return MemberChange(parsed.name, member, rev)
+        request = None if deleted else self._request_from_kv(key, ev.value, rev)
+        return RequestChange(parsed.name, request, rev)

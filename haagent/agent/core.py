@@ -1,0 +1,453 @@
+"""The agent's pure core: facts in, actions out, in order, never re-entering itself.
+
+The loop (``haagent.agent.loop``) owns every socket, thread and clock. It hands the core each
+fact it learns — a batch of watch changes, a keepalive answer, a health flip, the result of an
+action it carried out, the current monotonic time — and asks it for the next action to carry
+out. The core decides (through the pure functions of ``haagent.decide`` and one
+:class:`~haagent.decide.election.Election` per VIP) and queues actions; it never performs one,
+so no decision can run in the middle of another.
+
+Two queues: *prompt* actions — what this host serves and guards: bind, unbind, resign, lifetime
+refresh, fence update — go before *normal* ones (campaign, member publish, re-read, purge), so
+a host taking over hundreds of VIPs binds each one as soon as it is won, and still refreshes
+the ones it holds and unbinds on time, however many campaigns wait behind. A campaign or bind made in an
+older generation of its election is stale when its turn comes and is dropped: a later fact
+already decided again. Releases are never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from haagent.agent.runtime import VipRuntime
+from haagent.agent.status import AgentStatus, VipStatus
+from haagent.agent.timers import Timers
+from haagent.cluster.schema import Health, HealthState, Holder
+from haagent.cluster.view import Change, ClusterView, HolderChange, MemberChange
+from haagent.config import Config, NotifyKind, VipConfig
+from haagent.decide import eligibility, outage, purge, rank
+from haagent.decide.election import Action as ElectionAction
+from haagent.decide.election import Bind, Campaign, Resign, State, Unbind
+from haagent.decide.lease import LeaseClock
+
+log = logging.getLogger("haagent.agent")
+
+CAMPAIGN_RETRY = 0.5  # seconds before retrying a campaign or resign that got no answer
+REGRANT_RETRY = 0.5  # seconds between attempts to get a new lease
+
+
+# -- actions beyond the election's own ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PurgeKey:
+    """Delete a holder key no haagent wrote (compare create_revision)."""
+
+    vip: str
+    create_revision: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Notify:
+    kind: NotifyKind
+    vip: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PublishMember:
+    """Write this node's member record as it is when the action runs."""
+
+
+@dataclass(frozen=True)
+class TellFence:
+    """Tell the fence process the deadline, the lease and the addresses it must guard."""
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """A keepalive was acknowledged: fence and kernel address lifetimes get the new deadline."""
+
+
+@dataclass(frozen=True)
+class Regrant:
+    """The lease is gone: take a new one."""
+
+
+@dataclass(frozen=True)
+class Reread:
+    """Read the whole prefix again and re-create the watch, then hold again."""
+
+    reason: str
+
+
+Action = ElectionAction | PurgeKey | Notify | PublishMember | TellFence | Refresh | Regrant | Reread
+
+# At most one of each pending at a time: they act on the state as it is when they run.
+_COALESCED = (PublishMember, TellFence, Refresh, Regrant, Reread)
+_PROMPT = (Bind, Unbind, Resign, Refresh, TellFence)
+
+
+@dataclass(frozen=True)
+class _Queued:
+    action: Action
+    gen: int  # the election's generation when queued (-1: not an election action)
+
+
+class Core:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.node = cfg.node
+        self.clock = LeaseClock(ttl=cfg.lease.ttl, margin=cfg.lease.margin)
+        self.view = ClusterView.of(0)
+        self.vips: dict[str, VipRuntime] = {v.name: VipRuntime.new(v, self.node) for v in cfg.vips}
+        self.lease_ok = False
+        self.outage_keep = False  # holding past the deadline (lease.when_etcd_unreachable: keep)
+        self.stopping = False
+        self.held: set[str] = set()  # election state HOLDER
+        self.bound: set[str] = set()  # the loop confirmed the address is placed
+        self.timers = Timers()
+        self._prompt: deque[_Queued] = deque()
+        self._normal: deque[_Queued] = deque()
+        self._wanted: set[type] = set()
+        self._state_changed: dict[str, State] = {}
+        for rt in self.vips.values():
+            if not rt.health.known:
+                self._feed(rt, rt.election.set_eligible(False, rt.health.reason))
+
+    # -- the queue ---------------------------------------------------------------------
+
+    def next_action(self) -> Action | None:
+        """The next action to carry out, or None; stale campaigns and binds are skipped."""
+        while self._prompt or self._normal:
+            item = (self._prompt or self._normal).popleft()
+            action = item.action
+            if isinstance(action, _COALESCED):
+                self._wanted.discard(type(action))
+            if isinstance(action, Campaign | Bind):
+                rt = self.vips.get(action.vip)
+                if rt is None or rt.election.gen != item.gen or not self.lease_ok:
+                    continue
+            return action
+        return None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._prompt or self._normal)
+
+    def _queue(self, action: Action, gen: int = -1) -> None:
+        q = self._prompt if isinstance(action, _PROMPT) else self._normal
+        q.append(_Queued(action, gen))
+
+    def _want(self, action: Action) -> None:
+        if type(action) not in self._wanted:
+            self._wanted.add(type(action))
+            self._queue(action)
+
+    def _feed(self, rt: VipRuntime, actions: Iterable[ElectionAction]) -> None:
+        """Queue what an election answered, tagged with its generation after the call."""
+        e = rt.election
+        for action in actions:
+            self._queue(action, e.gen)
+        if e.state is State.HOLDER:
+            self.held.add(rt.name)
+        else:
+            self.held.discard(rt.name)
+        self._state_changed[rt.name] = e.state
+
+    def take_state_changes(self) -> dict[str, State]:
+        """Elections whose state may have changed since the last call (for exec checks)."""
+        changed, self._state_changed = self._state_changed, {}
+        return changed
+
+    def next_wake(self, now: float) -> float | None:
+        """Seconds until the core needs ``tick`` again (0: actions are waiting)."""
+        if self.busy:
+            return 0.0
+        whens = [t] if (t := self.timers.next_at()) is not None else []
+        if self.lease_ok and not self.outage_keep and self.clock.deadline is not None:
+            whens.append(self.clock.deadline)
+        return max(0.0, min(whens) - now) if whens else None
+
+    # -- facts: time -------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Time passed: the lease deadline, then hold-downs and retries that are due."""
+        self._check_deadline(now)
+        for fn in self.timers.pop_due(now):
+            fn()
+
+    def _check_deadline(self, now: float) -> None:
+        if not self.lease_ok or self.outage_keep or self.clock.valid(now):
+            return
+        ack = self.clock.last_ack
+        ago = f"{now - ack:.1f}s ago" if ack is not None else "never"
+        d = outage.at_deadline(
+            self.cfg.lease.when_etcd_unreachable, bool(self.held | self.bound), ago
+        )
+        if d.yes:
+            self._keep_through_outage(d.reason)
+        else:
+            self._set_lease_ok(False, d.reason, now)
+
+    def _keep_through_outage(self, why: str) -> None:
+        """Hold on past the deadline, loudly. The fence and the address lifetimes would remove
+        the VIPs at the deadline too, so they are told to stand down (Refresh); a closing pipe
+        (agent death) still removes them."""
+        self.outage_keep = True
+        for name in sorted(self.held):
+            log.warning(
+                "keeping vip %s past the lease deadline: etcd unreachable (%s); if this host is "
+                "partitioned while others reach etcd, another host takes the VIP when the lease "
+                "expires and BOTH answer (lease.when_etcd_unreachable: keep)",
+                name,
+                why,
+            )
+        self._want(Refresh())
+
+    # -- facts: the lease --------------------------------------------------------------
+
+    def start(
+        self, view: ClusterView, lease_id: int, sent: float, ttl: int, reason: str, now: float
+    ) -> None:
+        """Start-up: the lease is granted (or adopted) and ``view`` is etcd's picture."""
+        self.clock.acknowledged(lease_id, sent, ttl)
+        self._want(PublishMember())
+        self._load(view, now)
+        self._set_lease_ok(True, reason, now)
+
+    def keepalive_acked(self, lease_id: int, sent: float, ttl: int, now: float) -> None:
+        if lease_id != self.clock.lease_id:
+            return
+        self.clock.acknowledged(lease_id, sent, ttl)
+        valid = self.clock.valid(now)
+        if self.outage_keep and valid:
+            self.outage_keep = False
+            log.info("etcd answered again and the lease is alive: vips kept")
+            self._want(Reread("keepalive answered again after an etcd outage"))
+        if not self.lease_ok and valid:
+            self._want(Reread("keepalive answered again before the lease expired"))
+        elif self.lease_ok:
+            self._want(Refresh())
+
+    def lease_gone(self, lease_id: int, reason: str, now: float) -> None:
+        if lease_id != self.clock.lease_id:
+            return
+        self.outage_keep = False
+        self.clock.forget()
+        self._set_lease_ok(False, f"lease lost: {reason}", now)
+        self._want(Regrant())
+
+    def lease_granted(self, lease_id: int, sent: float, ttl: int) -> None:
+        """A Regrant succeeded: publish ourselves again, then re-read and hold again."""
+        self.clock.acknowledged(lease_id, sent, ttl)
+        log.info("granted lease %x (ttl %ds)", lease_id, ttl)
+        self._want(PublishMember())
+        self._want(Reread("new lease granted"))
+
+    def regrant_failed(self, now: float) -> None:
+        self.timers.set("regrant", now + REGRANT_RETRY, lambda: self._want(Regrant()))
+
+    def reread_done(self, view: ClusterView, reason: str, now: float) -> None:
+        self._load(view, now)
+        self._set_lease_ok(True, reason, now)
+
+    def _set_lease_ok(self, ok: bool, reason: str, now: float) -> None:
+        if ok and not self.clock.valid(now):
+            return  # the proof arrived too late to be used; the next keepalive decides
+        self.lease_ok = ok
+        lease_id = self.clock.lease_id
+        if ok:
+            self._want(TellFence())  # the lease it revokes should this process die from here on
+        for rt in self.vips.values():
+            e = rt.election
+            if ok and lease_id is not None:
+                self._feed(rt, e.lease_valid(lease_id, reason))
+            else:
+                self._feed(rt, e.lease_lost(reason))
+
+    # -- facts: etcd's picture ---------------------------------------------------------
+
+    def _load(self, view: ClusterView, now: float) -> None:
+        """A whole new picture (start-up, re-read after a lease came back or a compaction)."""
+        self.view = view
+        for name, rt in self.vips.items():
+            self._observe(rt, view.holders.get(name), view.revision)
+        self._refresh_all_eligibility(now)
+
+    def view_loaded(self, view: ClusterView, now: float) -> None:
+        self._load(view, now)
+
+    def apply(self, changes: Iterable[Change], now: float) -> None:
+        """Watch changes, in the order etcd sent them, decided on as one batch."""
+        fresh = [ch for ch in changes if ch.revision >= self.view.revision]
+        if not fresh:
+            return
+        self.view = self.view.apply(fresh)
+        peers_changed = False
+        for ch in fresh:
+            if isinstance(ch, HolderChange):
+                rt = self.vips.get(ch.vip)
+                if rt is not None:
+                    self._observe(rt, ch.holder, ch.revision)
+            elif isinstance(ch, MemberChange) and ch.node != self.node:
+                peers_changed = True
+        if peers_changed:
+            # A peer's health decides "keep" VIPs and the no-healthy-host warning.
+            self._refresh_all_eligibility(now)
+
+    def _observe(self, rt: VipRuntime, holder: Holder | None, revision: int) -> None:
+        d = purge.purge_holder(holder, rt.purged)
+        if d.yes and holder is not None:
+            rt.purged = holder.create_revision
+            self._queue(PurgeKey(rt.name, holder.create_revision, d.reason))
+        self._feed(rt, rt.election.observe(holder, revision))
+
+    # -- facts: health -----------------------------------------------------------------
+
+    def health_changed(self, vip: str, healthy: bool, reason: str, now: float) -> None:
+        rt = self.vips.get(vip)
+        if rt is None:
+            return
+        was = rt.health
+        rt.health = Health(HealthState.HEALTHY if healthy else HealthState.UNHEALTHY, reason)
+        if healthy:
+            log.info("vip %s healthy on this node: %s", vip, reason)
+        else:
+            log.warning("vip %s unhealthy on this node: %s", vip, reason)
+            if was.state is not HealthState.UNHEALTHY:
+                self._queue(Notify("fault", vip, reason))
+            hold = eligibility.hold_down_on_failure(rt.holding, rt.cfg.hold_down)
+            if hold is not None:
+                self._hold_down(rt, hold, now)
+        self._refresh_eligibility(rt, now)
+        self._want(PublishMember())  # anyone can see who could take over
+
+    def _hold_down(self, rt: VipRuntime, seconds: float, now: float) -> None:
+        rt.hold_until = now + seconds
+        self.timers.set(
+            f"hold:{rt.name}", rt.hold_until, lambda: self._refresh_eligibility(rt, rt.hold_until)
+        )
+
+    def _refresh_all_eligibility(self, now: float) -> None:
+        for rt in self.vips.values():
+            self._refresh_eligibility(rt, now)
+
+    def _refresh_eligibility(self, rt: VipRuntime, now: float) -> None:
+        e = rt.election
+        verdict = eligibility.decide(
+            eligibility.EligibilityFacts(
+                health=rt.health,
+                holding=rt.holding,
+                hold_left=rt.hold_until - now,
+                healthy_peers=rank.candidates(self.view, rt.name, exclude={self.node}),
+                when_all_unhealthy=rt.cfg.when_all_unhealthy,
+            )
+        )
+        if verdict.keeping and not rt.keeping:
+            log.warning("vip %s kept while unhealthy: %s", rt.name, verdict.reason)
+        rt.keeping = verdict.keeping
+        if verdict.eligible != e.eligible:
+            if verdict.nobody:
+                log.warning(
+                    "no healthy host for vip %s: nobody answers for %s until one recovers",
+                    rt.name,
+                    rt.cfg.address,
+                )
+            self._feed(rt, e.set_eligible(verdict.eligible, verdict.reason))
+
+    # -- results of actions the loop carried out ---------------------------------------
+
+    def campaign_done(self, vip: str, won: bool, holder: Holder | None, revision: int) -> None:
+        rt = self.vips[vip]
+        if won and holder is not None:
+            self._feed(rt, rt.election.campaign_won(holder))
+        else:
+            log.debug("campaign for vip %s lost to %s", vip, holder.node if holder else "?")
+            self._feed(rt, rt.election.campaign_lost(holder, revision))
+
+    def campaign_failed(self, vip: str, error: str, now: float) -> None:
+        rt = self.vips[vip]
+        self._feed(rt, rt.election.campaign_failed(error))
+        self.timers.set(
+            f"retry:{vip}", now + CAMPAIGN_RETRY, lambda: self._feed(rt, rt.election.retry())
+        )
+
+    def resign_failed(self, action: Resign, now: float) -> None:
+        rt = self.vips[action.vip]
+
+        def again() -> None:
+            h = rt.election.holder
+            if h is not None and h.create_revision == action.create_revision:
+                self._queue(action)
+
+        self.timers.set(f"resign:{action.vip}", now + CAMPAIGN_RETRY, again)
+
+    def placed(self, vip: str) -> None:
+        self.bound.add(vip)
+
+    def removed(self, vip: str) -> None:
+        self.bound.discard(vip)
+
+    def bind_failed(self, vip: str, now: float) -> None:
+        """Give the key up for a while (hold-down) so a host that can bind it takes over."""
+        rt = self.vips[vip]
+        self._hold_down(rt, eligibility.BIND_FAILURE_HOLD_DOWN, now)
+        self._refresh_eligibility(rt, now)
+
+    # -- stop --------------------------------------------------------------------------
+
+    def shutdown(self, revoked: bool) -> None:
+        """Release everything. With the lease revoked the keys are gone already: no resigns."""
+        self.stopping = True
+        self._normal.clear()
+        self._wanted.clear()
+        for rt in self.vips.values():
+            actions = rt.election.shutdown("shutdown")
+            if revoked:
+                actions = [a for a in actions if not isinstance(a, Resign)]
+            self._feed(rt, actions)
+
+    # -- what the loop and readers ask -------------------------------------------------
+
+    def guarded(self) -> Iterator[VipConfig]:
+        """VIPs whose address may be on this host now: held, or bound and not yet removed."""
+        for name in sorted(self.held | self.bound):
+            yield self.vips[name].cfg
+
+    def bound_vips(self) -> list[VipConfig]:
+        return [self.vips[n].cfg for n in sorted(self.bound)]
+
+    def member_health(self) -> dict[str, Health]:
+        return {name: rt.health for name, rt in self.vips.items()}
+
+    def status(self, now: float) -> AgentStatus:
+        remaining = self.clock.remaining(now)
+        return AgentStatus(
+            node=self.node,
+            cluster=self.cfg.cluster,
+            lease_id=self.clock.lease_id,
+            lease_ok=self.lease_ok,
+            deadline_in=remaining if self.lease_ok else None,
+            outage_keep=self.outage_keep,
+            revision=self.view.revision,
+            vips=tuple(
+                VipStatus(
+                    name=name,
+                    address=str(rt.cfg.address),
+                    interface=rt.cfg.interface,
+                    state=rt.state,
+                    eligible=rt.election.eligible,
+                    reason=rt.election.ineligible_reason or "",
+                    health=rt.health,
+                    holder=None if (h := rt.election.holder) is None else h.node,
+                    bound=name in self.bound,
+                    hold_down_left=max(0.0, rt.hold_until - now),
+                )
+                for name, rt in self.vips.items()
+            ),
+        )

@@ -1,0 +1,24 @@
+"""Everything that flows into the agent's one loop from its helper threads and signals."""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass
+
+from haagent.health.events import VipHealthChanged
+from haagent.store.events import StoreEvent
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    """Another thread (metrics, tests) asks for a status snapshot; the loop answers on reply."""
+
+    reply: queue.SimpleQueue[object]
+
+
+Event = StoreEvent | VipHealthChanged | Stop | StatusRequest

@@ -1,0 +1,42 @@
+"""Everything the agent keeps about one VIP, in one object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from haagent.cluster.schema import HEALTHY, Health, HealthState
+from haagent.config import VipConfig
+from haagent.decide.election import Election, State
+
+
+@dataclass
+class VipRuntime:
+    cfg: VipConfig
+    election: Election
+    # A VIP without checks is healthy from the first moment; one with checks is unknown,
+    # which is not healthy: no campaign (and no adopted key kept) before its checks rose.
+    health: Health
+    hold_until: float = 0.0  # monotonic; ineligible until then (hold-down)
+    keeping: bool = False  # held while unhealthy (when_all_unhealthy: keep)
+    purged: int | None = None  # create_revision of the invalid holder key we deleted
+
+    @classmethod
+    def new(cls, cfg: VipConfig, node: str) -> VipRuntime:
+        health = (
+            Health(HealthState.UNKNOWN, "health not yet known")
+            if cfg.checks
+            else Health(HEALTHY.state, "no health checks")
+        )
+        return cls(cfg=cfg, election=Election(cfg.name, node), health=health)
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def state(self) -> State:
+        return self.election.state
+
+    @property
+    def holding(self) -> bool:
+        return self.election.state is State.HOLDER

@@ -1,0 +1,119 @@
+"""One immutable picture of a cluster: members, holders and operator requests at a revision.
+
+Built from one range read of the prefix (:meth:`ClusterView.empty` plus the store's decoding),
+then moved forward by watch events with :meth:`ClusterView.apply`. The agent's decisions, the
+read-only CLI and the tests all read this one type; nobody mutates it.
+
+Cost: ``apply`` copies the mapping a batch of changes touches, once per batch (the agent
+applies everything its queue holds before deciding), so a burst of N watch events costs one
+O(VIPs) copy, not N of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import TypeVar
+
+from haagent.cluster.schema import Health, Holder, MemberRecord, Request
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class HolderChange:
+    vip: str
+    holder: Holder | None  # None: key deleted (released, expired)
+    revision: int
+
+
+@dataclass(frozen=True)
+class MemberChange:
+    node: str
+    member: MemberRecord | None  # None: deleted, or a value this version cannot read
+    revision: int
+
+
+@dataclass(frozen=True)
+class RequestChange:
+    vip: str
+    request: Request | None  # None: deleted, or a value this version cannot read
+    revision: int
+
+
+Change = HolderChange | MemberChange | RequestChange
+
+
+def _frozen(items: Mapping[str, V]) -> Mapping[str, V]:
+    return MappingProxyType(dict(items))
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    revision: int
+    members: Mapping[str, MemberRecord] = field(default_factory=lambda: _frozen({}))
+    holders: Mapping[str, Holder] = field(default_factory=lambda: _frozen({}))
+    requests: Mapping[str, Request] = field(default_factory=lambda: _frozen({}))
+
+    @classmethod
+    def of(
+        cls,
+        revision: int,
+        *,
+        members: Mapping[str, MemberRecord] | None = None,
+        holders: Mapping[str, Holder] | None = None,
+        requests: Mapping[str, Request] | None = None,
+    ) -> ClusterView:
+        return cls(
+            revision, _frozen(members or {}), _frozen(holders or {}), _frozen(requests or {})
+        )
+
+    def apply(self, changes: Iterable[Change]) -> ClusterView:
+        """The view after ``changes`` (in revision order); self when there are none."""
+        members: dict[str, MemberRecord] | None = None
+        holders: dict[str, Holder] | None = None
+        requests: dict[str, Request] | None = None
+        revision = self.revision
+        for ch in changes:
+            revision = max(revision, ch.revision)
+            match ch:
+                case HolderChange(vip=vip, holder=h):
+                    holders = dict(self.holders) if holders is None else holders
+                    _set(holders, vip, h)
+                case MemberChange(node=node, member=m):
+                    members = dict(self.members) if members is None else members
+                    _set(members, node, m)
+                case RequestChange(vip=vip, request=r):
+                    requests = dict(self.requests) if requests is None else requests
+                    _set(requests, vip, r)
+        if members is None and holders is None and requests is None:
+            return self if revision == self.revision else replace(self, revision=revision)
+        return ClusterView(
+            revision,
+            self.members if members is None else MappingProxyType(members),
+            self.holders if holders is None else MappingProxyType(holders),
+            self.requests if requests is None else MappingProxyType(requests),
+        )
+
+    # -- questions every reader asks -----------------------------------------------------
+
+    def health_of(self, node: str, vip: str) -> Health | None:
+        """What ``node``'s member record says about its health for ``vip`` (None: no record)."""
+        m = self.members.get(node)
+        return None if m is None else m.health.get(vip)
+
+    def healthy_members(self, vip: str) -> list[str]:
+        """Live members that say they are healthy for ``vip``, by name (stable order)."""
+        return sorted(
+            node
+            for node, m in self.members.items()
+            if (h := m.health.get(vip)) is not None and h.healthy
+        )
+
+
+def _set(d: dict[str, V], key: str, value: V | None) -> None:
+    if value is None:
+        d.pop(key, None)
+    else:
+        d[key] = value
