@@ -7,12 +7,12 @@ out. The core decides (through the pure functions of ``haagent.decide`` and one
 :class:`~haagent.decide.election.Election` per VIP) and queues actions; it never performs one,
 so no decision can run in the middle of another.
 
-Two queues: *prompt* actions — what this host serves and guards: bind, unbind, resign, lifetime
-refresh, fence update — go before *normal* ones (campaign, member publish, re-read, purge), so
+Two queues: *prompt* actions (what this host serves and guards: bind, unbind, resign, lifetime
+refresh, fence update) go before *normal* ones (campaign, member publish, re-read, purge), so
 a host taking over hundreds of VIPs binds each one as soon as it is won, and still refreshes
-the ones it holds and unbinds on time, however many campaigns wait behind. A campaign or bind made in an
-older generation of its election is stale when its turn comes and is dropped: a later fact
-already decided again. Releases are never dropped.
+the ones it holds and unbinds on time, however many campaigns wait behind. A campaign or bind
+made in an older generation of its election is stale when its turn comes and is dropped: a
+later fact already decided again. Releases are never dropped.
 """
 
 from __future__ import annotations

@@ -315,7 +315,7 @@ def test_any_interleaving_binds_only_with_a_valid_lease_and_converges(facts, vip
                 del sim.keys[name]
                 sim.revision += 1
                 sim.core.apply([HolderChange(name, None, sim.revision)], sim.now)
-        # Bound only while holding (or with its unbind first in line), and never holding a
+        # Bound only while holding (or with its unbind queued), and never holding a
         # key etcd gives someone else.
         unbinding = {q.action.vip for q in sim.core._prompt if isinstance(q.action, Unbind)}
         for n, rt in sim.core.vips.items():
