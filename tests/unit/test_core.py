@@ -201,7 +201,7 @@ def test_unhealthy_holder_unbinds_then_resigns_then_holds_down():
     sim.now += 2.1
     sim.ack()
     sim.run()
-    assert sim.core.vips["v0"].state is State.HOLDER
+    assert sim.states()["v0"] is State.HOLDER
 
 
 def test_checked_vip_waits_for_its_first_healthy_result():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
 from haagent.cluster.schema import HEALTHY, UNKNOWN, Health, HealthState, Holder, MemberRecord
@@ -131,7 +133,7 @@ def test_candidates_are_healthy_live_members_not_draining():
     assert rank.candidates(view, "other") == []
 
 
-def vips_config(*vips: dict[str, object]):
+def vips_config(*vips: Mapping[str, object]):
     return parse_config(
         {"node": "h1", "etcd": {"endpoints": ["http://198.51.100.2:2379"]}, "vips": list(vips)},
         "t.yaml",
