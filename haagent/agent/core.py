@@ -36,6 +36,9 @@ from haagent.decide.lease import LeaseClock
 log = logging.getLogger("haagent.agent")
 
 CAMPAIGN_RETRY = 0.5  # seconds before retrying a campaign or resign that got no answer
+# Member record writes at most this often: a burst of health changes (a start-up, a check
+# shared by hundreds of VIPs) costs one write of the record as it is then, not one per VIP.
+MEMBER_WRITE_INTERVAL = 0.25
 REGRANT_RETRY = 0.5  # seconds between attempts to get a new lease
 
 
@@ -115,6 +118,7 @@ class Core:
         self._normal: deque[_Queued] = deque()
         self._wanted: set[type] = set()
         self._state_changed: dict[str, State] = {}
+        self._member_written = -MEMBER_WRITE_INTERVAL  # monotonic time of the last write
         for rt in self.vips.values():
             if not rt.health.known:
                 self._feed(rt, rt.election.set_eligible(False, rt.health.reason))
@@ -134,6 +138,24 @@ class Core:
                     continue
             return action
         return None
+
+    def more_campaigns(self, limit: int) -> list[Campaign]:
+        """Campaigns queued right behind the one just taken, to send in the same transaction.
+
+        Only a run at the head of the normal queue: anything else queued in between keeps its
+        place. Stale ones are dropped on the way, as ``next_action`` would.
+        """
+        out: list[Campaign] = []
+        while self._normal and len(out) < limit and not self._prompt:
+            item = self._normal[0]
+            action = item.action
+            if not isinstance(action, Campaign):
+                break
+            self._normal.popleft()
+            rt = self.vips.get(action.vip)
+            if rt is not None and rt.election.gen == item.gen and self.lease_ok:
+                out.append(action)
+        return out
 
     @property
     def busy(self) -> bool:
@@ -325,7 +347,19 @@ class Core:
             if hold is not None:
                 self._hold_down(rt, hold, now)
         self._refresh_eligibility(rt, now)
-        self._want(PublishMember())  # anyone can see who could take over
+        self._publish_member(now)  # anyone can see who could take over
+
+    def _publish_member(self, now: float) -> None:
+        if self.timers.pending("member") or PublishMember in self._wanted:
+            return
+        due = self._member_written + MEMBER_WRITE_INTERVAL
+        if now >= due:
+            self._want(PublishMember())
+        else:
+            self.timers.set("member", due, lambda: self._want(PublishMember()))
+
+    def member_written(self, now: float) -> None:
+        self._member_written = now
 
     def _hold_down(self, rt: VipRuntime, seconds: float, now: float) -> None:
         rt.hold_until = now + seconds

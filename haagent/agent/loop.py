@@ -54,6 +54,7 @@ from haagent.net.addresses import LIFETIME_FOREVER, AddressManager, NetError
 from haagent.net.announce import Announcer
 from haagent.net.placement import Placement
 from haagent.store import ETCD_ERRORS, STORE_ERRORS, LeaseKeeper, Store, StoreError, describe_error
+from haagent.store.client import CAMPAIGN_BATCH
 from haagent.store.events import (
     KeepaliveAcked,
     KeepaliveFailed,
@@ -348,24 +349,29 @@ class Agent:
             case Reread(reason=reason):
                 self._reread(reason)
 
-    def _campaign(self, action: Campaign) -> None:
+    def _campaign(self, first: Campaign) -> None:
+        """``first`` and the campaigns queued right behind it, in one transaction."""
         lease_id = self.core.clock.lease_id
         assert lease_id is not None  # the core drops campaigns without a valid lease
-        record = Holder(
-            node=self.node,
-            lease=lease_id,
-            since=time.time(),
-            epoch=action.epoch,
-            reason=action.reason,
-        )
+        batch = [first, *self.core.more_campaigns(CAMPAIGN_BATCH - 1)]
+        since = time.time()
+        records = [
+            (c.vip, Holder(self.node, lease_id, since=since, epoch=c.epoch, reason=c.reason))
+            for c in batch
+        ]
         try:
-            won, holder, rev = self.store.campaign(action.vip, record)
+            results = self.store.campaign(records)
         except ETCD_ERRORS as exc:
             why = describe_error(exc)
-            log.warning("campaign for vip %s got no answer (%s); retrying", action.vip, why)
-            self.core.campaign_failed(action.vip, why, time.monotonic())
+            names = ", ".join(c.vip for c in batch[:5])
+            if len(batch) > 5:
+                names += f" and {len(batch) - 5} more"
+            log.warning("campaign for vip %s got no answer (%s); retrying", names, why)
+            for c in batch:
+                self.core.campaign_failed(c.vip, why, time.monotonic())
             return
-        self.core.campaign_done(action.vip, won, holder, rev)
+        for c, (won, holder, rev) in zip(batch, results, strict=True):
+            self.core.campaign_done(c.vip, won, holder, rev)
 
     def _bind(self, action: Bind) -> None:
         vip = self.vips[action.vip]
@@ -498,6 +504,7 @@ class Agent:
             self.store.put_member(record, lease_id)
         except ETCD_ERRORS as exc:
             log.warning("cannot publish member record: %s", describe_error(exc))
+        self.core.member_written(time.monotonic())
 
     def _node_address(self, vip: VipConfig) -> str | None:
         """The node's own address on the VIP's interface: what operators ssh to."""

@@ -117,7 +117,9 @@ class Sim:
                 core.reread_done(self.view(), reason, self.now)
             case Regrant():
                 core.lease_granted(LEASE + 1, self.now, TTL)
-            case PublishMember() | TellFence() | Refresh() | Notify():
+            case PublishMember():
+                core.member_written(self.now)
+            case TellFence() | Refresh() | Notify():
                 pass
 
     def ack(self, sent: float | None = None) -> None:
@@ -173,6 +175,31 @@ def test_urgent_actions_overtake_a_queued_mass_campaign():
     assert isinstance(sim.core.next_action(), Refresh)
 
 
+def test_queued_campaigns_go_out_together_skipping_stale_ones():
+    sim = Sim.started(config(50))
+    sim.steps(2)  # TellFence, PublishMember
+    first = sim.core.next_action()
+    assert first == Campaign("v0", 10, "lease granted")
+    batch = sim.core.more_campaigns(20)
+    assert [c.vip for c in batch] == [f"v{i}" for i in range(1, 21)]
+    sim.now += TTL  # the deadline passes: every campaign still queued is stale
+    sim.core.tick(sim.now)
+    assert sim.core.more_campaigns(63) == []
+
+
+def test_a_burst_of_health_changes_costs_one_member_write_per_interval():
+    sim = Sim.started(config(40, checks=["pg"]))
+    sim.run()
+    writes = sum(isinstance(a, PublishMember) for a in sim.log)
+    for i in range(40):
+        sim.core.health_changed(f"v{i}", True, "check pg passed", sim.now)
+    sim.run()
+    assert sum(isinstance(a, PublishMember) for a in sim.log) == writes  # coalesced, deferred
+    sim.now += 0.3
+    sim.run()
+    assert sum(isinstance(a, PublishMember) for a in sim.log) == writes + 1
+
+
 def test_deadline_releases_before_any_queued_bind_or_campaign_runs():
     sim = Sim.started(config(4))
     sim.steps(4)  # TellFence, PublishMember, Campaign v0, Bind v0
@@ -187,6 +214,7 @@ def test_deadline_releases_before_any_queued_bind_or_campaign_runs():
 def test_unhealthy_holder_unbinds_then_resigns_then_holds_down():
     sim = Sim.started(config(1, hold_down=2.0))
     sim.run()
+    sim.now += 1.0
     sim.core.health_changed("v0", False, "check pg failed", sim.now)
     acts = []
     while (a := sim.step()) is not None:
