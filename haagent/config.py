@@ -44,6 +44,7 @@ __all__ = [
     "LOG_LEVELS",
     "NAME_RE",
     "NOTIFY_KINDS",
+    "PER_VIP_LIMIT",
     "SHELL",
     "AnnounceConfig",
     "CheckConfig",
@@ -247,6 +248,10 @@ class ExecCheckConfig(CheckConfig):
 
     type: ClassVar[CheckType] = "exec"
     command: tuple[str, ...]  # argv; a string in the file becomes (SHELL, "-c", string)
+    # False: one run per interval for all the VIPs that use it (HAAGENT_VIPS, HAAGENT_HOLDING);
+    # True: one run per VIP, with that VIP's HAAGENT_VIP ... HAAGENT_STATE. At most
+    # PER_VIP_LIMIT VIPs may use a per_vip check.
+    per_vip: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -650,11 +655,17 @@ _CHECK_KEYS = ("type", "interval", "timeout", "rise", "fall")
 _CHECK_TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "tcp": ("host", "port"),
     "http": ("url", "method", "expect_status", "expect_body", "tls_verify"),
-    "exec": ("command",),
+    "exec": ("command", "per_vip"),
     "interface": ("interface",),
 }
 _NOTIFY_KEYS = (*(f"on_{kind}" for kind in NOTIFY_KINDS), "timeout")
 MIN_CHECK_INTERVAL = 0.1
+# VIPs that may use one per_vip exec check. Each costs a process every interval and up to
+# three threads, the cost that sharing removes; a per-VIP script (keepalived's way) serves a
+# handful of VIPs, 64 is plenty for that, and beyond it one run should go through HAAGENT_VIPS.
+PER_VIP_LIMIT = 64
+# What only a per-VIP run of an exec check finds in its environment.
+_PER_VIP_VARS = re.compile(r"\bHAAGENT_(VIP|ADDRESS|INTERFACE|STATE)\b")
 
 
 def _parse_endpoints(col: _Collector, value: object, path: str) -> tuple[str, ...] | None:
@@ -1142,9 +1153,12 @@ def _parse_check(col: _Collector, name: str, value: object, path: str) -> CheckC
         command = None
         if required("command"):
             command = _parse_command(col, s.raw["command"], s.key("command"))
+        s.take("per_vip", col.boolean)
         if s.bad or command is None:
             return None
-        return ExecCheckConfig(name=name, command=command, **common)
+        return ExecCheckConfig(
+            name=name, command=command, per_vip=s.values.get("per_vip", False), **common
+        )
     s.take("interface", col.string, _interface_problem, nullable=True)
     if s.bad:
         return None
@@ -1170,6 +1184,51 @@ def _parse_checks(col: _Collector, value: object) -> tuple[dict[str, CheckConfig
         if name is not None and check is not None:
             out[name] = check
     return out, defined
+
+
+def _some(names: Sequence[str], shown: int = 3) -> str:
+    """``"a, b, c, ..."``: a list that may hold a thousand VIPs, cut for one error line."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def _check_exec_sharing(
+    col: _Collector, checks: Mapping[str, CheckConfig], vips: Sequence[VipConfig]
+) -> None:
+    """What the VIPs that use each exec check imply for it, now that both are known.
+
+    A per_vip check is bounded by PER_VIP_LIMIT. A shared check used by several VIPs runs
+    without the per-VIP variables, so a command that names one of them would read an empty
+    value without anyone noticing; only the command's own text can be seen here (a script
+    file it starts cannot), which catches the inline commands written for per-VIP runs.
+    """
+    users: dict[str, list[str]] = {}
+    for vip in vips:
+        for name in vip.checks:
+            users.setdefault(name, []).append(vip.name)
+    for name, check in checks.items():
+        if not isinstance(check, ExecCheckConfig):
+            continue
+        names = users.get(name, [])
+        if check.per_vip:
+            if len(names) > PER_VIP_LIMIT:
+                col.error(
+                    f"checks.{name}.per_vip",
+                    f"used by {len(names)} VIPs ({_some(names)}), more than {PER_VIP_LIMIT}: "
+                    f"per_vip starts one process per VIP every {check.interval:g} s; remove "
+                    "per_vip so that one run serves them all (the command gets HAAGENT_VIPS "
+                    "and HAAGENT_HOLDING), or split the VIPs between several checks",
+                )
+            continue
+        found = sorted(set(_PER_VIP_VARS.findall(" ".join(check.command))))
+        if len(names) > 1 and found:
+            shown = " and ".join(f"$HAAGENT_{v}" for v in found)
+            col.error(
+                f"checks.{name}.command",
+                f"uses {shown}, which a shared run does not set: {len(names)} VIPs use this "
+                f"check ({_some(names)}) and it runs once for all of them, with HAAGENT_VIPS "
+                "and HAAGENT_HOLDING instead; read those, or set per_vip: true to run it "
+                "once per VIP",
+            )
 
 
 def _parse_notify(col: _Collector, value: object, path: str) -> NotifyConfig | None:
@@ -1411,6 +1470,7 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
     announce = _parse_announce(col, raw.get("announce"), "announce", AnnounceConfig())
     checks, defined = _parse_checks(col, raw.get("checks"))
     vips = _parse_vips(col, raw.get("vips"), announce, checks, defined)
+    _check_exec_sharing(col, checks, vips)
 
     if col.errors:
         raise ConfigErrors(col.errors)
@@ -1620,6 +1680,7 @@ def describe(cfg: Config) -> str:
             lines.append(
                 f"  {name:<{cwidth}}  {c.type} {_check_target(c)}: every "
                 f"{_secs(c.interval)}, timeout {_secs(c.timeout)}, rise {c.rise}, fall {c.fall}"
+                + (", once per VIP" if isinstance(c, ExecCheckConfig) and c.per_vip else "")
             )
     return "\n".join(lines)
 

@@ -315,7 +315,7 @@ class Agent:
 
     def _after_step(self) -> None:
         for vip, state in self.core.take_state_changes().items():
-            self.health.set_state(vip, state.value)  # exec checks see it as HAAGENT_STATE
+            self.health.set_state(vip, state.value)  # exec checks: HAAGENT_STATE / _HOLDING
         if self._place is not None and not self.core.busy:
             try:  # links of released vmac VIPs, once their keys are handed over
                 self._place.tidy()

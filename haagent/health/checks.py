@@ -303,7 +303,8 @@ def _wait_exit(pid: int, timeout: float) -> bool:
 
 
 def vip_env(vip: VipConfig, node: str) -> dict[str, str]:
-    """What every command run about a VIP (exec check, notify hook) finds in its environment."""
+    """What every command run about one VIP finds in its environment: a notify hook, and an
+    exec check run for that VIP alone (per_vip, or the only VIP that uses it)."""
     return {
         "HAAGENT_VIP": vip.name,
         "HAAGENT_ADDRESS": str(vip.ip),

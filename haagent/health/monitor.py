@@ -6,11 +6,18 @@ answered by then is recorded as a failure, and while it stays stuck no new run o
 started (each further interval records another failure), so a hung check costs one thread, not
 one per interval, and never delays another check or the caller.
 
-What is one *instance* of a check: a tcp or http check, or an interface check naming its
-interface, is run once however many VIPs use it. An exec check runs once per VIP that uses it,
-because its environment names the VIP and its election state. An interface check without an
-interface runs once per distinct interface of the VIPs that use it. An instance is named like
-its check, or ``check@vip`` / ``check@interface`` when the check has several instances.
+What is one *instance* of a check: a check is run once per interval however many VIPs use it,
+and its result applies to all of them, so the cost grows with the checks, not with the VIPs.
+Two exceptions: an interface check without an interface runs once per distinct interface of the
+VIPs that use it, and an exec check with ``per_vip`` once per VIP (its environment then
+describes that VIP; the config bounds how many VIPs it may have). An instance is named like its
+check, or ``check@vip`` / ``check@interface`` when the check has several instances.
+
+The environment of an exec run is built from what is fixed at construction (the VIP names, and
+the per-VIP variables when the instance serves exactly one VIP) plus, at each run, the election
+states the agent last passed to :meth:`HealthMonitor.set_state`. set_state() only stores the
+state, so the agent loop can call it on every change of every VIP without waiting or starting
+anything; a run sees the states as they are when it starts.
 
 The consumer (the agent) gets :class:`VipHealthChanged` through ``sink`` whenever a VIP's
 health becomes known or flips; events for one VIP arrive in order. A VIP without checks is
@@ -47,6 +54,7 @@ log = logging.getLogger("haagent.health")
 
 # HAAGENT_STATE until set_state() says otherwise: the state every election starts in.
 INITIAL_STATE = State.IDLE.value
+_HOLDER = State.HOLDER.value  # the state HAAGENT_HOLDING lists VIPs in
 _GRACE = 0.5  # seconds a run may overstay its timeout before the scheduler stops waiting
 
 
@@ -54,10 +62,12 @@ _GRACE = 0.5  # seconds a run may overstay its timeout before the scheduler stop
 class _Instance:
     key: str
     check: CheckConfig
-    vips: list[str]  # VIPs whose health depends on it
+    vips: list[str]  # VIPs whose health depends on it, in config order
     state: CheckState
-    vip: VipConfig | None = None  # exec checks: the VIP its environment describes
     interface: str | None = None  # interface checks
+    # exec checks: the environment of every run but HAAGENT_HOLDING and HAAGENT_STATE
+    env: dict[str, str] | None = None
+    solo: str | None = None  # exec checks serving exactly one VIP: it, for HAAGENT_STATE
     output: str = ""
     duration: float = 0.0
     worker: threading.Thread | None = None
@@ -91,7 +101,7 @@ class HealthMonitor:
             for name in vip.checks:
                 check = cfg.checks[name]
                 variant: str | None = None
-                if isinstance(check, ExecCheckConfig):
+                if isinstance(check, ExecCheckConfig) and check.per_vip:
                     variant = vip.name
                 elif isinstance(check, InterfaceCheckConfig):
                     variant = check.interface_for(vip)
@@ -103,16 +113,18 @@ class HealthMonitor:
                         check=check,
                         vips=[],
                         state=CheckState(check.rise, check.fall, clock=clock),
-                        vip=vip if isinstance(check, ExecCheckConfig) else None,
                         interface=variant if isinstance(check, InterfaceCheckConfig) else None,
                     )
                     by_ident[ident] = inst
                 inst.vips.append(vip.name)
                 per_vip[vip.name].append((name, inst))
         counts = Counter(name for name, _ in by_ident)
+        vip_cfgs = {v.name: v for v in cfg.vips}
         for (name, variant), inst in by_ident.items():
             inst.key = name if counts[name] == 1 else f"{name}@{variant}"
             self._instances[inst.key] = inst
+            if isinstance(inst.check, ExecCheckConfig):
+                self._exec_env(inst, vip_cfgs)
         for vip in cfg.vips:
             self._vips[vip.name] = VipHealth(
                 vip.name, [(name, inst.state) for name, inst in per_vip[vip.name]]
@@ -156,7 +168,12 @@ class HealthMonitor:
             log.warning("health checks still running at stop: %s", ", ".join(stuck))
 
     def set_state(self, vip: str, state: str) -> None:
-        """The VIP's election state, passed to its exec checks as HAAGENT_STATE."""
+        """The VIP's election state, for the next runs of its exec checks.
+
+        A run about this VIP alone gets it as HAAGENT_STATE; every run of an exec check the VIP
+        uses lists it in HAAGENT_HOLDING while it is ``holder``. Only stored: nothing runs or
+        waits here, and a run already going keeps the environment it started with.
+        """
         with self._lock:
             if vip not in self._states:
                 raise KeyError(vip)
@@ -195,6 +212,33 @@ class HealthMonitor:
                 }
         return out
 
+    # ----------------------------------------------------------------- environment
+
+    def _exec_env(self, inst: _Instance, vip_cfgs: dict[str, VipConfig]) -> None:
+        """The fixed part of the environment of ``inst``'s runs; see docs/health-checks.md."""
+        env = {
+            "HAAGENT_NODE": self._cfg.node,
+            "HAAGENT_CHECK": inst.check.name,
+            "HAAGENT_VIPS": " ".join(inst.vips),
+        }
+        if len(inst.vips) == 1:
+            # Exactly what a run about one VIP has always had, so single-VIP scripts keep working.
+            inst.solo = inst.vips[0]
+            env.update(vip_env(vip_cfgs[inst.solo], self._cfg.node))
+        inst.env = env
+
+    def _run_env(self, inst: _Instance) -> dict[str, str] | None:
+        if inst.env is None:
+            return None
+        with self._lock:
+            # One pass over this check's VIPs per run: the price of keeping set_state() O(1).
+            holding = " ".join(v for v in inst.vips if self._states[v] == _HOLDER)
+            state = self._states[inst.solo] if inst.solo is not None else None
+        env = {**inst.env, "HAAGENT_HOLDING": holding}
+        if state is not None:
+            env["HAAGENT_STATE"] = state
+        return env
+
     # ----------------------------------------------------------------- threads
 
     def _loop(self, inst: _Instance) -> None:
@@ -215,15 +259,7 @@ class HealthMonitor:
         if inst.worker is not None and inst.worker.is_alive():
             stuck = time.monotonic() - inst.worker_started
             return CheckResult(False, f"the previous run has not returned after {stuck:.1f} s")
-        env: dict[str, str] | None = None
-        if inst.vip is not None:
-            with self._lock:
-                state = self._states[inst.vip.name]
-            env = {
-                **vip_env(inst.vip, self._cfg.node),
-                "HAAGENT_STATE": state,
-                "HAAGENT_CHECK": check.name,
-            }
+        env = self._run_env(inst)
         box: list[CheckResult] = []
         done = threading.Event()
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from haagent.config import (
+    PER_VIP_LIMIT,
     SHELL,
     CheckConfig,
     Config,
@@ -352,6 +353,21 @@ def test_timeout_against_the_default_interval():
         ({"type": "exec", "command": ["", "a"]}, "checks.x.command[0]", "must not be empty"),
         ({"type": "exec", "command": ["/bin/x", 5]}, "checks.x.command[1]", "quote it"),
         ({"type": "exec", "command": {"a": 1}}, "checks.x.command", "expected a list"),
+        (
+            {"type": "exec", "command": ["/bin/true"], "per_vip": "yes"},
+            "checks.x.per_vip",
+            "expected true or false",
+        ),
+        (
+            {"type": "exec", "command": ["/bin/true"], "per-vip": True},
+            "checks.x.per-vip",
+            "did you mean 'per_vip'?",
+        ),
+        (
+            {"type": "tcp", "port": 1, "per_vip": True},
+            "checks.x.per_vip",
+            "'per_vip' belongs to exec checks; this check is type 'tcp'",
+        ),
         ({"type": "interface", "interface": "eth0:1"}, "checks.x.interface", "address labels"),
         ({"type": "interface", "interface": "x" * 16}, "checks.x.interface", "15 bytes"),
     ],
@@ -365,6 +381,92 @@ def test_type_specific_errors(body, key, needle):
 def test_every_error_of_a_check_is_reported_at_once():
     errs = errors(check(type="tcp", port=0, rise=0, timeout=9, bogus=1))
     assert set(errs) == {"checks.x.port", "checks.x.rise", "checks.x.timeout", "checks.x.bogus"}
+
+
+# --------------------------------------------------------------------------- per_vip
+
+
+def many(n: int, body: dict[str, object]) -> dict[str, object]:
+    """BASE with check 'x' = ``body`` used by ``n`` more VIPs, v000 ... (plain ones otherwise)."""
+    d = doc(x=body)
+    vips = d["vips"]
+    assert isinstance(vips, list)
+    vips += [
+        {
+            "name": f"v{i:03d}",
+            "address": f"198.18.{i // 200}.{i % 200 + 1}",
+            "interface": "eth0",
+            "checks": ["x"],
+        }
+        for i in range(n)
+    ]
+    return d
+
+
+def test_exec_checks_are_shared_unless_per_vip():
+    shared = parse_config(many(3, {"type": "exec", "command": "check-all"})).checks["x"]
+    assert isinstance(shared, ExecCheckConfig) and shared.per_vip is False
+    x = parse_config(many(3, {"type": "exec", "command": ["/bin/true"], "per_vip": True}))
+    assert x.checks["x"] == ExecCheckConfig(name="x", command=("/bin/true",), per_vip=True)
+    assert ExecCheckConfig(name="x", command=("/bin/true",)).per_vip is False
+
+
+def test_per_vip_is_bounded_and_says_what_to_do_instead():
+    body = {"type": "exec", "command": ["/bin/true"], "per_vip": True, "interval": 5}
+    parse_config(many(PER_VIP_LIMIT, body))
+    key, reason = one_error(many(PER_VIP_LIMIT + 1, body))
+    assert key == "checks.x.per_vip"
+    assert reason.startswith(
+        f"used by {PER_VIP_LIMIT + 1} VIPs (v000, v001, v002, ...), more than {PER_VIP_LIMIT}: "
+        "per_vip starts one process per VIP every 5 s; "
+    )
+    assert "HAAGENT_VIPS" in reason and "split the VIPs" in reason
+    # Without per_vip the same VIPs cost one run per interval, whatever their number.
+    parse_config(many(200, {"type": "exec", "command": ["/bin/true"]}))
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ('test "$HAAGENT_STATE" = holder', "$HAAGENT_STATE"),
+        ("ping -c1 ${HAAGENT_ADDRESS} && ip link show $HAAGENT_INTERFACE", None),
+        (["/usr/local/bin/check", "--vip=$HAAGENT_VIP"], "$HAAGENT_VIP"),
+    ],
+)
+def test_a_shared_command_naming_a_per_vip_variable_is_refused(command, shown):
+    key, reason = one_error(many(2, {"type": "exec", "command": command}))
+    assert key == "checks.x.command"
+    if shown is None:
+        shown = "$HAAGENT_ADDRESS and $HAAGENT_INTERFACE"
+    assert reason.startswith(
+        f"uses {shown}, which a shared run does not set: 2 VIPs use this check (v000, v001) "
+        "and it runs once for all of them, with HAAGENT_VIPS and HAAGENT_HOLDING instead; "
+    )
+    assert reason.endswith("or set per_vip: true to run it once per VIP")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "exec", "command": 'test "$HAAGENT_STATE" = holder', "per_vip": True},
+        {"type": "exec", "command": 'for v in $HAAGENT_VIPS; do :; done; echo "$HAAGENT_HOLDING"'},
+    ],
+)
+def test_per_vip_variables_with_per_vip_and_the_lists_when_shared_are_fine(body):
+    parse_config(many(5, body))
+
+
+def test_a_check_used_by_one_vip_keeps_its_per_vip_variables():
+    parse_config(many(1, {"type": "exec", "command": 'test "$HAAGENT_STATE" = holder'}))
+    parse_config(many(0, {"type": "exec", "command": 'test "$HAAGENT_STATE" = holder'}))
+
+
+def test_describe_says_when_a_check_runs_per_vip():
+    text = describe(parse_config(many(2, {"type": "exec", "command": "true", "per_vip": True})))
+    assert "x     exec true: every 2 s, timeout 1 s, rise 2, fall 3, once per VIP" in text
+    text = describe(parse_config(many(2, {"type": "exec", "command": "true"})))
+    assert "x     exec true: every 2 s, timeout 1 s, rise 2, fall 3" in text
+    assert "once per VIP" not in text
 
 
 # --------------------------------------------------------------------------- VIP errors
