@@ -39,6 +39,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from haagent.cluster.schema import NAME_RE
+
 __all__ = [
     "CHECK_TYPES",
     "LOG_LEVELS",
@@ -71,8 +73,7 @@ __all__ = [
     "program_problem",
 ]
 
-# Cluster, node and VIP names become etcd key segments: lower-case, no slashes.
-NAME_RE = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
+# Cluster, node and VIP names become etcd key segments (the rule lives with the schema).
 _NAME = re.compile(NAME_RE)
 _NAME_RULE = (
     "1-63 characters of a-z, 0-9, '.', '_' and '-', starting and ending with a letter or digit "

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from haagent.agent.runtime import VipRuntime
 from haagent.agent.status import AgentStatus, VipStatus
 from haagent.agent.timers import Timers
-from haagent.cluster.schema import Health, HealthState, Holder
+from haagent.cluster.schema import Health, HealthState, Holder, MemberRecord
 from haagent.cluster.view import Change, ClusterView, HolderChange, MemberChange
 from haagent.config import Config, NotifyKind, VipConfig
 from haagent.decide import eligibility, outage, purge, rank
@@ -119,6 +119,7 @@ class Core:
         self._wanted: set[type] = set()
         self._state_changed: dict[str, State] = {}
         self._member_written = -MEMBER_WRITE_INTERVAL  # monotonic time of the last write
+        self._member_record: MemberRecord | None = None  # what that write put
         for rt in self.vips.values():
             if not rt.health.known:
                 self._feed(rt, rt.election.set_eligible(False, rt.health.reason))
@@ -318,9 +319,26 @@ class Core:
                     self._observe(rt, ch.holder, ch.revision)
             elif isinstance(ch, MemberChange) and ch.node != self.node:
                 peers_changed = True
+            elif isinstance(ch, MemberChange):
+                self._own_member_changed(ch.member, now)
         if peers_changed:
             # A peer's health decides "keep" VIPs and the no-healthy-host warning.
             self._refresh_all_eligibility(now)
+
+    def _own_member_changed(self, member: MemberRecord | None, now: float) -> None:
+        """Our member record was deleted or altered by someone else: write it again.
+
+        Peers judge ``when_all_unhealthy: keep`` by it, and operators read it; a record that
+        is gone or wrong while this agent runs would mislead both. (An unreadable record, or
+        one on another lease, reaches here as None: the store ignores such records.)
+        """
+        if self.stopping or not self.lease_ok or member == self._member_record:
+            return
+        log.warning(
+            "member record of this node %s in etcd; writing it again",
+            "was deleted" if member is None else "was changed by someone else",
+        )
+        self._publish_member(now)
 
     def _observe(self, rt: VipRuntime, holder: Holder | None, revision: int) -> None:
         d = purge.purge_holder(holder, rt.purged)
@@ -358,8 +376,9 @@ class Core:
         else:
             self.timers.set("member", due, lambda: self._want(PublishMember()))
 
-    def member_written(self, now: float) -> None:
+    def member_written(self, now: float, record: MemberRecord) -> None:
         self._member_written = now
+        self._member_record = record
 
     def _hold_down(self, rt: VipRuntime, seconds: float, now: float) -> None:
         rt.hold_until = now + seconds

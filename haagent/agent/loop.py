@@ -14,18 +14,18 @@ margin absorbs it before etcd could expire the lease.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import logging
-import os
 import queue
 import signal
+import socket
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
-from haagent import __version__
+from haagent import __version__, caps
 from haagent.agent.core import (
     Action,
     Core,
@@ -54,7 +54,7 @@ from haagent.net.addresses import LIFETIME_FOREVER, AddressManager, NetError
 from haagent.net.announce import Announcer
 from haagent.net.placement import Placement
 from haagent.store import ETCD_ERRORS, STORE_ERRORS, LeaseKeeper, Store, StoreError, describe_error
-from haagent.store.client import CAMPAIGN_BATCH
+from haagent.store.client import CAMPAIGN_BATCH, NodeNameTaken
 from haagent.store.events import (
     KeepaliveAcked,
     KeepaliveFailed,
@@ -98,7 +98,7 @@ class Agent:
         self.health = HealthMonitor(cfg, self._post_health)
         self.notifier = Notifier(self.node)
         self._stop_requested = threading.Event()
-        self._lock_fd: int | None = None
+        self._lock_sock: socket.socket | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -108,6 +108,8 @@ class Agent:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_sighup)
         try:
+            if (problem := caps.check()) is not None:
+                raise AgentError(problem)
             self._lock()
             self._net = AddressManager()
             self._place = Placement(self._net)
@@ -146,19 +148,33 @@ class Agent:
         )
 
     def _lock(self) -> None:
-        """One agent per (cluster, node) on this host: a second one would share our lease."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self.state_dir / f"{self.cfg.cluster}-{self.node}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        """One agent per (cluster, node) on this host, whatever its state directory.
+
+        An abstract unix socket name is the lock: the kernel frees it when the process dies,
+        it needs no file, and it is per network namespace, which is what "this host" means to
+        the addresses we bind. A second agent would otherwise remove the first one's VIPs as
+        stale at its start-up, or share its lease.
+        """
+        name = f"\0haagent/{self.cfg.cluster}/{self.node}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            sock.bind(name)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise AgentError(
+                    f"another haagent already runs for cluster {self.cfg.cluster!r} node "
+                    f"{self.node!r} on this host; stop it first (one agent per host)"
+                ) from None
+            raise AgentError(f"cannot take the per-host agent lock: {exc.strerror}") from None
+        self._lock_sock = sock
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
             raise AgentError(
-                f"another haagent already runs for cluster {self.cfg.cluster!r} node {self.node!r} "
-                f"(lock {path} is held)"
+                f"cannot create the state directory {self.state_dir}: {exc.strerror}; "
+                "create it or pass --state-dir"
             ) from None
-        self._lock_fd = fd
 
     @property
     def _lease_file(self) -> Path:
@@ -176,10 +192,28 @@ class Agent:
         )
         self._connect()
         self._check_stop()
-        view = self.store.snapshot()
-        lease_id, ttl, sent, adopted = self._adopt_or_grant(view.members.get(self.node))
+        try:
+            view = self.store.snapshot()
+            lease_id, ttl, sent, adopted = self._adopt_or_grant(view.members.get(self.node))
+            # Claim the node name before touching any address: a second host configured with
+            # our name must stop here, not remove our VIPs as stale.
+            self.core.clock.acknowledged(lease_id, sent, ttl)
+            self._publish_member(claim=True)
+        except NodeNameTaken as exc:
+            raise AgentError(str(exc)) from None
+        except ETCD_ERRORS as exc:
+            raise AgentError(
+                f"etcd stopped answering during start-up ({describe_error(exc)}); "
+                "the service manager should start haagent again"
+            ) from None
         self._reconcile_addresses(view.holders, lease_id)
-        self._lease_file.write_text(f"{lease_id:x}\n")
+        try:
+            self._lease_file.write_text(f"{lease_id:x}\n")
+        except OSError as exc:
+            raise AgentError(
+                f"cannot write {self._lease_file}: {exc.strerror}; free space in "
+                f"{self.state_dir} or pass another --state-dir"
+            ) from None
         reason = "own key found on adopted lease" if adopted else "lease granted"
         self.core.start(view, lease_id, sent, ttl, reason, time.monotonic())
         self._keeper = LeaseKeeper(self.store, lease_id, self.cfg.lease.interval, self.events.put)
@@ -485,7 +519,8 @@ class Agent:
             except NetError as exc:
                 log.error("cannot refresh vip %s (%s): %s", vip.name, vip.address, exc)
 
-    def _publish_member(self) -> None:
+    def _publish_member(self, *, claim: bool = False) -> None:
+        """Write our member record. ``claim``: at start-up, where errors must stop the start."""
         lease_id = self.core.clock.lease_id
         if lease_id is None:
             return
@@ -500,11 +535,19 @@ class Agent:
             vips=tuple(self.vips),
             health=self.core.member_health(),
         )
+        if claim:
+            self.store.put_member(record, lease_id)
+            self.core.member_written(time.monotonic(), record)
+            return
         try:
             self.store.put_member(record, lease_id)
+        except NodeNameTaken as exc:
+            log.error("cannot publish member record: %s", exc)
+            return
         except ETCD_ERRORS as exc:
             log.warning("cannot publish member record: %s", describe_error(exc))
-        self.core.member_written(time.monotonic())
+            return
+        self.core.member_written(time.monotonic(), record)
 
     def _node_address(self, vip: VipConfig) -> str | None:
         """The node's own address on the VIP's interface: what operators ssh to."""
@@ -634,9 +677,9 @@ class Agent:
             self._place.close()
         if self._net is not None:
             self._net.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock_sock is not None:
+            self._lock_sock.close()
+            self._lock_sock = None
 
     # -- introspection (tests, the status CLI and metrics) -------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,9 +24,28 @@ UNREADABLE = "(unreadable)"
 
 KeyKind = Literal["member", "holder", "request"]
 
+# Cluster, node and VIP names become etcd key segments: lower-case, no slashes, no control
+# characters. A key or record naming anything else was not written by haagent; refusing it
+# here also keeps untrusted text (a newline in a key name) out of every log line.
+NAME_RE = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
+_NAME = re.compile(NAME_RE)
+
+
+def valid_name(text: str) -> bool:
+    return _NAME.match(text) is not None
+
 
 class SchemaError(ValueError):
-    """A value under the haagent prefix that is not a record this version understands."""
+    """A value under the haagent prefix that is not a record this version understands.
+
+    ``newer`` is set when the value is a record of the same kind with a schema version this
+    version does not know (``haagent.holder/v2``): written by a newer haagent during a rolling
+    upgrade, to be respected rather than treated as garbage (docs/keys.md).
+    """
+
+    def __init__(self, message: str, *, newer: bool = False) -> None:
+        super().__init__(message)
+        self.newer = newer
 
 
 @dataclass(frozen=True)
@@ -59,9 +79,9 @@ class Keys:
         if not text.startswith(self.prefix):
             return None
         parts = text[len(self.prefix) :].split("/")
-        if len(parts) == 2 and parts[0] == "members" and parts[1]:
+        if len(parts) == 2 and parts[0] == "members" and valid_name(parts[1]):
             return ParsedKey("member", parts[1])
-        if len(parts) == 3 and parts[0] == "vips" and parts[1]:
+        if len(parts) == 3 and parts[0] == "vips" and valid_name(parts[1]):
             if parts[2] == "holder":
                 return ParsedKey("holder", parts[1])
             if parts[2] == "request":
@@ -82,8 +102,24 @@ def _decode(raw: bytes, schema: str) -> dict[str, Any]:
         raise SchemaError(f"expected a JSON object, found {type(data).__name__}")
     found = data.get("schema")
     if found != schema:
-        raise SchemaError(f"schema is {found!r}, expected {schema!r}")
+        kind = schema.rsplit("/", 1)[0] + "/"
+        newer = isinstance(found, str) and found.startswith(kind) and _newer(found, schema)
+        shown = found[:60] if isinstance(found, str) else found
+        raise SchemaError(f"schema is {shown!r}, expected {schema!r}", newer=newer)
     return data
+
+
+def _newer(found: str, known: str) -> bool:
+    """``haagent.holder/v2`` is newer than ``haagent.holder/v1``; ``/vx`` is not a version."""
+    mine, theirs = known.rsplit("/v", 1)[1], found.rsplit("/v", 1)[-1]
+    return theirs.isdigit() and mine.isdigit() and len(theirs) <= 6 and int(theirs) > int(mine)
+
+
+def _name_field(data: Mapping[str, Any], name: str) -> str:
+    value = _field(data, name, str)
+    if not valid_name(value):
+        raise SchemaError(f"field {name!r} is not a valid node name: {value[:64]!r}")
+    return str(value)
 
 
 def _field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -165,6 +201,7 @@ class Holder:
     epoch: int = 0
     reason: str = ""
     problem: str | None = None
+    newer: bool = False  # unreadable because a newer haagent wrote it (a rolling upgrade)
 
     @property
     def readable(self) -> bool:
@@ -192,7 +229,7 @@ class Holder:
         except ValueError:
             raise SchemaError(f"field 'lease' is not hexadecimal: {lease_hex!r}") from None
         return cls(
-            node=_field(data, "node", str),
+            node=_name_field(data, "node"),
             lease=recorded if lease is None else lease,
             create_revision=create_revision,
             since=float(_field(data, "since", (int, float))),
@@ -207,7 +244,11 @@ class Holder:
             return cls.from_json(raw, lease=lease, create_revision=create_revision)
         except SchemaError as exc:
             return cls(
-                node=UNREADABLE, lease=lease, create_revision=create_revision, problem=str(exc)
+                node=UNREADABLE,
+                lease=lease,
+                create_revision=create_revision,
+                problem=str(exc),
+                newer=exc.newer,
             )
 
 
@@ -258,7 +299,7 @@ class MemberRecord:
         except ValueError:
             raise SchemaError("field 'lease' is not hexadecimal") from None
         return cls(
-            node=_field(data, "node", str),
+            node=_name_field(data, "node"),
             address=address,
             version=_field(data, "version", str),
             started=float(_field(data, "started", (int, float))),
@@ -302,8 +343,8 @@ class Request:
         if action not in REQUEST_ACTIONS:
             raise SchemaError(f"unknown action {action[:40]!r}")
         to = data.get("to")
-        if to is not None and not isinstance(to, str):
-            raise SchemaError("field 'to' is not a string")
+        if to is not None and (not isinstance(to, str) or not valid_name(to)):
+            raise SchemaError("field 'to' is not a node name")
         by = data.get("by", "")
         at = data.get("at", 0.0)
         if not isinstance(by, str) or not isinstance(at, (int, float)) or isinstance(at, bool):

@@ -31,6 +31,7 @@ import pyetcd
 import pyetcd.events
 import pyetcd.utils
 from pyetcd import exceptions as etcd_exc
+from pyetcd import transactions as etcd_transactions
 from pyetcd.client import EtcdTokenCallCredentials
 from tenacity import (
     RetryCallState,
@@ -57,6 +58,28 @@ from haagent.store.errors import (
 from haagent.store.events import Sink, StoreEvent, ViewLoaded, WatchBroken, WatchResumed
 
 log = logging.getLogger("haagent.store")
+
+
+class NodeNameTaken(StoreError):
+    """Another live agent's member record holds this node name."""
+
+    def __init__(self, node: str, lease: int, address: str | None) -> None:
+        at = f" at {address}" if address else ""
+        super().__init__(
+            f"node name {node!r} is already used by another running agent{at} (its member "
+            f"record hangs on lease {lease:x}); give every host its own node name"
+        )
+        self.node = node
+        self.lease = lease
+
+
+class _LeaseOf(etcd_transactions.BaseCompare):  # type: ignore[misc]
+    """Compare a key's lease (etcd >= 3.3); the client library offers no such compare."""
+
+    def build_compare(self, compare: Any) -> None:
+        compare.target = pyetcd.etcdrpc.Compare.LEASE
+        compare.lease = int(self.value)
+
 
 # Campaigns per transaction: etcd refuses more than --max-txn-ops (default 128) per level.
 CAMPAIGN_BATCH = 64
@@ -249,12 +272,25 @@ class Store:
             self._warn_once(key, mod_rev, f"malformed holder record: {holder.problem}")
         return holder
 
-    def _member_from_kv(self, key: str, value: bytes, mod_rev: int) -> MemberRecord | None:
+    def _member_from_kv(
+        self, key: str, name: str, value: bytes, lease: int, mod_rev: int
+    ) -> MemberRecord | None:
+        """The record, or None for one no agent of ``name`` can have written: a member record
+        lives exactly as long as its agent's session, so it must hang on the lease it names."""
         try:
-            return MemberRecord.from_json(value)
+            member = MemberRecord.from_json(value)
         except SchemaError as exc:
             self._warn_once(key, mod_rev, f"malformed member record: {exc}")
             return None
+        if lease == 0 or member.lease != lease or member.node != name:
+            self._warn_once(
+                key,
+                mod_rev,
+                f"member record of {member.node} names lease {member.lease:x} but hangs on "
+                f"{'no lease' if lease == 0 else f'lease {lease:x}'}: not written by haagent",
+            )
+            return None
+        return member
 
     def _request_from_kv(self, key: str, value: bytes, mod_rev: int) -> Request | None:
         try:
@@ -310,7 +346,7 @@ class Store:
                     key, kv.value, kv.lease, kv.create_revision, kv.mod_revision
                 )
             elif parsed.kind == "member":
-                member = self._member_from_kv(key, kv.value, kv.mod_revision)
+                member = self._member_from_kv(key, parsed.name, kv.value, kv.lease, kv.mod_revision)
                 if member is not None:
                     members[parsed.name] = member
             elif parsed.kind == "request":
@@ -350,7 +386,34 @@ class Store:
 
     @_relogin_once
     def put_member(self, record: MemberRecord, lease_id: int) -> None:
-        self.client.put(self.keys.member(record.node), record.to_json(), lease=lease_id)
+        """Write this node's member record on ``lease_id`` if the key is free or already ours.
+
+        A node name names one agent: a second host configured with the same name must not
+        overwrite the first one's record (its peers would then judge the wrong host's
+        health). Raises :class:`NodeNameTaken` when the key hangs on another live lease.
+        """
+        key = self.keys.member(record.node)
+        tx = self.client.transactions
+        put = tx.put(key, record.to_json(), lease=lease_id)
+        ok, responses = self.client.transaction(
+            compare=[tx.create(key) == 0],
+            success=[put],
+            failure=[
+                tx.txn(compare=[_LeaseOf(key) == lease_id], success=[put], failure=[tx.get(key)])
+            ],
+        )
+        if ok:
+            return
+        inner = responses[0].response_txn
+        if inner.succeeded:
+            return
+        kvs = inner.responses[-1].response_range.kvs
+        other = int(kvs[0].lease) if kvs else 0
+        address = None
+        if kvs:
+            with contextlib.suppress(SchemaError):
+                address = MemberRecord.from_json(kvs[0].value).address
+        raise NodeNameTaken(record.node, other, address)
 
     @_relogin_once
     def campaign(
@@ -505,7 +568,9 @@ class Store:
                 holder = self._holder_from_kv(key, ev.value, ev.lease, ev.create_revision, rev)
             return HolderChange(parsed.name, holder, rev)
         if parsed.kind == "member":
-            member = None if deleted else self._member_from_kv(key, ev.value, rev)
+            member = (
+                None if deleted else self._member_from_kv(key, parsed.name, ev.value, ev.lease, rev)
+            )
             return MemberChange(parsed.name, member, rev)
         request = None if deleted else self._request_from_kv(key, ev.value, rev)
         return RequestChange(parsed.name, request, rev)

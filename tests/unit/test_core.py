@@ -56,6 +56,9 @@ class Sim:
     placed: set[str] = field(default_factory=set)
     log: list[object] = field(default_factory=list)
     campaign_rpc_takes: float = 0.0
+    member: MemberRecord = field(
+        default_factory=lambda: MemberRecord(ME, None, "0", 0.0, "d", LEASE)
+    )
 
     @classmethod
     def started(cls, cfg: Config, **kw: object) -> Sim:
@@ -118,7 +121,7 @@ class Sim:
             case Regrant():
                 core.lease_granted(LEASE + 1, self.now, TTL)
             case PublishMember():
-                core.member_written(self.now)
+                core.member_written(self.now, self.member)
             case TellFence() | Refresh() | Notify():
                 pass
 
@@ -289,6 +292,21 @@ def test_lease_gone_regrants_and_campaigns_again():
     assert sim.core.clock.lease_id == LEASE + 1
     assert sim.states() == {"v0": State.HOLDER, "v1": State.HOLDER}
     assert all(h.lease == LEASE + 1 for h in sim.keys.values())
+
+
+def test_own_member_record_deleted_or_altered_is_written_again():
+    sim = Sim.started(config(1))
+    sim.run()
+    writes = sum(isinstance(a, PublishMember) for a in sim.log)
+    sim.now += 1.0
+    sim.revision += 1
+    sim.core.apply([MemberChange(ME, sim.member, sim.revision)], sim.now)  # our own echo
+    sim.run()
+    assert sum(isinstance(a, PublishMember) for a in sim.log) == writes
+    sim.revision += 1
+    sim.core.apply([MemberChange(ME, None, sim.revision)], sim.now)  # etcdctl del
+    sim.run()
+    assert sum(isinstance(a, PublishMember) for a in sim.log) == writes + 1
 
 
 def test_stale_watch_changes_do_not_roll_the_view_back():

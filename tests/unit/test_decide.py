@@ -91,6 +91,14 @@ def test_deadline_releases_unless_told_to_keep_while_holding():
         (Holder("h2", 0, 7), None, True, "attached to no lease"),
         (Holder("h2", 0, 7), 7, False, "attached to no lease; deleted already"),
         (Holder("h2", 0, 8), 7, True, "attached to no lease"),
+        (
+            Holder.from_kv(b'{"schema":"haagent.holder/v2","node":"h2"}', 0xB2, 9),
+            None,
+            False,
+            "written by a newer haagent on live lease b2: respected",
+        ),
+        (Holder.from_kv(b'{"schema":"haagent.holder/v2"}', 0, 9), None, True, "unreadable value"),
+        (Holder.from_kv(b'{"schema":"haagent.holder/vx"}', 5, 9), None, True, "unreadable value"),
     ],
 )
 def test_purge_only_keys_no_haagent_wrote_once_each(holder, purged, yes, reason):

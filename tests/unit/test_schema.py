@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from haagent.cluster.schema import (
@@ -129,3 +131,41 @@ def test_malformed_holder_is_refused_with_reason(raw, msg):
 def test_member_with_wrong_schema_is_refused():
     with pytest.raises(SchemaError):
         MemberRecord.from_json(b'{"schema":"haagent.holder/v1"}')
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "/haagent/v1/db/members/h1\nFORGED LINE",
+        "/haagent/v1/db/vips/UPPER/holder",
+        "/haagent/v1/db/vips/a\x1b[31m/holder",
+        "/haagent/v1/db/members/" + "x" * 64,
+    ],
+)
+def test_keys_with_names_haagent_never_writes_are_not_ours(key):
+    assert K.parse(key) is None
+
+
+def test_records_naming_an_impossible_node_are_refused():
+    raw = Holder(node="h1", lease=1).to_json().replace(b'"h1"', b'"h1\\nINFO forged"')
+    with pytest.raises(SchemaError, match="not a valid node name"):
+        Holder.from_json(raw)
+
+
+@pytest.mark.parametrize(
+    "schema,newer",
+    [
+        ("haagent.holder/v2", True),
+        ("haagent.holder/v10", True),
+        ("haagent.holder/v0", False),
+        ("haagent.holder/vx", False),
+        ("haagent.member/v2", False),
+        (7, False),
+    ],
+)
+def test_a_newer_schema_of_the_same_record_is_told_apart_from_garbage(schema, newer):
+    raw = json.dumps({"schema": schema}).encode()
+    with pytest.raises(SchemaError) as err:
+        Holder.from_json(raw)
+    assert err.value.newer is newer
+    assert Holder.from_kv(raw, 5, 1).newer is newer
