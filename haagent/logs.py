@@ -21,6 +21,6 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # gRPC and scapy are chatty at INFO; their warnings still show.
-    for noisy in ("scapy", "pyroute2", "grpc"):
+    # gRPC and pyroute2 are chatty at INFO; their warnings still show.
+    for noisy in ("pyroute2", "grpc"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -13,60 +13,30 @@ The new holder therefore announces the mapping itself:
 * IPv6: an unsolicited neighbour advertisement to all-nodes (RFC 4861 7.2.6) with the
   Override flag, so receivers replace the cached link-layer address.
 
-Packets are built with scapy (imported lazily: it costs ~0.4 s) and written to one
-AF_PACKET socket per interface that stays open between calls: scapy's ``sendp()`` opens
-and closes a socket per call (12-30 ms), a kept socket sends in microseconds.
+The frames come from ``haagent.net.frames`` (a few microseconds each, so nothing is
+cached) and are written to one AF_PACKET socket per interface that stays open between
+calls: opening a socket per frame costs milliseconds, a kept socket sends in microseconds.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
-import re
 import socket
 import threading
 from collections.abc import Iterable, Iterator
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any
 
+from haagent.net import frames
 from haagent.net.addresses import NetError
 
 IPAddress = IPv4Address | IPv6Address
-
-BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
-ZERO_MAC = "00:00:00:00:00:00"
-ALL_NODES = IPv6Address("ff02::1")
-ALL_NODES_MAC = "33:33:00:00:00:01"  # RFC 2464: 33:33 + low 32 bits of ff02::1
-ARP_REQUEST, ARP_REPLY = 1, 2
 
 # linux/if_addr.h: an address in one of these states must not be used as a source.
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
 
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # Per-thread view of the network namespace: a thread that setns()'d elsewhere reads its own.
 IF_INET6 = "/proc/thread-self/net/if_inet6"
-
-
-class _Layers:
-    """The scapy classes we build packets from, imported on first use."""
-
-    def __init__(self) -> None:
-        # scapy logs "No route found", missing-libpcap and similar notes while it loads;
-        # none concern building frames for a socket we own.
-        for name in ("scapy.runtime", "scapy.loading"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        try:
-            from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
-            from scapy.layers.l2 import ARP, Ether
-        except ImportError as exc:
-            raise NetError(f"cannot build announcements: scapy is not importable ({exc})") from exc
-
-        self.Ether: Any = Ether
-        self.ARP: Any = ARP
-        self.IPv6: Any = IPv6
-        self.NA: Any = ICMPv6ND_NA
-        self.TLLA: Any = ICMPv6NDOptDstLLAddr
 
 
 def ipv6_addresses(ifname: str) -> dict[IPv6Address, int]:
@@ -115,27 +85,17 @@ def ipv6_source(ifname: str, vip: IPv6Address) -> IPv6Address:
     )
 
 
-FRAME_CACHE_SIZE = 256  # distinct (VIP, MAC, source) frames kept; a host has a handful
-_FrameKey = tuple[IPAddress, str, bool, IPv6Address | None]  # ip, mac, arp_reply, src
-
-
 class Announcer:
     """Sends gratuitous ARP (IPv4) and unsolicited neighbour advertisements (IPv6) through
-    one kept-open L2 socket per interface: scapy's sendp() opens a socket per call (12-30 ms
-    measured), a kept socket sends in well under a millisecond (~0.3 ms IPv4, ~0.5 ms IPv6,
-    nearly all of it scapy building the frame — so each VIP's frames are built once and kept).
+    one kept-open L2 socket per interface.
 
-    Thread-safe. Sockets are opened on first use per interface and reopened once,
-    transparently, if the interface was deleted and re-created meanwhile.
+    Thread-safe. Sockets are opened on first use per interface (or by ``prepare``) and
+    reopened once, transparently, if the interface was deleted and re-created meanwhile.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._layers: _Layers | None = None
         self._sockets: dict[str, socket.socket] = {}
-        # Frames are the same bytes every time for one VIP on one interface: scapy builds
-        # them once (0.3-2 ms each, more on a busy host), not on every failover.
-        self._frames_built: dict[_FrameKey, list[tuple[str, bytes]]] = {}
         #: how many sockets this announcer has opened in its lifetime (tests, metrics)
         self.sockets_opened = 0
 
@@ -153,37 +113,29 @@ class Announcer:
         ``mac`` is the Ethernet source and the advertised link-layer address: the
         interface's own MAC, or a virtual MAC when the VIP lives on a macvlan.
         """
-        mac = mac.lower()
-        if not _MAC.match(mac):
-            raise NetError(f"cannot announce {ip} on {ifname}: bad MAC address {mac!r}")
+        try:
+            raw = frames.mac_bytes(mac)
+        except ValueError:
+            raise NetError(f"cannot announce {ip} on {ifname}: bad MAC address {mac!r}") from None
         src = ipv6_source(ifname, ip) if isinstance(ip, IPv6Address) else None
-        key = (ip, mac, arp_reply, src)
+        built = list(_frames(ip, raw, arp_reply, src))
         with self._lock:
-            frames = self._frames_built.get(key)
-            if frames is None:
-                if self._layers is None:
-                    self._layers = _Layers()
-                frames = list(self._frames(self._layers, ip, mac, arp_reply, src))
-                if len(self._frames_built) >= FRAME_CACHE_SIZE:
-                    self._frames_built.clear()
-                self._frames_built[key] = frames
-            for what, frame in frames:
-                self._send(ifname, frame, what)
+            for kind, frame in built:
+                try:
+                    self._send(ifname, frame)
+                except OSError as exc:
+                    # Formatted here only: str() of an IPv6 address costs ~10 µs, more than
+                    # building the frame.
+                    what = f"{kind} for {ip}" + (f" from {src}" if src else "")
+                    raise NetError(f"cannot send {what} on {ifname}: {exc.strerror}") from exc
 
     def prepare(self, ifnames: Iterable[str]) -> None:
-        """Pay the one-off costs now, not during a failover.
+        """Open the sockets now, not during a failover.
 
-        Importing scapy takes 0.1-0.4 s and the first frame it builds is slower still; done
-        lazily, that lands on the first announcement after winning a VIP, exactly when every
-        millisecond is client downtime. Opening the sockets early also surfaces a missing
-        interface or capability at start-up. Raises NetError like announce().
+        A missing interface or capability then surfaces at start-up, and the first
+        announcement after winning a VIP only sends. Raises NetError like announce().
         """
         with self._lock:
-            if self._layers is None:
-                self._layers = _Layers()
-            layers = self._layers
-            bytes(layers.Ether(src=ZERO_MAC, dst=BROADCAST_MAC) / layers.ARP())
-            bytes(layers.Ether() / layers.IPv6() / layers.NA() / layers.TLLA(lladdr=ZERO_MAC))
             for ifname in ifnames:
                 if ifname not in self._sockets:
                     self._open(ifname)
@@ -201,33 +153,6 @@ class Announcer:
         self.close()
 
     # -- internals (caller holds the lock) -----------------------------------------------
-
-    def _frames(
-        self, layers: _Layers, ip: IPAddress, mac: str, arp_reply: bool, src: IPv6Address | None
-    ) -> Iterator[tuple[str, bytes]]:
-        if isinstance(ip, IPv4Address):
-            # RFC 5227 "ARP announcement": target hardware address zero, ignored anyway.
-            request = layers.Ether(src=mac, dst=BROADCAST_MAC) / layers.ARP(
-                op=ARP_REQUEST, hwsrc=mac, psrc=str(ip), hwdst=ZERO_MAC, pdst=str(ip)
-            )
-            yield f"gratuitous ARP request for {ip}", bytes(request)
-            if arp_reply:
-                # Target MAC = sender MAC: what Linux requires to treat a reply as gratuitous.
-                reply = layers.Ether(src=mac, dst=BROADCAST_MAC) / layers.ARP(
-                    op=ARP_REPLY, hwsrc=mac, psrc=str(ip), hwdst=mac, pdst=str(ip)
-                )
-                yield f"gratuitous ARP reply for {ip}", bytes(reply)
-            return
-        assert src is not None
-        # Hop limit 255 proves the packet was not forwarded (receivers drop anything else).
-        # scapy's NA defaults to R=1: a host is not a router, so every flag is set explicitly.
-        na = (
-            layers.Ether(src=mac, dst=ALL_NODES_MAC)
-            / layers.IPv6(src=str(src), dst=str(ALL_NODES), hlim=255)
-            / layers.NA(R=0, S=0, O=1, tgt=str(ip))
-            / layers.TLLA(lladdr=mac)
-        )
-        yield f"unsolicited neighbour advertisement for {ip} from {src}", bytes(na)
 
     def _open(self, ifname: str) -> socket.socket:
         # Protocol 0: the socket only sends; the kernel queues nothing for us to read.
@@ -249,7 +174,8 @@ class Announcer:
         if sock is not None:
             sock.close()
 
-    def _send(self, ifname: str, frame: bytes, what: str) -> None:
+    def _send(self, ifname: str, frame: bytes) -> None:
+        """Send on the kept socket; OSError if that fails (NetError if none can be opened)."""
         for attempt in (1, 2):
             sock = self._sockets.get(ifname) or self._open(ifname)
             try:
@@ -259,6 +185,18 @@ class Announcer:
                 self._drop(ifname)
                 # ENXIO/ENODEV: the interface this socket was bound to is gone (perhaps
                 # re-created under the same name with a new index); one fresh socket may do.
-                if attempt == 1 and exc.errno in (errno.ENXIO, errno.ENODEV):
-                    continue
-                raise NetError(f"cannot send {what} on {ifname}: {exc.strerror}") from exc
+                if attempt == 2 or exc.errno not in (errno.ENXIO, errno.ENODEV):
+                    raise
+
+
+def _frames(
+    ip: IPAddress, mac: bytes, arp_reply: bool, src: IPv6Address | None
+) -> Iterator[tuple[str, bytes]]:
+    """(kind, frame) of one announcement round."""
+    if isinstance(ip, IPv4Address):
+        yield "gratuitous ARP request", frames.garp_request(mac, ip)
+        if arp_reply:
+            yield "gratuitous ARP reply", frames.garp_reply(mac, ip)
+        return
+    assert src is not None
+    yield "unsolicited neighbour advertisement", frames.unsolicited_na(mac, src, ip)

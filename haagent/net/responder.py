@@ -22,9 +22,9 @@ Design:
   (~0.05 ms) instead of closing the socket: closing a packet socket waits for an RCU grace
   period (6-8 ms measured), and so does binding one created with a protocol (10-16 ms),
   time during which the thread would answer nobody.
-* One thread waits on all sockets with epoll, parses in Python (no scapy: an answer is a
-  few ``struct`` calls) and answers from the same socket: ~0.1 ms from the kernel's
-  receive timestamp to the reply handed back to it, see ``stats()``.
+* One thread waits on all sockets with epoll, parses and answers with
+  ``haagent.net.frames`` (a few ``struct`` calls) from the same socket: ~0.1 ms from the
+  kernel's receive timestamp to the reply handed back to it, see ``stats()``.
 * The solicited-node group of every held IPv6 VIP is joined with ``PACKET_ADD_MEMBERSHIP``
   / ``PACKET_MR_MULTICAST``: a NIC with a multicast filter then delivers those NS while
   the host kernel, which owns no such address, never joined the group. Chosen over
@@ -55,23 +55,18 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
+from haagent.net import frames
 from haagent.net.addresses import NetError
-from haagent.net.announce import _MAC, ipv6_source
+from haagent.net.announce import ipv6_source
 
 log = logging.getLogger(__name__)
 
 IPAddress = IPv4Address | IPv6Address
 
+# <linux/if_ether.h>, <linux/if_packet.h>, <asm-generic/socket.h>: the packet-socket API.
+# The frames themselves, their constants and offsets are haagent.net.frames'.
 ETH_P_ALL = 0x0003
-ETH_P_ARP = 0x0806
-ETH_P_IPV6 = 0x86DD
-ARP_REQUEST, ARP_REPLY = 1, 2
-ICMPV6 = 58
-ND_NS, ND_NA = 135, 136
-OPT_SLLA, OPT_TLLA = 1, 2
 PACKET_OUTGOING = 4
-
-# <linux/if_packet.h>, <asm-generic/socket.h>
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP, PACKET_DROP_MEMBERSHIP = 1, 2
 PACKET_MR_MULTICAST, PACKET_MR_UNICAST = 0, 3
@@ -79,175 +74,10 @@ SO_ATTACH_FILTER = 26
 SO_TIMESTAMPNS = 35
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 
-BROADCAST = b"\xff" * 6
-ZERO_MAC = b"\x00" * 6
-ALL_NODES = IPv6Address("ff02::1")
-ALL_NODES_MAC = bytes.fromhex("333300000001")
-UNSPECIFIED6 = IPv6Address("::")
-MIN_FRAME = 60  # Ethernet minimum without FCS; AF_PACKET does not pad for us
-
 _TIMESPEC = struct.Struct("=qq")
 _ANCBUF = socket.CMSG_SPACE(_TIMESPEC.size)
-_ARP = struct.Struct("!HHBBH6s4s6s4s")
 _LATENCY_SAMPLES = 4096
 _REOPEN_INTERVAL = 1.0
-
-
-# -- frames ------------------------------------------------------------------------------
-
-
-def mac_bytes(mac: str) -> bytes:
-    """'aa:bb:cc:dd:ee:ff' (either case) -> 6 bytes; NetError for anything else."""
-    # The announcer's check: the two never disagree on what a MAC address is.
-    if not _MAC.fullmatch(mac.lower()):
-        raise NetError(f"bad MAC address {mac!r}")
-    return bytes.fromhex(mac.replace(":", ""))
-
-
-def mac_str(mac: bytes) -> str:
-    return mac.hex(":")
-
-
-def solicited_node(ip: IPv6Address) -> IPv6Address:
-    """ff02::1:ffXX:XXXX, the group an NS for ``ip`` is sent to (RFC 4291 2.7.1)."""
-    return IPv6Address(b"\xff\x02" + b"\x00" * 9 + b"\x01\xff" + ip.packed[13:])
-
-
-def multicast_mac(ip: IPv6Address) -> bytes:
-    """33:33 + the low 32 bits of an IPv6 multicast address (RFC 2464 7)."""
-    return b"\x33\x33" + ip.packed[12:]
-
-
-def _pad(frame: bytes) -> bytes:
-    return frame + b"\x00" * (MIN_FRAME - len(frame)) if len(frame) < MIN_FRAME else frame
-
-
-def arp_frame(
-    op: int, eth_dst: bytes, sha: bytes, spa: IPv4Address, tha: bytes, tpa: IPv4Address
-) -> bytes:
-    """An Ethernet ARP frame (Ethernet source = sender hardware address)."""
-    body = _ARP.pack(1, 0x0800, 6, 4, op, sha, spa.packed, tha, tpa.packed)
-    return _pad(eth_dst + sha + struct.pack("!H", ETH_P_ARP) + body)
-
-
-def icmpv6_checksum(src: IPv6Address, dst: IPv6Address, icmp: bytes) -> int:
-    """RFC 4443 2.3 checksum over the pseudo-header and ``icmp`` (checksum field zero)."""
-    data = src.packed + dst.packed + struct.pack("!I3xB", len(icmp), ICMPV6) + icmp
-    if len(data) % 2:
-        data += b"\x00"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def _icmpv6_frame(
-    eth_dst: bytes, eth_src: bytes, src: IPv6Address, dst: IPv6Address, icmp: bytes
-) -> bytes:
-    csum = icmpv6_checksum(src, dst, icmp)
-    icmp = icmp[:2] + struct.pack("!H", csum) + icmp[4:]
-    ip6 = struct.pack("!IHBB", 6 << 28, len(icmp), ICMPV6, 255) + src.packed + dst.packed
-    return eth_dst + eth_src + struct.pack("!H", ETH_P_IPV6) + ip6 + icmp
-
-
-def na_frame(
-    eth_dst: bytes,
-    mac: bytes,
-    src: IPv6Address,
-    dst: IPv6Address,
-    target: IPv6Address,
-    *,
-    solicited: bool,
-    override: bool = True,
-) -> bytes:
-    """A neighbour advertisement (R=0) for ``target`` at ``mac``, hop limit 255, with TLLA."""
-    flags = (0x40000000 if solicited else 0) | (0x20000000 if override else 0)
-    icmp = struct.pack("!BBHI", ND_NA, 0, 0, flags) + target.packed + bytes([OPT_TLLA, 1]) + mac
-    return _icmpv6_frame(eth_dst, mac, src, dst, icmp)
-
-
-def ns_frame(
-    eth_dst: bytes, mac: bytes, src: IPv6Address, dst: IPv6Address, target: IPv6Address
-) -> bytes:
-    """A neighbour solicitation for ``target``; with SLLA unless the source is :: (DAD)."""
-    icmp = struct.pack("!BBHI", ND_NS, 0, 0, 0) + target.packed
-    if src != UNSPECIFIED6:
-        icmp += bytes([OPT_SLLA, 1]) + mac
-    return _icmpv6_frame(eth_dst, mac, src, dst, icmp)
-
-
-@dataclass(frozen=True)
-class ArpPacket:
-    eth_src: bytes
-    eth_dst: bytes
-    op: int
-    sha: bytes
-    spa: IPv4Address
-    tha: bytes
-    tpa: IPv4Address
-
-
-@dataclass(frozen=True)
-class NdPacket:
-    """A neighbour solicitation or advertisement, validated as in RFC 4861 7.1."""
-
-    eth_src: bytes
-    eth_dst: bytes
-    type: int  # ND_NS or ND_NA
-    src: IPv6Address
-    dst: IPv6Address
-    flags: int  # NA: R=0x80, S=0x40, O=0x20 (first byte of the reserved field)
-    target: IPv6Address
-    lladdr: bytes | None  # SLLA option of an NS, TLLA option of an NA
-
-
-def parse_arp(frame: bytes) -> ArpPacket | None:
-    """An Ethernet/IPv4 ARP packet, or None."""
-    if len(frame) < 14 + _ARP.size or frame[12:14] != b"\x08\x06":
-        return None
-    htype, ptype, hlen, plen, op, sha, spa, tha, tpa = _ARP.unpack_from(frame, 14)
-    if (htype, ptype, hlen, plen) != (1, 0x0800, 6, 4):
-        return None
-    return ArpPacket(frame[6:12], frame[0:6], op, sha, IPv4Address(spa), tha, IPv4Address(tpa))
-
-
-def parse_nd(frame: bytes) -> NdPacket | None:
-    """A valid NS or NA without extension headers, or None (RFC 4861 7.1.1 / 7.1.2)."""
-    if len(frame) < 14 + 40 + 24 or frame[12:14] != b"\x86\xdd" or frame[14] >> 4 != 6:
-        return None
-    plen, nxt, hlim = struct.unpack_from("!HBB", frame, 18)
-    if nxt != ICMPV6 or hlim != 255 or plen < 24 or len(frame) < 54 + plen:
-        return None
-    src, dst = IPv6Address(frame[22:38]), IPv6Address(frame[38:54])
-    icmp = frame[54 : 54 + plen]
-    kind, code = icmp[0], icmp[1]
-    if kind not in (ND_NS, ND_NA) or code != 0:
-        return None
-    if (
-        icmpv6_checksum(src, dst, icmp[:2] + b"\x00\x00" + icmp[4:])
-        != struct.unpack_from("!H", icmp, 2)[0]
-    ):
-        return None
-    target = IPv6Address(icmp[8:24])
-    if target.is_multicast:
-        return None
-    lladdr = None
-    want = OPT_SLLA if kind == ND_NS else OPT_TLLA
-    opts = icmp[24:]
-    while len(opts) >= 2:
-        otype, olen = opts[0], opts[1] * 8
-        if olen == 0 or olen > len(opts):
-            return None  # RFC 4861 7.1: a zero-length option invalidates the packet
-        if otype == want and olen >= 8:
-            lladdr = bytes(opts[2:8])
-        opts = opts[olen:]
-    if (
-        kind == ND_NS
-        and src == UNSPECIFIED6
-        and (lladdr is not None or dst != solicited_node(target))
-    ):
-        return None
-    return NdPacket(frame[6:12], frame[0:6], kind, src, dst, icmp[4], target, lladdr)
 
 
 # -- classic BPF ---------------------------------------------------------------------------
@@ -279,15 +109,15 @@ def _requests_filter() -> list[tuple[int, int, int, int]]:
     return [
         (_LD_W, 0, 0, _SKF_AD_PKTTYPE),  # 0
         (_JEQ, 10, 0, PACKET_OUTGOING),  # 1: our own transmissions -> 12 drop
-        (_LD_H, 0, 0, 12),  # 2: ethertype
-        (_JEQ, 0, 2, ETH_P_ARP),  # 3 -> 4 | 6
-        (_LD_H, 0, 0, 20),  # 4: ARP op
-        (_JEQ, 5, 6, ARP_REQUEST),  # 5 -> 11 accept | 12 drop
-        (_JEQ, 0, 5, ETH_P_IPV6),  # 6 -> 7 | 12 drop
-        (_LD_B, 0, 0, 20),  # 7: IPv6 next header
-        (_JEQ, 0, 3, ICMPV6),  # 8 -> 9 | 12 drop
-        (_LD_B, 0, 0, 54),  # 9: ICMPv6 type
-        (_JEQ, 0, 1, ND_NS),  # 10 -> 11 accept | 12 drop
+        (_LD_H, 0, 0, frames.OFF_ETHERTYPE),  # 2
+        (_JEQ, 0, 2, frames.ETH_P_ARP),  # 3 -> 4 | 6
+        (_LD_H, 0, 0, frames.OFF_ARP_OP),  # 4
+        (_JEQ, 5, 6, frames.ARP_REQUEST),  # 5 -> 11 accept | 12 drop
+        (_JEQ, 0, 5, frames.ETH_P_IPV6),  # 6 -> 7 | 12 drop
+        (_LD_B, 0, 0, frames.OFF_IPV6_NEXT_HEADER),  # 7
+        (_JEQ, 0, 3, frames.ICMPV6),  # 8 -> 9 | 12 drop
+        (_LD_B, 0, 0, frames.OFF_ICMPV6_TYPE),  # 9
+        (_JEQ, 0, 1, frames.ND_NS),  # 10 -> 11 accept | 12 drop
         (_RET, 0, 0, 0x40000),  # 11: accept the whole frame
         (_RET, 0, 0, 0),  # 12: drop
     ]
@@ -340,7 +170,7 @@ class _Iface:
         self.ifname = ifname
         self.sock: socket.socket | None = None
         self.ifindex = 0
-        self.mac = ZERO_MAC
+        self.mac = frames.ZERO_MAC
         self.groups: collections.Counter[bytes] = collections.Counter()  # PACKET_MR_MULTICAST
         self.unicast: collections.Counter[bytes] = collections.Counter()  # PACKET_MR_UNICAST
         self.broken_since: float | None = None
@@ -424,8 +254,11 @@ class Responder:
         a macvlan) takes it.
         """
         addr = ip_address(ip) if isinstance(ip, str) else ip
-        raw = mac_bytes(mac.lower())
-        if raw[0] & 1 or raw == ZERO_MAC:
+        try:
+            raw = frames.mac_bytes(mac)
+        except ValueError:
+            raise NetError(f"cannot answer for {addr}: bad MAC address {mac!r}") from None
+        if raw[0] & 1 or raw == frames.ZERO_MAC:
             raise NetError(f"cannot answer for {addr} with {mac}: not a unicast MAC address")
         source = ipv6_source(ifname, addr) if isinstance(addr, IPv6Address) else None
         with self._lock:
@@ -475,7 +308,7 @@ class Responder:
     def held(self) -> dict[tuple[str, IPAddress], str]:
         """(ifname, ip) -> MAC of everything answered for."""
         with self._lock:
-            return {key: mac_str(h.mac) for key, h in self._held.items()}
+            return {key: frames.mac_str(h.mac) for key, h in self._held.items()}
 
     def stats(self) -> ResponderStats:
         with self._lock:
@@ -527,13 +360,15 @@ class Responder:
 
     def _join(self, iface: _Iface, held: Held) -> None:
         if isinstance(held.ip, IPv6Address):
-            iface.join(iface.groups, PACKET_MR_MULTICAST, multicast_mac(solicited_node(held.ip)))
+            group = frames.multicast_mac(frames.solicited_node(held.ip))
+            iface.join(iface.groups, PACKET_MR_MULTICAST, group)
         if held.mac != iface.mac:
             iface.join(iface.unicast, PACKET_MR_UNICAST, held.mac)
 
     def _unjoin(self, iface: _Iface, held: Held) -> None:
         if isinstance(held.ip, IPv6Address):
-            iface.leave(iface.groups, PACKET_MR_MULTICAST, multicast_mac(solicited_node(held.ip)))
+            group = frames.multicast_mac(frames.solicited_node(held.ip))
+            iface.leave(iface.groups, PACKET_MR_MULTICAST, group)
         if held.mac in iface.unicast:
             iface.leave(iface.unicast, PACKET_MR_UNICAST, held.mac)
 
@@ -655,9 +490,9 @@ class Responder:
         return held if iface.sock is sock else None
 
     def _answer(self, iface: _Iface, sock: socket.socket, frame: bytes, stamp: int) -> None:
-        if frame[12:14] == b"\x08\x06":
-            arp = parse_arp(frame)
-            if arp is None or arp.op != ARP_REQUEST:
+        arp = frames.parse_arp(frame)
+        if arp is not None:
+            if arp.op != frames.ARP_REQUEST:
                 return
             with self._lock:
                 held = self._held_here(iface, sock, arp.tpa)
@@ -666,34 +501,25 @@ class Responder:
                 if arp.spa == arp.tpa:  # a gratuitous ARP: someone else claims our VIP
                     self._conflict(held, arp.sha)
                     return
-                if arp.eth_dst not in (BROADCAST, held.mac):
+                if arp.eth_dst not in (frames.BROADCAST, held.mac):
                     return  # unicast to somebody else (seen in promiscuous mode)
-                # To a probe (sender 0.0.0.0) too, like the kernel: it defends the address.
-                reply = arp_frame(ARP_REPLY, arp.sha, held.mac, arp.tpa, arp.sha, arp.spa)
-                self._send(sock, reply, stamp, "arp")
+                self._send(sock, frames.arp_answer(arp, held.mac), stamp, "arp")
             return
-        nd = parse_nd(frame)
-        if nd is None or nd.type != ND_NS:
+        nd = frames.parse_nd(frame)
+        if nd is None or nd.type != frames.ND_NS:
             return
         with self._lock:
             held = self._held_here(iface, sock, nd.target)
             if held is None:
                 return
             assert held.source is not None
-            if nd.eth_dst not in (held.mac, multicast_mac(nd.dst)) or not (
-                nd.dst == nd.target or nd.dst == solicited_node(nd.target)
+            # Only questions addressed to the VIP: its solicited-node group (resolution,
+            # DAD) or the VIP itself (unicast reachability probe), at a MAC we listen on.
+            if nd.eth_dst not in (held.mac, frames.multicast_mac(nd.dst)) or not (
+                nd.dst == nd.target or nd.dst == frames.solicited_node(nd.target)
             ):
                 return
-            if nd.src == UNSPECIFIED6:  # DAD probe: answer all-nodes, S=0 (RFC 4861 7.2.4)
-                na = na_frame(
-                    ALL_NODES_MAC, held.mac, held.source, ALL_NODES, nd.target, solicited=False
-                )
-            else:
-                na = na_frame(
-                    nd.lladdr or nd.eth_src, held.mac, held.source, nd.src, nd.target,
-                    solicited=True,
-                )  # fmt: skip
-            self._send(sock, na, stamp, "na")
+            self._send(sock, frames.na_answer(nd, held.mac, held.source), stamp, "na")
 
     def _send(self, sock: socket.socket, frame: bytes, stamp: int, what: str) -> None:
         try:
@@ -711,9 +537,9 @@ class Responder:
         if mac != held.mac:
             log.warning(
                 "responder: %s announces %s held here (%s) on %s",
-                mac_str(mac),
+                frames.mac_str(mac),
                 held.ip,
-                mac_str(held.mac),
+                frames.mac_str(held.mac),
                 held.ifname,
             )
 
@@ -737,7 +563,11 @@ def who_answers(
     else?"); by default it is broadcast / the solicited-node group. Waits ``timeout``
     seconds, or until the first answer with ``first``. Our own transmissions never count.
     """
-    proto = ETH_P_ARP if isinstance(ip, IPv4Address) else ETH_P_IPV6
+    proto = frames.ETH_P_ARP if isinstance(ip, IPv4Address) else frames.ETH_P_IPV6
+    try:
+        dst = frames.mac_bytes(eth_dst) if eth_dst else None
+    except ValueError as exc:
+        raise NetError(f"cannot ask who has {ip} on {ifname}: {exc}") from None
     try:
         # Protocol 0, then bind with the protocol: a socket created with one is already
         # receiving, and binding it waits for an RCU grace period (10-16 ms measured).
@@ -749,13 +579,9 @@ def who_answers(
             sock.bind((ifname, proto))  # CPython applies htons() here
             own = bytes(sock.getsockname()[4][:6])
             if isinstance(ip, IPv4Address):
-                dst = mac_bytes(eth_dst) if eth_dst else BROADCAST
-                ask = arp_frame(ARP_REQUEST, dst, own, IPv4Address(0), ZERO_MAC, ip)
+                sock.send(frames.arp_probe(own, ip, eth_dst=dst))
             else:
-                group = solicited_node(ip)
-                dst = mac_bytes(eth_dst) if eth_dst else multicast_mac(group)
-                ask = ns_frame(dst, own, UNSPECIFIED6, group, ip)
-            sock.send(ask)
+                sock.send(frames.dad_probe(own, ip, eth_dst=dst))
         except OSError as exc:
             raise NetError(f"cannot ask who has {ip} on {ifname}: {exc.strerror}") from exc
         found: list[str] = []
@@ -770,15 +596,15 @@ def who_answers(
                 continue
             mac: bytes | None = None
             if isinstance(ip, IPv4Address):
-                arp = parse_arp(frame)
-                if arp and arp.op == ARP_REPLY and arp.spa == ip:
+                arp = frames.parse_arp(frame)
+                if arp and arp.op == frames.ARP_REPLY and arp.spa == ip:
                     mac = arp.sha
             else:
-                nd = parse_nd(frame)
-                if nd and nd.type == ND_NA and nd.target == ip:
+                nd = frames.parse_nd(frame)
+                if nd and nd.type == frames.ND_NA and nd.target == ip:
                     mac = nd.lladdr or nd.eth_src
-            if mac is not None and mac_str(mac) not in found:
-                found.append(mac_str(mac))
+            if mac is not None and frames.mac_str(mac) not in found:
+                found.append(frames.mac_str(mac))
                 if first:
                     break
         return found
