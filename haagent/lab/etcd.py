@@ -32,12 +32,10 @@ import time
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from haagent.lab.node import Node
 from haagent.lab.pki import CertPair, LabPKI
-
-if TYPE_CHECKING:
-    from haagent.lab.topology import Node
 
 ETCD = "/usr/bin/etcd"
 ETCDCTL = "/usr/bin/etcdctl"

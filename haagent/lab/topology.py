@@ -30,7 +30,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +39,7 @@ import yaml
 
 from haagent.lab import pki as lab_pki
 from haagent.lab.etcd import AGENT_USER, ROOT_USER, EtcdCluster
+from haagent.lab.node import Node as Node  # re-exported: the lab's users import it from here
 
 STATE_ROOT = Path("/run/haagent-lab")
 NETNS_DIR = Path("/run/netns")
@@ -52,9 +52,14 @@ HOST_BASE = 10  # h<i> gets host part 10 + i
 CLIENT_HOST_PART = 100
 VIP_BASE = 200
 VIP_COUNT = 50  # .200-.249 and ::200-::249
+# Many VIPs for scale runs (Lab.scale_vips): IPv4 from the lab subnet above the client
+# (.101-.254, Lab.vip4's among them) and then all of SCALE_NET4, which is on no lab subnet
+# (bound as /32 like any VIP, but the client has no route to it: scale runs judge from the
+# kernels and etcd, not from probes); IPv6 from SCALE_NET6, inside the lab's /64.
+SCALE_NET4 = IPv4Network("203.0.113.0/24")
+SCALE_NET6 = IPv6Network("2001:db8:100::1:0/112")
 MAX_HOSTS = 50
 BRIDGE = "br0"
-IFNAME = "eth0"
 NFT_TABLE = "haagent_lab"
 
 LAB_ID_RE = re.compile(r"^hx[0-9a-f]{5}$")
@@ -75,25 +80,6 @@ def _addr4(host_part: int) -> IPv4Address:
 def _addr6(host_part: int) -> IPv6Address:
     # The IPv6 address carries the same digits as the IPv4 host part: .11 -> ::11, .100 -> ::100
     return SUBNET6[int(str(host_part), 16)]
-
-
-@dataclass(frozen=True)
-class Node:
-    """One namespace of the lab with its single interface into the switch."""
-
-    role: str
-    netns: str
-    ipv4: IPv4Address
-    ipv6: IPv6Address
-    ifname: str = IFNAME
-
-    @property
-    def kind(self) -> str:
-        if self.role == "cl":
-            return "client"
-        if self.role.startswith("etcd"):
-            return "etcd"
-        return "host"
 
 
 # --------------------------------------------------------------------------- low level
@@ -314,6 +300,26 @@ class Lab:
         if not 0 <= i < VIP_COUNT:
             raise ValueError(f"VIP index must be 0..{VIP_COUNT - 1}, not {i}")
         return _addr6(VIP_BASE + i)
+
+    @staticmethod
+    def scale_vips(count: int) -> list[tuple[str, str]]:
+        """``count`` VIPs as (name, address) for :meth:`write_agent_config`, named
+        ``vip0000`` …, alternating IPv4 and IPv6 while IPv4 lasts (408 addresses: see
+        SCALE_NET4), IPv6 only after that. Not to be combined with vip4()/vip6() in one
+        cluster: the first IPv4 ones overlap."""
+        pool4 = [SUBNET4[p] for p in range(CLIENT_HOST_PART + 1, 255)]
+        pool4 += list(SCALE_NET4.hosts())
+        limit = len(pool4) + SCALE_NET6.num_addresses - 1
+        if not 0 <= count <= limit:
+            raise ValueError(f"scale VIP count must be 0..{limit}, not {count}")
+        n4 = min(len(pool4), (count + 1) // 2)
+        v4 = iter(pool4[:n4])
+        v6 = (SCALE_NET6[i] for i in range(1, count - n4 + 1))
+        out: list[tuple[str, str]] = []
+        for i in range(count):
+            address = next(v4, None) if i % 2 == 0 else None
+            out.append((f"vip{i:04d}", str(address if address is not None else next(v6))))
+        return out
 
     def host(self, role: str) -> Node:
         """The node with that role ('h1', 'cl', 'etcd', 'etcd2', …)."""
@@ -689,7 +695,10 @@ class Lab:
         _cmd(["ip", "-n", self.switch_ns, "link", "set", node.role, "up"])
 
     def block_etcd(self, node: Node) -> None:
-        """Drop everything between `node` and every etcd member; clients still reach it."""
+        """Drop everything between `node` and every etcd member; clients still reach it.
+
+        The drops are counted: :meth:`etcd_drops` tells whether anything on `node` has tried
+        to reach etcd since."""
         v4 = ", ".join(str(n.ipv4) for n in self.etcd_nodes)
         v6 = ", ".join(str(n.ipv6) for n in self.etcd_nodes)
         ruleset = f"""
@@ -703,12 +712,32 @@ table inet {NFT_TABLE} {{
     }}
     chain output {{
         type filter hook output priority -10; policy accept;
-        ip daddr {{ {v4} }} drop
-        ip6 daddr {{ {v6} }} drop
+        ip daddr {{ {v4} }} counter drop
+        ip6 daddr {{ {v6} }} counter drop
     }}
 }}
 """
         _cmd(["ip", "netns", "exec", node.netns, "nft", "-f", "-"], input=ruleset)
+
+    def etcd_drops(self, node: Node) -> int:
+        """Packets `node` has sent towards etcd since :meth:`block_etcd`, all dropped; 0 when
+        etcd is not blocked for it."""
+        argv = ["nft", "-j", "list", "chain", "inet", NFT_TABLE, "output"]
+        proc = subprocess.run(
+            ["ip", "netns", "exec", node.netns, *argv],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if proc.returncode != 0:
+            return 0  # no such table: not blocked
+        return sum(
+            int(expr["counter"]["packets"])
+            for item in json.loads(proc.stdout).get("nftables", [])
+            for expr in item.get("rule", {}).get("expr", [])
+            if isinstance(expr, dict) and "counter" in expr
+        )
 
     def unblock_etcd(self, node: Node) -> None:
         ruleset = f"table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"

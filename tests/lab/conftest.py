@@ -9,22 +9,23 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import pytest
 
 from haagent.lab.probe import started_marker
 from haagent.lab.topology import Lab, Node
+
+# Re-exported: test_layer2.py and test_net.py import it from here.
+from haagent.lab.wait import wait_until as wait_until
 
 
 def _unavailable(*binaries: str) -> str | None:
@@ -55,53 +56,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.skip(reason=why))
 
 
-def wait_until(pred: Callable[[], object], timeout: float, interval: float = 0.05) -> object:
-    """Poll ``pred`` until it returns something truthy; bounded by ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
 def start_probe(
     lab: Lab, target: object, seconds: float, tag: str
 ) -> tuple[Path, subprocess.Popen[bytes]]:
     """A client probe every 5 ms for ``seconds``; returns once it is sending."""
     out = lab.workdir / f"probe-{tag}.jsonl"
     proc = lab.start_probe(str(target), out, interval=0.005, duration=seconds)
-    assert wait_until(started_marker(out).exists, 10), "probe did not start"
+    wait_until(started_marker(out).exists, 10, what=f"the probe of {target} to start sending")
     return out, proc
+
+
+def _record(lab: Lab, key: str) -> dict[str, Any] | None:
+    out = lab.etcd.etcdctl("get", "--print-value-only", key, check=False).stdout.strip()
+    if not out:
+        return None
+    record: dict[str, Any] = json.loads(out)
+    return record
+
+
+def holder_record(lab: Lab, cluster: str, vip: str) -> dict[str, Any] | None:
+    """The VIP's holder record in etcd (docs/keys.md), None if there is no holder key."""
+    return _record(lab, f"/haagent/v1/{cluster}/vips/{vip}/holder")
 
 
 def etcd_holder(lab: Lab, cluster: str, vip: str) -> str | None:
     """The node named by the VIP's holder key in etcd, None if there is no such key."""
-    key = f"/haagent/v1/{cluster}/vips/{vip}/holder"
-    out = lab.etcd.etcdctl("get", "--print-value-only", key, check=False).stdout.strip()
-    return str(json.loads(out)["node"]) if out else None
+    record = holder_record(lab, cluster, vip)
+    return str(record["node"]) if record else None
 
 
-LOG_LINE = re.compile(r"^(\S+Z) (\w+) (\S+): (.*)$")
-
-
-@dataclass
-class LogEvent:
-    at: datetime
-    level: str
-    message: str
-
-
-def parse_log(text: str) -> list[LogEvent]:
-    out = []
-    for line in text.splitlines():
-        m = LOG_LINE.match(line)
-        if m:
-            at = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%fZ")
-            out.append(LogEvent(at, m.group(2), m.group(4)))
-    return out
+def member_record(lab: Lab, cluster: str, node: str) -> dict[str, Any] | None:
+    """The node's member record in etcd (docs/keys.md): present exactly while its agent's
+    lease lives."""
+    return _record(lab, f"/haagent/v1/{cluster}/members/{node}")
 
 
 class Identity(TypedDict, total=False):
@@ -125,6 +112,7 @@ class Agents:
     extra: dict[str, object] = field(default_factory=dict)  # more top-level config keys
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     configs: dict[str, Path] = field(default_factory=dict)
+    launched: dict[str, float] = field(default_factory=dict)  # time.time() of the last start
     log_start: dict[str, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -144,7 +132,6 @@ class Agents:
 
         ``identity`` (default: the lab's, see Lab.write_agent_config) and ``vips`` (default:
         ``self.vips``) are for this host only."""
-        runs = self._lease_lines(host)
         cfg = self.lab.write_agent_config(
             host,
             self.vips if vips is None else vips,
@@ -154,34 +141,53 @@ class Agents:
             **(identity or {}),
         )
         self.configs[host.role] = cfg
+        launched = time.time()
         proc = self.lab.start_agent(host, cfg)
         self.procs[host.role] = proc
+        self.launched[host.role] = launched
         if wait:
             # Signals sent before the agent is up would hit a half-started interpreter.
-            up = wait_until(lambda: self._lease_lines(host) > runs or proc.poll() is not None, 15)
-            assert up and proc.poll() is None, f"agent {host.role} did not start\n{self.log(host)}"
+            self.wait_member(host)
         return proc
 
-    def _lease_lines(self, host: Node) -> int:
-        # The log is appended to across restarts: count, do not search.
-        log = self.log(host)
-        return log.count("haagent.agent: granted lease") + log.count("adopted lease")
+    def is_member(self, host: Node) -> bool:
+        """The agent started last on ``host`` has published its member record: it holds a
+        lease (granted or adopted). A record of an earlier run does not count."""
+        record = self.member(host.role)
+        # `started` is the agent's own time.time() at start-up, rounded to 1 ms.
+        return record is not None and record["started"] >= self.launched[host.role] - 0.001
+
+    def wait_member(self, host: Node, timeout: float = 15) -> None:
+        proc = self.procs[host.role]
+        wait_until(
+            lambda: self.is_member(host) or proc.poll() is not None,
+            timeout,
+            what=f"the agent on {host.role} to publish its member record",
+            detail=lambda: self.log(host),
+        )
+        assert proc.poll() is None, f"agent {host.role} exited {proc.returncode}\n{self.log(host)}"
+
+    def member(self, node: str) -> dict[str, Any] | None:
+        return member_record(self.lab, self.cluster, node)
 
     def start_cut_off_from_etcd(self, host: Node) -> None:
-        """Block etcd for ``host``, start its agent, return once it logs etcd as not reachable."""
-        before = self.log(host).count("not reachable")
+        """Block etcd for ``host``, start its agent, return once the block has dropped the
+        agent's first attempt to reach etcd."""
         self.lab.block_etcd(host)
-        self.start(host, wait=False)
-        said = wait_until(lambda: self.log(host).count("not reachable") > before, 10)
-        assert said, self.log(host)
+        proc = self.start(host, wait=False)
+        wait_until(
+            lambda: self.lab.etcd_drops(host) > 0 or proc.poll() is not None,
+            10,
+            what=f"the agent on {host.role} to try etcd through the block",
+            detail=lambda: self.log(host),
+        )
+        assert proc.poll() is None, f"agent {host.role} exited {proc.returncode}\n{self.log(host)}"
 
     def start_all(self) -> None:
-        runs = {h.role: self._lease_lines(h) for h in self.lab.hosts}
         for h in self.lab.hosts:
             self.start(h, wait=False)
         for h in self.lab.hosts:
-            up = wait_until(lambda: self._lease_lines(h) > runs[h.role], 15)  # noqa: B023
-            assert up, f"agent {h.role} did not start\n{self.dump()}"
+            self.wait_member(h)
 
     def signal(self, host: Node, sig: signal.Signals, *, group: bool = False) -> None:
         proc = self.procs[host.role]
@@ -224,21 +230,50 @@ class Agents:
         """This test's part of the host's agent log."""
         return self.lab.agent_log(host)[self.log_start.get(host.role, 0) :]
 
-    def events(self, host: Node, pattern: str) -> list[LogEvent]:
-        return [e for e in parse_log(self.log(host)) if re.search(pattern, e.message)]
-
     def holders(self, ip: IPv4Address | IPv6Address) -> list[str]:
         """Hosts that have ``ip`` bound right now on any interface (eth0, a vmac, …), from the
         kernel of each namespace."""
         return [h.role for h in self.lab.hosts if ip in self.lab.bound(h, all_interfaces=True)]
 
     def wait_single_holder(self, ip: IPv4Address | IPv6Address, timeout: float = 10) -> str:
-        got = wait_until(lambda: (hs := self.holders(ip)) and len(hs) == 1 and hs, timeout)
-        assert got, (
-            f"no single holder of {ip} within {timeout}s: {self.holders(ip)}\n" + self.dump()
+        got = wait_until(
+            lambda: hs if len(hs := self.holders(ip)) == 1 else None,
+            timeout,
+            what=f"a single host to have {ip} bound",
+            detail=lambda: f"bound on: {self.holders(ip)}\n{self.dump()}",
         )
-        assert isinstance(got, list)
         return str(got[0])
+
+    def wait_other_holder(self, ip: IPv4Address | IPv6Address, old: str, timeout: float) -> str:
+        """A host other than ``old`` has ``ip`` bound (``old`` may still have it too)."""
+        got = wait_until(
+            lambda: [h for h in self.holders(ip) if h != old],
+            timeout,
+            0.02,
+            what=f"a host other than {old} to bind {ip}",
+            detail=self.dump,
+        )
+        return got[0]
+
+    def wait_settled(self, timeout: float = 10) -> dict[str, str]:
+        """Every VIP of ``self.vips`` is bound on exactly the host its holder key in etcd
+        names; that host per VIP."""
+
+        def settled() -> dict[str, str] | None:
+            found: dict[str, str] = {}
+            for name, address in self.vips:
+                bound = self.holders(ip_address(address))
+                if len(bound) != 1 or etcd_holder(self.lab, self.cluster, name) != bound[0]:
+                    return None
+                found[name] = bound[0]
+            return found
+
+        return wait_until(
+            settled,
+            timeout,
+            what=f"each of {[n for n, _ in self.vips]} bound where etcd says it is held",
+            detail=self.dump,
+        )
 
     def dump(self) -> str:
         parts = []

@@ -1,4 +1,4 @@
-"""Tiny namespace helpers for tests/lab/test_net.py (haagent.lab will replace them).
+"""Tiny namespace helpers for tests/lab/test_net.py and test_layer2.py.
 
 Code under test runs *inside* a namespace in a forked child: the child calls
 ``pyroute2.netns.setns()`` before it creates anything, so its IPRoute, its packet sockets
@@ -13,7 +13,7 @@ import multiprocessing
 import secrets
 import subprocess
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -112,6 +112,19 @@ class Segment:
     def mac(self, member: str) -> str:
         out = ip("-br", "link", "show", "dev", self.ifname(member), ns=self.ns(member))
         return out.split()[2].lower()
+
+    def add_host_addresses(self, numbers: Mapping[str, int]) -> None:
+        """Give member ``m`` 198.51.100.<n>/24, 2001:db8::<n in hex>/64 and, instead of its
+        random link-local address, fe80::<m>/64, for each ``m: n`` of ``numbers``.
+
+        IPv6 addresses are added with nodad, so nothing waits for their DAD; DAD stays
+        enabled on the interface (accept_dad=1): other addresses still do it."""
+        for m, n in numbers.items():
+            ns, dev = self.ns(m), self.ifname(m)
+            ip("addr", "add", f"198.51.100.{n}/24", "dev", dev, ns=ns)
+            ip("addr", "add", f"2001:db8::{n:x}/64", "dev", dev, "nodad", ns=ns)
+            ip("addr", "flush", "dev", dev, "scope", "link", ns=ns)
+            ip("addr", "add", f"fe80::{m}/64", "dev", dev, "nodad", ns=ns)
 
     def _add_ns(self, name: str) -> None:
         ip("netns", "add", name)

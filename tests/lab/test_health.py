@@ -3,7 +3,6 @@ a real etcd, a real client."""
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -15,13 +14,16 @@ from subprocess import Popen
 
 import pytest
 
+from haagent.lab.history import holding_intervals, start_address_recorder
 from haagent.lab.topology import Lab, Node
-from tests.lab.conftest import Agents, wait_until
+from haagent.lab.wait import wait_until
+from tests.lab.conftest import Agents, etcd_holder, member_record
 
 pytestmark = pytest.mark.lab
 
 SERVICE_PORT = 7100
 FAST = {"interval": 0.2, "timeout": 0.2, "rise": 2, "fall": 2}
+HOLD_DOWN = 1.0  # s, the VIP's hold_down unless a test sets its own
 
 
 @dataclass
@@ -78,7 +80,11 @@ class Services:
             "-c",
             f"import socket; socket.create_connection(('127.0.0.1', {SERVICE_PORT}), 1)",
         ]
-        assert wait_until(lambda: self.lab.run(host, probe, check=False).returncode == 0, 10)
+        wait_until(
+            lambda: self.lab.run(host, probe, check=False).returncode == 0,
+            10,
+            what=f"the test service on {host.role} to accept connections",
+        )
 
     def _stop(self, host: Node) -> None:
         self.lab.stop(self.servers.pop(host.role))
@@ -103,7 +109,7 @@ def configure(agents: Agents, check: dict[str, object], **vip: object) -> None:
                 "address": str(lab.vip4(0)),
                 "interface": "eth0",
                 "checks": ["svc"],
-                "hold_down": 1.0,
+                "hold_down": HOLD_DOWN,
                 **vip,
             }
         ],
@@ -111,14 +117,8 @@ def configure(agents: Agents, check: dict[str, object], **vip: object) -> None:
 
 
 def member_health(lab: Lab, cluster: str, node: str) -> str | None:
-    out = lab.etcd.etcdctl(
-        "get", f"/haagent/v1/{cluster}/members/{node}", "--print-value-only"
-    ).stdout.strip()
-    return json.loads(out)["health"].get("web4") if out else None
-
-
-def acquisitions(agents: Agents, host: Node) -> int:
-    return len(agents.events(host, r"^acquired vip web4 "))
+    record = member_record(lab, cluster, node)
+    return record["health"].get("web4") if record else None
 
 
 @pytest.fixture(params=["tcp", "http", "exec", "interface"])
@@ -140,24 +140,55 @@ def test_failing_check_moves_the_vip_and_recovery_makes_the_host_eligible_again(
     old = agents.wait_single_holder(ip)
     old_host = lab.host(old)
     svc[old].brk()
-    new = wait_until(lambda: [h for h in agents.holders(ip) if h != old] or None, 10, 0.02)
-    assert new, agents.dump()
-    assert lab.probe_once(str(ip))["by"] == new[0]  # type: ignore[index]
-    assert agents.events(old_host, r"^released vip web4 .*check svc"), agents.log(old_host)
-    assert wait_until(
-        lambda: (member_health(lab, agents.cluster, old) or "").startswith("unhealthy"), 5
+    new = agents.wait_other_holder(ip, old, 10)
+    released = time.monotonic()
+    assert lab.probe_once(str(ip))["by"] == new
+    assert etcd_holder(lab, agents.cluster, "web4") == new
+    wait_until(
+        lambda: (member_health(lab, agents.cluster, old) or "").startswith("unhealthy"),
+        5,
+        what=f"{old}'s member record to say web4 is unhealthy there",
+        detail=agents.dump,
     )
-    # While unhealthy it does not campaign (and nothing would let it win anyway).
-    before = acquisitions(agents, old_host)
-    time.sleep(1.0)
-    assert acquisitions(agents, old_host) == before
-    assert "campaign" not in " ".join(
-        e.message for e in agents.events(old_host, r"web4") if "unhealthy" in e.message
-    )
+    assert old not in agents.holders(ip)  # it let go for its check: it still runs, unhealthy
+    (third,) = (h for h in lab.hosts if h.role not in (old, new))
+
+    # While unhealthy it does not campaign. Leave it the only other candidate, then have the
+    # holder let go: campaigning would win it the VIP at once.
+    agents.signal(third, signal.SIGTERM)
+    assert agents.wait_exit(third, 5) == 0, agents.log(third)
+    with start_address_recorder(lab, [old_host], tag="unhealthy") as recorder:
+        agents.signal(lab.host(new), signal.SIGTERM)
+        assert agents.wait_exit(lab.host(new), 5) == 0, agents.log(lab.host(new))
+        assert etcd_holder(lab, agents.cluster, "web4") is None  # released on shutdown
+        # Watch past its hold-down (counted from the release for the check), so that only
+        # its health can be what keeps it out.
+        until = max(time.monotonic() + 1.0, released + HOLD_DOWN + 1.0)
+        while time.monotonic() < until:
+            assert etcd_holder(lab, agents.cluster, "web4") is None, agents.log(old_host)
+            time.sleep(0.1)
+        events = recorder.stop()
+    bound = [e for e in events if e.host == old and e.ip == ip and e.added]
+    assert bound == [], f"{old} bound {ip} while unhealthy: {bound}\n{agents.log(old_host)}"
+    assert agents.holders(ip) == []
+
+    # Recovery does not move the VIP back (no preemption)...
+    agents.start(lab.host(new))
+    assert agents.wait_single_holder(ip) == new  # the only healthy candidate
     svc[old].fix()
-    assert wait_until(lambda: member_health(lab, agents.cluster, old) == "healthy", 10)
-    # Recovery does not move it back (no preemption): one holder, the new one.
-    assert agents.holders(ip) == new
+    wait_until(
+        lambda: member_health(lab, agents.cluster, old) == "healthy",
+        10,
+        what=f"{old}'s member record to say web4 is healthy there again",
+        detail=agents.dump,
+    )
+    assert agents.holders(ip) == [new]
+    assert etcd_holder(lab, agents.cluster, "web4") == new
+    # ... but makes the host eligible again: it takes over when the holder lets go.
+    agents.signal(lab.host(new), signal.SIGTERM)
+    assert agents.wait_exit(lab.host(new), 5) == 0, agents.log(lab.host(new))
+    assert agents.wait_single_holder(ip) == old
+    assert etcd_holder(lab, agents.cluster, "web4") == old
 
 
 def test_flapping_check_moves_are_bounded_by_hold_down(lab: Lab, agents: Agents) -> None:
@@ -191,19 +222,23 @@ def test_flapping_check_moves_are_bounded_by_hold_down(lab: Lab, agents: Agents)
             n += 1
             stop.wait(0.4)
 
-    start = {h.role: acquisitions(agents, h) for h in lab.hosts[:2]}
     t = threading.Thread(target=flap)
-    t.start()
-    try:
-        t.join(seconds + 5)
-    finally:
-        stop.set()
-        for f in flags.values():
-            f.unlink(missing_ok=True)
-    moves = sum(acquisitions(agents, h) - start[h.role] for h in lab.hosts[:2])
+    with start_address_recorder(lab, lab.hosts[:2], tag="flap") as recorder:
+        t.start()
+        try:
+            t.join(seconds + 5)
+        finally:
+            stop.set()
+            for f in flags.values():
+                f.unlink(missing_ok=True)
+        events = recorder.stop()
+    # A move is a host binding the VIP while the checks flap; the binding of the holder from
+    # before is in the recorder's initial snapshot and begins at its start.
+    intervals = holding_intervals(events, lab.vip4(0), until=time.time())
+    moves = sum(1 for ivs in intervals.values() for s, _ in ivs if s > recorder.started_at)
     # Without damping the VIP would follow every flip (~15 moves); hold_down 2 s allows
     # each host one acquisition per 2 s at most.
-    assert 1 <= moves <= 8, f"{moves} moves\n{agents.dump()}"
+    assert 1 <= moves <= 8, f"{moves} moves: {intervals}\n{agents.dump()}"
 
 
 def test_when_no_host_is_healthy_the_vip_is_released_by_default(lab: Lab, agents: Agents) -> None:
@@ -218,10 +253,8 @@ def test_when_no_host_is_healthy_the_vip_is_released_by_default(lab: Lab, agents
     agents.wait_single_holder(ip)
     for f in flags.values():
         f.unlink()
-    assert wait_until(lambda: agents.holders(ip) == [], 5), agents.dump()
-    assert wait_until(
-        lambda: "no healthy host for vip web4" in "".join(agents.log(h) for h in lab.hosts), 5
-    ), agents.dump()
+    wait_until(lambda: agents.holders(ip) == [], 5, what=f"{ip} bound nowhere", detail=agents.dump)
+    assert etcd_holder(lab, agents.cluster, "web4") is None
 
     # Each agent publishes its member record after acting on the check: allow it a moment.
     def all_unhealthy() -> bool:
@@ -230,7 +263,8 @@ def test_when_no_host_is_healthy_the_vip_is_released_by_default(lab: Lab, agents
             for h in lab.hosts
         )
 
-    assert wait_until(all_unhealthy, 5), agents.dump()
+    wait_until(all_unhealthy, 5, what="every member record to say unhealthy", detail=agents.dump)
+    assert agents.holders(ip) == [] and etcd_holder(lab, agents.cluster, "web4") is None
     flags["h2"].touch()
     assert agents.wait_single_holder(ip) == "h2"
 
@@ -250,21 +284,37 @@ def test_when_all_unhealthy_keep_leaves_it_on_the_last_holder(lab: Lab, agents: 
     others = [h.role for h in lab.hosts if h.role != holder]
     for role in others:
         flags[role].unlink()
+
+    def unhealthy(role: str) -> bool:
+        return (member_health(lab, agents.cluster, role) or "").startswith("unhealthy")
+
     for role in others:
-        known = wait_until(
-            lambda: (member_health(lab, agents.cluster, role) or "").startswith("unhealthy"),  # noqa: B023
+        wait_until(
+            lambda: unhealthy(role),  # noqa: B023
             5,
+            what=f"{role}'s member record to say unhealthy",
+            detail=agents.dump,
         )
-        assert known, agents.dump()
     flags[holder].unlink()
-    kept = wait_until(lambda: "kept while unhealthy" in agents.log(lab.host(holder)), 5)
-    assert kept, agents.log(lab.host(holder))
-    for _ in range(10):
+    # The holder publishes its health after acting on its check (here: keeping the VIP).
+    wait_until(
+        lambda: unhealthy(holder),
+        5,
+        what=f"the holder {holder}'s member record to say unhealthy",
+        detail=agents.dump,
+    )
+    for _ in range(10):  # and it stays put: a second of watching
         assert agents.holders(ip) == [holder]
+        assert etcd_holder(lab, agents.cluster, "web4") == holder
         time.sleep(0.1)
     # As soon as another host is healthy again, the unhealthy holder lets it go.
     flags[others[0]].touch()
-    assert wait_until(lambda: agents.holders(ip) == [others[0]], 10), agents.dump()
+    wait_until(
+        lambda: agents.holders(ip) == [others[0]],
+        10,
+        what=f"{ip} to move to {others[0]}, healthy again",
+        detail=agents.dump,
+    )
 
 
 def test_notify_hooks_run_with_their_environment_and_never_block(lab: Lab, agents: Agents) -> None:
@@ -285,7 +335,9 @@ def test_notify_hooks_run_with_their_environment_and_never_block(lab: Lab, agent
     host = lab.hosts[0]
     agents.start(host)
     assert agents.wait_single_holder(lab.vip4(0)) == host.role
-    assert wait_until(lambda: log.exists() and "acquire" in log.read_text(), 5)
+    wait_until(
+        lambda: log.exists() and "acquire" in log.read_text(), 5, what="the on_acquire hook to run"
+    )
     assert log.read_text().splitlines()[0] == f"acquire web4 {lab.vip4(0)} h1"
     agents.signal(host, signal.SIGTERM)
     assert agents.wait_exit(host, 4) == 0, agents.log(host)  # not held up by the hung hook

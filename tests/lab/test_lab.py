@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
@@ -32,26 +30,12 @@ from haagent.lab.topology import (
     list_netns,
     pid_alive,
 )
-from tests.lab.conftest import wait_until
+from haagent.lab.wait import wait_until
+from tests.lab.conftest import require
 
 PORT = 7000
 MEASURED: dict[str, float] = {}
-
-
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for network namespaces"
-    missing = [b for b in ("ip", "etcd", "etcdctl", "nft") if shutil.which(b) is None]
-    return f"missing {', '.join(missing)}" if missing else None
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
+NEEDS = ("ip", "etcd", "etcdctl", "nft")
 
 
 def ns_list() -> set[str]:
@@ -120,8 +104,7 @@ lab_only = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if why := _unavailable():
-        pytest.skip(why)
+    require(*NEEDS)
     the_lab = Lab(hosts=2)
     try:
         started = time.monotonic()
@@ -208,8 +191,8 @@ def test_cut_link_isolates_and_restore_link_reconnects(lab: Lab) -> None:
         assert not lab.etcd.healthy_from(h1)
     finally:
         lab.restore_link(h1)
-    assert wait_for(lambda: lab.probe_once(h1.ipv4, PORT)["by"] == "h1", 5)
-    assert wait_for(lambda: lab.etcd.healthy_from(h1), 5)
+    wait_until(lambda: lab.probe_once(h1.ipv4, PORT)["by"] == "h1", 5, what="h1 to answer again")
+    wait_until(lambda: lab.etcd.healthy_from(h1), 5, what="h1 to reach etcd again")
 
 
 @lab_only
@@ -226,7 +209,7 @@ def test_block_etcd_cuts_etcd_but_not_clients(lab: Lab) -> None:
     finally:
         lab.unblock_etcd(h1)
     lab.unblock_etcd(h1)  # idempotent
-    assert wait_for(lambda: lab.etcd.healthy_from(h1), 5)
+    wait_until(lambda: lab.etcd.healthy_from(h1), 5, what="h1 to reach etcd again")
 
 
 @lab_only
@@ -265,8 +248,7 @@ def test_status_reports_what_is_really_there(lab: Lab, capsys: pytest.CaptureFix
 
 @lab_only
 def test_three_member_etcd_survives_losing_one() -> None:
-    if why := _unavailable():
-        pytest.skip(why)
+    require(*NEEDS)
     lab = Lab(hosts=1, etcd_members=3)
     try:
         lab.up()
@@ -280,7 +262,7 @@ def test_three_member_etcd_survives_losing_one() -> None:
             r = lab.etcd.etcdctl("put", "k", "v2", endpoints=lab.etcd_endpoints[:1], check=False)
             return r.returncode == 0
 
-        assert wait_until(put, 15, 0.2), "two of three members did not accept a write"
+        wait_until(put, 15, 0.2, what="two of three etcd members to accept a write")
         lab.etcd.start("etcd2")
         lab.etcd.wait_healthy(["etcd2"], timeout=15)
         got = lab.etcd.etcdctl("get", "--print-value-only", "k", endpoints=lab.etcd_endpoints[1:2])
@@ -292,8 +274,7 @@ def test_three_member_etcd_survives_losing_one() -> None:
 
 @lab_only
 def test_failed_up_removes_what_it_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    if why := _unavailable():
-        pytest.skip(why)
+    require(*NEEDS)
 
     def broken(self: EtcdCluster, *args: object, **kwargs: object) -> float:
         raise EtcdError("etcd did not come up (simulated)")
@@ -310,8 +291,7 @@ def test_failed_up_removes_what_it_built(monkeypatch: pytest.MonkeyPatch) -> Non
 
 @lab_only
 def test_up_refuses_an_existing_lab_and_touches_nothing() -> None:
-    if why := _unavailable():
-        pytest.skip(why)
+    require(*NEEDS)
     lab = Lab(hosts=1)
     squatter = lab.hosts[0].netns
     subprocess.run(["ip", "netns", "add", squatter], check=True)
@@ -325,8 +305,7 @@ def test_up_refuses_an_existing_lab_and_touches_nothing() -> None:
 
 @lab_only
 def test_down_leaves_nothing_behind() -> None:
-    if why := _unavailable():
-        pytest.skip(why)
+    require(*NEEDS)
     lab = Lab(hosts=1)
     try:
         lab.up()
@@ -349,8 +328,7 @@ def test_down_leaves_nothing_behind() -> None:
 
 @lab_only
 def test_cleanup_leftovers_removes_an_abandoned_lab() -> None:
-    if why := _unavailable():
-        pytest.skip(why)
+    require(*NEEDS)
     lab = Lab(hosts=1)
     lab_id, namespaces = lab.lab_id, set(lab.namespaces)
     try:
@@ -367,7 +345,9 @@ def test_cleanup_leftovers_removes_an_abandoned_lab() -> None:
         assert namespaces <= set(removed)
         assert str(STATE_ROOT / lab_id) in removed
         assert not namespaces & ns_list()
-        assert wait_for(lambda: not any(pid_alive(p) for p in pids), 3)
+        wait_until(
+            lambda: not any(pid_alive(p) for p in pids), 3, what="every process of the lab to end"
+        )
         assert find_leftovers(lab_id) == []
         assert cleanup_leftovers(lab_id) == []
     finally:

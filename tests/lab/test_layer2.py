@@ -36,16 +36,12 @@ import pytest
 
 from haagent.net.addresses import AddressManager
 from haagent.net.announce import Announcer
-from haagent.net.responder import (
+from haagent.net.frames import (
     ARP_REPLY,
     ARP_REQUEST,
     BROADCAST,
-    ETH_P_ALL,
     ND_NA,
-    PACKET_OUTGOING,
-    SO_TIMESTAMPNS,
     UNSPECIFIED6,
-    Responder,
     arp_frame,
     mac_bytes,
     mac_str,
@@ -54,6 +50,12 @@ from haagent.net.responder import (
     parse_arp,
     parse_nd,
     solicited_node,
+)
+from haagent.net.responder import (
+    ETH_P_ALL,
+    PACKET_OUTGOING,
+    SO_TIMESTAMPNS,
+    Responder,
     who_answers,
 )
 from haagent.net.vmac import (
@@ -157,12 +159,7 @@ def net() -> Iterator[Net]:
     services: list[subprocess.Popen[str]] = []
     try:
         seg.create()
-        for m, n in NODE.items():
-            ns, dev = seg.ns(m), seg.ifname(m)
-            ip("addr", "add", f"198.51.100.{n}/24", "dev", dev, ns=ns)
-            ip("addr", "add", f"2001:db8::{n:x}/64", "dev", dev, "nodad", ns=ns)
-            ip("addr", "flush", "dev", dev, "scope", "link", ns=ns)
-            ip("addr", "add", f"fe80::{m}/64", "dev", dev, "nodad", ns=ns)
+        seg.add_host_addresses(NODE)
         for m in ("a", "b"):
             sysctl(seg.ns(m), "net.ipv4.conf.all.rp_filter", "1")
             services.append(_start_service(seg.ns(m), m))
@@ -765,7 +762,12 @@ def test_responder_answers_for_an_unbound_vip_and_hands_over(net: Net, version: 
         sniff, stop = capture(c, do_capture_resolution, net.dev("c"), vip)
         try:
             assert run_in_ns(c, do_talk, net.dev("c"), vip, "udp")["answer"].startswith("a ")
-            assert wait_for(lambda: net.neigh(vip) == (mac_a, "REACHABLE"), 2.0), net.neigh(vip)
+            wait_for(
+                lambda: net.neigh(vip) == (mac_a, "REACHABLE"),
+                2.0,
+                what=f"the client's probe to make its entry for {vip} REACHABLE again",
+                detail=lambda: net.neigh(vip),
+            )
         finally:
             stop.set()
             probes = sniff.result(10)
@@ -798,7 +800,12 @@ def test_responder_answers_for_an_unbound_vip_and_hands_over(net: Net, version: 
         # B takes over and announces; the client's entry follows and it reaches B.
         resp_b.call("hold", net.dev("b"), vip, mac_b)
         run_in_ns(b, do_announce, net.dev("b"), vip, mac_b)
-        assert wait_for(lambda: net.neigh(vip)[0] == mac_b, 1.0), net.neigh(vip)
+        wait_for(
+            lambda: net.neigh(vip)[0] == mac_b,
+            1.0,
+            what=f"the client's entry for {vip} to move to B's {mac_b}",
+            detail=lambda: net.neigh(vip),
+        )
         assert run_in_ns(c, do_talk, net.dev("c"), vip, "udp")["answer"].startswith("b ")
         assert [x["mac"] for x in run_in_ns(c, do_ask, net.dev("c"), vip, form)] == [mac_b]
     finally:
@@ -839,7 +846,9 @@ def do_responder_edges(dev: str, peer: str) -> dict[str, Any]:
             subprocess.run(["ip", "link", "set", d, "up"], check=True, timeout=10)
         # The responder notices (ENETDOWN), reopens by name and answers on the new link.
         answered = wait_for(
-            lambda: who_answers(peer, IPv4Address("198.51.100.99"), timeout=0.1), 3.0
+            lambda: who_answers(peer, IPv4Address("198.51.100.99"), timeout=0.1),
+            3.0,
+            what=f"the responder to answer again on the re-created {dev}",
         )
         out["after_recreate"] = answered
         out["stats"] = r.stats()

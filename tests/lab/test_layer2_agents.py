@@ -15,8 +15,9 @@ import pytest
 
 from haagent.lab.probe import read_records, summarize
 from haagent.lab.topology import Lab, Node
+from haagent.lab.wait import wait_until
 from haagent.net.vmac import vmac_ifname, vrrp_mac
-from tests.lab.conftest import Agents, etcd_holder, start_probe, wait_until
+from tests.lab.conftest import Agents, etcd_holder, start_probe
 
 pytestmark = pytest.mark.lab
 
@@ -134,9 +135,12 @@ def test_announce_only_vip_is_answered_for_and_reaches_a_dnat_service(
             "vips": [{"name": "web", "address": str(ip), "interface": "eth0", "bind": False}]
         }
         agents.start_all()
-        holder = wait_until(lambda: etcd_holder(lab, agents.cluster, "web"), 10)
-        assert holder, agents.dump()
-        old = str(holder)
+        old = wait_until(
+            lambda: etcd_holder(lab, agents.cluster, "web"),
+            10,
+            what="a holder key for the announce-only vip",
+            detail=agents.dump,
+        )
         assert agents.holders(ip) == []  # announce-only: bound nowhere
         assert lab.probe_once(str(ip))["by"] == old
         assert lab.probe_once(str(ip), tcp=True)["by"] == old
@@ -144,9 +148,12 @@ def test_announce_only_vip_is_answered_for_and_reaches_a_dnat_service(
         agents.signal(lab.host(old), signal.SIGTERM)
         assert agents.wait_exit(lab.host(old), 2) == 0
         new = wait_until(
-            lambda: (by := lab.probe_once(str(ip), timeout=0.2)["by"]) not in (None, old) and by, 10
+            lambda: (by := lab.probe_once(str(ip), timeout=0.2)["by"]) not in (None, old) and by,
+            10,
+            what=f"a host other than {old} to answer for {ip}",
+            detail=agents.dump,
         )
-        assert new, agents.dump()
+        assert etcd_holder(lab, agents.cluster, "web") == new
         assert neighbour_mac(lab, ip) == host_mac(lab, lab.host(str(new)))
     finally:
         for h in lab.hosts:
@@ -167,11 +174,18 @@ def test_periodic_refresh_heals_a_stale_client_cache(lab: Lab, agents: Agents, f
     agents.start_all()
     holder = agents.wait_single_holder(ip)
     right = host_mac(lab, lab.host(holder))
-    time.sleep(0.5)  # past the acquire burst (3 x 0.1 s): only the refresh can heal it now
+    # Past the acquire burst (3 x 0.1 s, a fixed schedule with nothing to observe at its end):
+    # only the refresh can heal it now.
+    time.sleep(0.5)
     wrong = "02:00:00:00:00:99"
     lab.run(
         lab.client,
         ["ip", "neigh", "replace", str(ip), "lladdr", wrong, "dev", "eth0", "nud", "stale"],
     )
     assert neighbour_mac(lab, ip) == wrong
-    assert wait_until(lambda: neighbour_mac(lab, ip) == right, 3.0, 0.05), agents.dump()
+    wait_until(
+        lambda: neighbour_mac(lab, ip) == right,
+        3.0,
+        what=f"the client's entry for {ip} to be corrected to {right}",
+        detail=agents.dump,
+    )
