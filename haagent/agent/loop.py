@@ -489,14 +489,28 @@ class Agent:
             "" if done else ": already gone",
         )
 
+    @property
+    def _keep_slack(self) -> float:
+        """Seconds the kernel lifetime and the fence deadline outlast the lease deadline.
+
+        Under ``lease.when_etcd_unreachable: keep`` the agent decides to keep its VIPs at the
+        deadline; an address lifetime or a fence deadline ending right there would remove them
+        first (the kernel checks lifetimes on whole-second ticks). One TTL later is when etcd
+        could have given the VIP to another host anyway, which this mode accepts.
+        """
+        return float(self.cfg.lease.ttl) if self.cfg.lease.when_etcd_unreachable == "keep" else 0.0
+
     def _lifetime(self) -> int | None:
         if self.core.outage_keep:
             return LIFETIME_FOREVER
-        return self.core.clock.address_lifetime(time.monotonic())
+        lifetime = self.core.clock.address_lifetime(time.monotonic())
+        return None if lifetime is None else lifetime + int(self._keep_slack)
 
     def _tell_fence(self) -> None:
         core = self.core
         deadline = core.clock.deadline if core.lease_ok else None
+        if deadline is not None:
+            deadline += self._keep_slack
         held = [f for v in core.guarded() if (f := self.place.fenced(v)) is not None]
         self._fence.tell(deadline, held, hold=core.outage_keep, lease=core.clock.lease_id)
 

@@ -163,11 +163,7 @@ def test_when_etcd_unreachable_keep_holds_through_a_whole_etcd_outage(
         time.sleep(0.2)
     # Bound without a break from before the outage on, the time before the deadline included.
     held = holding_intervals(events, ip, until=time.time()).get(holder, [])
-    if len(held) != 1:
-        # Known gap (seen on every run, before and after the agent-core rewrite): the address
-        # lifetime set while etcd answered runs out up to ~1 s before the deadline, and the
-        # agent binds the VIP again only when it decides to keep it, at the deadline.
-        pytest.xfail(f"{holder} lost {ip} for a while before its deadline: {held}")
+    assert len(held) == 1, f"{holder} lost {ip} for a while: {held}\n{agents.dump()}"
 
 
 def test_holder_cut_from_etcd_unbinds_before_new_holder_binds(lab: Lab, agents: Agents) -> None:

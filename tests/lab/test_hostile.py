@@ -1,0 +1,142 @@
+"""Rude neighbours, in the lab with real etcd: duplicate identities, foreign writes to our
+keys, newer records, forged key names and missing capabilities never crash an agent, never
+cost a VIP its holder, and each refusal is one line naming the cause."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from haagent.lab.topology import Lab
+from haagent.lab.wait import wait_until
+from tests.lab.conftest import Agents, etcd_holder, member_record
+
+pytestmark = pytest.mark.lab
+
+
+def _start_raw(
+    lab: Lab, agents: Agents, host_index: int, *, node: str, state_dir: str = ""
+) -> tuple[int, str]:
+    """Start an agent on ``lab.hosts[host_index]`` named ``node``; return its exit code
+    (it is expected to refuse to start)."""
+    host = lab.hosts[host_index]
+    cfg = lab.write_agent_config(host, agents.vips, extra={"cluster": agents.cluster, "node": node})
+    state = state_dir or str(lab.workdir / f"state-{host.role}-{node}-dup")
+    r = lab.run(
+        host,
+        [sys.executable, "-m", "haagent", "run", "-c", str(cfg), "--state-dir", state],
+        check=False,
+        timeout=20,
+    )
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out, out
+    return r.returncode, out
+
+
+def test_a_second_host_with_a_taken_node_name_stops_before_touching_anything(
+    lab: Lab, agents: Agents
+) -> None:
+    h1 = lab.hosts[0]
+    agents.start(h1)
+    assert agents.wait_single_holder(lab.vip4(0)) == "h1"
+    lease = member_record(lab, agents.cluster, "h1")["lease"]  # type: ignore[index]
+    code, out = _start_raw(lab, agents, 1, node="h1")
+    assert code == 1
+    [line] = [ln for ln in out.splitlines() if "ERROR" in ln]
+    assert "node name 'h1' is already used by another running agent at 198.51.100.11" in line
+    assert "give every host its own node name" in line
+    # The first h1 kept its record and its VIPs; the impostor bound nothing.
+    assert member_record(lab, agents.cluster, "h1")["lease"] == lease  # type: ignore[index]
+    assert agents.holders(lab.vip4(0)) == ["h1"]
+    assert lab.vip4(0) not in lab.bound(lab.hosts[1])
+
+
+def test_a_second_agent_on_the_same_host_is_refused_whatever_its_state_dir(
+    lab: Lab, agents: Agents
+) -> None:
+    h1 = lab.hosts[0]
+    agents.start(h1)
+    assert agents.wait_single_holder(lab.vip4(0)) == "h1"
+    code, out = _start_raw(lab, agents, 0, node="h1", state_dir=str(lab.workdir / "other"))
+    assert code == 1
+    assert "another haagent already runs for cluster" in out and "on this host" in out
+    assert "removed stale address" not in out
+    assert lab.vip4(0) in lab.bound(h1)  # never removed, not even for a moment it could see
+
+
+def test_member_record_deleted_or_overwritten_is_restored(lab: Lab, agents: Agents) -> None:
+    h2 = lab.hosts[1]
+    agents.start(h2)
+    key = f"/haagent/v1/{agents.cluster}/members/h2"
+    original = member_record(lab, agents.cluster, "h2")
+    assert original is not None
+    lab.etcd.etcdctl("del", key)
+    wait_until(
+        lambda: member_record(lab, agents.cluster, "h2"),
+        5,
+        what="h2 to write its deleted member record again",
+    )
+    lab.etcd.etcdctl("put", key, "garbage")  # on no lease: not a record anyone may trust
+
+    def restored() -> bool:
+        out = lab.etcd.etcdctl("get", "--print-value-only", key).stdout.strip()
+        try:
+            return bool(json.loads(out)["lease"] == original["lease"])
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    wait_until(restored, 5, what="h2 to replace the garbage over its member record")
+    assert agents.procs["h2"].poll() is None
+
+
+def test_a_newer_schema_holder_on_a_live_lease_is_respected(lab: Lab, agents: Agents) -> None:
+    grant = lab.etcd.etcdctl("lease", "grant", "60").stdout.split()
+    lease = grant[1]  # "lease 694d... granted with TTL(60s)"
+    key = f"/haagent/v1/{agents.cluster}/vips/web4/holder"
+    newer = json.dumps({"schema": "haagent.holder/v2", "node": "h9", "holder": {"x": 1}})
+    lab.etcd.etcdctl("put", key, newer, f"--lease={lease}")
+    agents.start_all()
+    agents.wait_single_holder(lab.vip6(0))
+    time.sleep(1.0)  # the point: nobody deletes it, however long they look
+    got = lab.etcd.etcdctl("get", "--print-value-only", key).stdout.strip()
+    assert json.loads(got)["schema"] == "haagent.holder/v2"
+    assert agents.holders(lab.vip4(0)) == []
+    # Once its lease goes, the VIP is campaigned for as usual.
+    lab.etcd.etcdctl("lease", "revoke", lease)
+    agents.wait_single_holder(lab.vip4(0))
+
+
+def test_key_names_from_etcd_never_forge_log_lines(lab: Lab, agents: Agents) -> None:
+    agents.start(lab.hosts[0])
+    forged = f"/haagent/v1/{agents.cluster}/members/x\n2026-01-01T00:00:00.000Z ERROR FORGED"
+    lab.etcd.etcdctl("put", forged, "{}")
+    wait_until(
+        lambda: "not a key this version knows" in agents.log(lab.hosts[0]),
+        5,
+        what="the agent to notice the foreign key",
+    )
+    log = agents.log(lab.hosts[0])
+    assert not any(line.startswith("2026-01-01") for line in log.splitlines()), log
+
+
+def test_missing_capability_is_one_line_and_no_campaign(lab: Lab, agents: Agents) -> None:
+    host = lab.hosts[2]
+    cfg = lab.write_agent_config(host, agents.vips, extra={"cluster": agents.cluster})
+    r = lab.run(
+        host,
+        [
+            *("setpriv", "--bounding-set", "-net_raw", "--inh-caps", "-net_raw"),
+            *(sys.executable, "-m", "haagent", "run", "-c", str(cfg)),
+            *("--state-dir", str(lab.workdir / "state-nocap")),
+        ],
+        check=False,
+        timeout=20,
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "Traceback" not in out
+    assert "missing capability CAP_NET_RAW" in out and "AmbientCapabilities" in out
+    assert etcd_holder(lab, agents.cluster, "web4") is None
