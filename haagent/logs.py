@@ -24,3 +24,13 @@ def setup_logging(level: str) -> None:
     # gRPC and pyroute2 are chatty at INFO; their warnings still show.
     for noisy in ("pyroute2", "grpc"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` safe for one log line: control characters escaped, at most ``limit`` chars.
+
+    For anything read from outside (key names and values from etcd): a newline in a key name
+    must not forge a line in every agent's log.
+    """
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return out + ("…" if len(text) > limit else "")

@@ -26,9 +26,9 @@ from haagent.agent.runtime import VipRuntime
 from haagent.agent.status import AgentStatus, VipStatus
 from haagent.agent.timers import Timers
 from haagent.cluster.schema import Health, HealthState, Holder, MemberRecord
-from haagent.cluster.view import Change, ClusterView, HolderChange, MemberChange
+from haagent.cluster.view import Change, ClusterView, HolderChange, MemberChange, ReleasedChange
 from haagent.config import Config, NotifyKind, VipConfig
-from haagent.decide import eligibility, outage, purge, rank
+from haagent.decide import eligibility, handover, outage, purge, rank
 from haagent.decide.election import Action as ElectionAction
 from haagent.decide.election import Bind, Campaign, Resign, State, Unbind
 from haagent.decide.lease import LeaseClock
@@ -40,6 +40,7 @@ CAMPAIGN_RETRY = 0.5  # seconds before retrying a campaign or resign that got no
 # shared by hundreds of VIPs) costs one write of the record as it is then, not one per VIP.
 MEMBER_WRITE_INTERVAL = 0.25
 REGRANT_RETRY = 0.5  # seconds between attempts to get a new lease
+LEASE_RECHECK = 0.25  # seconds between questions about a predecessor's lease
 
 
 # -- actions beyond the election's own ---------------------------------------------------
@@ -52,6 +53,23 @@ class PurgeKey:
     vip: str
     create_revision: int
     reason: str
+
+
+@dataclass(frozen=True)
+class CheckLease:
+    """Ask etcd whether a predecessor's lease still lives (handover)."""
+
+    vip: str
+    lease: int
+
+
+@dataclass(frozen=True)
+class ConfirmRelease:
+    """Write the VIP's release record: we removed the address of the key created at
+    ``create_revision``, which someone else's write took from us."""
+
+    vip: str
+    create_revision: int
 
 
 @dataclass(frozen=True)
@@ -88,11 +106,22 @@ class Reread:
     reason: str
 
 
-Action = ElectionAction | PurgeKey | Notify | PublishMember | TellFence | Refresh | Regrant | Reread
+Action = (
+    ElectionAction
+    | PurgeKey
+    | CheckLease
+    | ConfirmRelease
+    | Notify
+    | PublishMember
+    | TellFence
+    | Refresh
+    | Regrant
+    | Reread
+)
 
 # At most one of each pending at a time: they act on the state as it is when they run.
 _COALESCED = (PublishMember, TellFence, Refresh, Regrant, Reread)
-_PROMPT = (Bind, Unbind, Resign, Refresh, TellFence)
+_PROMPT = (Bind, Unbind, Resign, ConfirmRelease, CheckLease, Refresh, TellFence)
 
 
 @dataclass(frozen=True)
@@ -118,8 +147,10 @@ class Core:
         self._normal: deque[_Queued] = deque()
         self._wanted: set[type] = set()
         self._state_changed: dict[str, State] = {}
+        self._checking: set[str] = set()  # VIPs with a CheckLease queued or running
         self._member_written = -MEMBER_WRITE_INTERVAL  # monotonic time of the last write
-        self._member_record: MemberRecord | None = None  # what that write put
+        # What our last writes put: the watch echoes each, possibly after a newer write.
+        self._member_records: deque[MemberRecord] = deque(maxlen=8)
         for rt in self.vips.values():
             if not rt.health.known:
                 self._feed(rt, rt.election.set_eligible(False, rt.health.reason))
@@ -174,13 +205,75 @@ class Core:
     def _feed(self, rt: VipRuntime, actions: Iterable[ElectionAction]) -> None:
         """Queue what an election answered, tagged with its generation after the call."""
         e = rt.election
+        actions = list(actions)
         for action in actions:
-            self._queue(action, e.gen)
+            if isinstance(action, Bind):
+                self._gate_bind(rt, action)
+            else:
+                self._queue(action, e.gen)
         if e.state is State.HOLDER:
             self.held.add(rt.name)
+            if e.holder is not None:
+                rt.held_revision = e.holder.create_revision
         else:
             self.held.discard(rt.name)
+            rt.pending_bind = None
+            if any(isinstance(a, Unbind) for a in actions):
+                self._confirm_release(rt, resigning=any(isinstance(a, Resign) for a in actions))
         self._state_changed[rt.name] = e.state
+
+    # -- handover: break before make (decide.handover) ---------------------------------
+
+    def _gate_bind(self, rt: VipRuntime, bind: Bind) -> None:
+        d = handover.may_bind(rt.predecessor, self.view.released.get(rt.name), rt.predecessor_gone)
+        if d.yes:
+            rt.predecessor, rt.predecessor_gone, rt.pending_bind = None, None, None
+            self._queue(Bind(bind.vip, bind.reason), rt.election.gen)
+            return
+        if rt.pending_bind is None:
+            log.info("vip %s won; not binding yet: %s", rt.name, d.reason)
+        rt.pending_bind = bind
+        pred = rt.predecessor
+        if pred is not None and rt.predecessor_gone is None and rt.name not in self._checking:
+            self._checking.add(rt.name)
+            self._queue(CheckLease(rt.name, pred.lease))
+
+    def _regate(self, rt: VipRuntime) -> None:
+        bind = rt.pending_bind
+        if bind is not None and rt.state is State.HOLDER:
+            self._gate_bind(rt, bind)
+
+    def lease_checked(self, vip: str, lease: int, alive: bool | None, now: float) -> None:
+        """The loop asked etcd about a predecessor's lease (None: no answer)."""
+        rt = self.vips[vip]
+        self._checking.discard(vip)
+        pred = rt.predecessor
+        if pred is None or pred.lease != lease:
+            return
+        if alive is False:
+            rt.predecessor_gone = True
+            self._regate(rt)
+            return
+        # Still alive (or no answer): ask again shortly, unless its release record comes first.
+        rt.predecessor_gone = False
+
+        def again() -> None:
+            if rt.pending_bind is not None and rt.predecessor is pred:
+                rt.predecessor_gone = None
+                self._regate(rt)
+
+        self.timers.set(f"lease?:{vip}", now + LEASE_RECHECK, again)
+
+    def _confirm_release(self, rt: VipRuntime, *, resigning: bool) -> None:
+        """We unbound a VIP whose key someone else took: say so, for the next holder.
+
+        Not needed when a resign follows (it writes the record itself), nor when the lease is
+        lost or about to be revoked (the next holder learns that the lease is gone).
+        """
+        rev, rt.held_revision = rt.held_revision, None
+        if rev is None or resigning or self.stopping or not self.lease_ok:
+            return
+        self._queue(ConfirmRelease(rt.name, rev))
 
     def take_state_changes(self) -> dict[str, State]:
         """Elections whose state may have changed since the last call (for exec checks)."""
@@ -313,7 +406,10 @@ class Core:
         self.view = self.view.apply(fresh)
         peers_changed = False
         for ch in fresh:
-            if isinstance(ch, HolderChange):
+            if isinstance(ch, ReleasedChange):
+                if (rt := self.vips.get(ch.vip)) is not None:
+                    self._regate(rt)
+            elif isinstance(ch, HolderChange):
                 rt = self.vips.get(ch.vip)
                 if rt is not None:
                     self._observe(rt, ch.holder, ch.revision)
@@ -332,7 +428,7 @@ class Core:
         is gone or wrong while this agent runs would mislead both. (An unreadable record, or
         one on another lease, reaches here as None: the store ignores such records.)
         """
-        if self.stopping or not self.lease_ok or member == self._member_record:
+        if self.stopping or not self.lease_ok or member in self._member_records:
             return
         log.warning(
             "member record of this node %s in etcd; writing it again",
@@ -341,6 +437,13 @@ class Core:
         self._publish_member(now)
 
     def _observe(self, rt: VipRuntime, holder: Holder | None, revision: int) -> None:
+        if (
+            holder is not None
+            and holder.readable
+            and holder.node != self.node
+            and rt.predecessor != holder
+        ):
+            rt.predecessor, rt.predecessor_gone = holder, None
         d = purge.purge_holder(holder, rt.purged)
         if d.yes and holder is not None:
             rt.purged = holder.create_revision
@@ -378,7 +481,7 @@ class Core:
 
     def member_written(self, now: float, record: MemberRecord) -> None:
         self._member_written = now
-        self._member_record = record
+        self._member_records.append(record)
 
     def _hold_down(self, rt: VipRuntime, seconds: float, now: float) -> None:
         rt.hold_until = now + seconds

@@ -28,6 +28,8 @@ from types import FrameType
 from haagent import __version__, caps
 from haagent.agent.core import (
     Action,
+    CheckLease,
+    ConfirmRelease,
     Core,
     Notify,
     PublishMember,
@@ -40,8 +42,14 @@ from haagent.agent.core import (
 from haagent.agent.events import Event, StatusRequest, Stop
 from haagent.agent.status import AgentStatus
 from haagent.agent.timers import Timers
-from haagent.cluster.schema import Holder, Keys, MemberRecord
-from haagent.cluster.view import Change, HolderChange, MemberChange, RequestChange
+from haagent.cluster.schema import Holder, Keys, MemberRecord, Released
+from haagent.cluster.view import (
+    Change,
+    HolderChange,
+    MemberChange,
+    ReleasedChange,
+    RequestChange,
+)
 from haagent.config import Config, VipConfig
 from haagent.decide import startup
 from haagent.decide.election import Bind, Campaign, Resign, State, Unbind
@@ -321,7 +329,7 @@ class Agent:
         changes: list[Change] = []
         now = time.monotonic()
         for ev in batch:
-            if isinstance(ev, HolderChange | MemberChange | RequestChange):
+            if isinstance(ev, HolderChange | MemberChange | RequestChange | ReleasedChange):
                 changes.append(ev)  # decided on together: one view update for the batch
                 continue
             if changes:
@@ -376,6 +384,10 @@ class Agent:
                 self._publish_member()
             case PurgeKey():
                 self._purge(action)
+            case CheckLease(vip=vip, lease=lease):
+                self._check_lease(vip, lease)
+            case ConfirmRelease(vip=vip, create_revision=rev):
+                self._confirm_release(vip, rev)
             case Notify(kind=kind, vip=vip, reason=reason):
                 self.notifier.fire(kind, self.vips[vip], reason)
             case Regrant():
@@ -460,8 +472,10 @@ class Agent:
         self.notifier.fire("release", vip, action.reason)
 
     def _resign(self, action: Resign) -> None:
+        lease = self.core.clock.lease_id or 0
+        released = Released(self.node, action.create_revision, time.time())
         try:
-            done = self.store.resign(action.vip, action.create_revision)
+            done = self.store.resign(action.vip, action.create_revision, released, lease)
         except ETCD_ERRORS as exc:
             log.warning("cannot resign vip %s (%s); retrying", action.vip, describe_error(exc))
             self.core.resign_failed(action, time.monotonic())
@@ -472,6 +486,34 @@ class Agent:
             action.reason,
             "" if done else " (key already gone)",
         )
+
+    def _check_lease(self, vip: str, lease: int) -> None:
+        try:
+            alive: bool | None = self.store.lease_alive(lease)
+        except ETCD_ERRORS as exc:
+            log.warning(
+                "cannot ask etcd about lease %x for vip %s: %s", lease, vip, describe_error(exc)
+            )
+            alive = None
+        self.core.lease_checked(vip, lease, alive, time.monotonic())
+
+    def _confirm_release(self, vip: str, create_revision: int) -> None:
+        lease = self.core.clock.lease_id
+        if lease is None:
+            return  # no lease to write on; the next holder waits for our lease to end
+        try:
+            self.store.confirm_release(
+                vip, Released(self.node, create_revision, time.time()), lease
+            )
+        except ETCD_ERRORS as exc:
+            log.warning(
+                "cannot confirm the release of vip %s (%s); the next holder waits for this "
+                "node's lease instead",
+                vip,
+                describe_error(exc),
+            )
+            return
+        log.info("confirmed in etcd that vip %s is no longer bound here", vip)
 
     def _purge(self, action: PurgeKey) -> None:
         try:

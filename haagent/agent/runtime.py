@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from haagent.cluster.schema import HEALTHY, Health, HealthState
+from haagent.cluster.schema import HEALTHY, Health, HealthState, Holder
 from haagent.config import VipConfig
-from haagent.decide.election import Election, State
+from haagent.decide.election import Bind, Election, State
 
 
 @dataclass
@@ -19,6 +19,12 @@ class VipRuntime:
     hold_until: float = 0.0  # monotonic; ineligible until then (hold-down)
     keeping: bool = False  # held while unhealthy (when_all_unhealthy: keep)
     purged: int | None = None  # create_revision of the invalid holder key we deleted
+    held_revision: int | None = None  # create_revision of our key while we hold it
+    # Handover (decide.handover): the last other holder seen, until it is known to be gone;
+    # what etcd said of its lease; a won VIP's bind waiting for that.
+    predecessor: Holder | None = None
+    predecessor_gone: bool | None = None
+    pending_bind: Bind | None = None
 
     @classmethod
     def new(cls, cfg: VipConfig, node: str) -> VipRuntime:

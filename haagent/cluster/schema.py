@@ -18,11 +18,12 @@ ROOT = "/haagent/v1"
 HOLDER_SCHEMA = "haagent.holder/v1"
 MEMBER_SCHEMA = "haagent.member/v1"
 REQUEST_SCHEMA = "haagent.request/v1"
+RELEASED_SCHEMA = "haagent.released/v1"
 
 # The node a holder key names when its value is not a record this version can read.
 UNREADABLE = "(unreadable)"
 
-KeyKind = Literal["member", "holder", "request"]
+KeyKind = Literal["member", "holder", "request", "released"]
 
 # Cluster, node and VIP names become etcd key segments: lower-case, no slashes, no control
 # characters. A key or record naming anything else was not written by haagent; refusing it
@@ -73,6 +74,9 @@ class Keys:
     def request(self, vip: str) -> str:
         return f"{self.prefix}vips/{vip}/request"
 
+    def released(self, vip: str) -> str:
+        return f"{self.prefix}vips/{vip}/released"
+
     def parse(self, key: str | bytes) -> ParsedKey | None:
         """Classify a key under the cluster prefix; None for anything this version does not know."""
         text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
@@ -86,6 +90,8 @@ class Keys:
                 return ParsedKey("holder", parts[1])
             if parts[2] == "request":
                 return ParsedKey("request", parts[1])
+            if parts[2] == "released":
+                return ParsedKey("released", parts[1])
         return None
 
 
@@ -353,3 +359,43 @@ class Request:
 
 
 REQUEST_ACTIONS = frozenset({"move"})
+
+
+@dataclass(frozen=True)
+class Released:
+    """Value of ``vips/<vip>/released``, on the releaser's lease: "I, ``node``, no longer have
+    the address of the holder key created at ``create_revision``".
+
+    The break-before-make proof for the next holder when the key went away without its
+    lease (docs/safety.md, "Handover"): written in the same transaction as a resign, and by a
+    holder that lost its key to someone else's write once it has unbound.
+    """
+
+    node: str
+    create_revision: int
+    at: float = 0.0
+
+    def to_json(self) -> bytes:
+        return _encode(
+            {
+                "schema": RELEASED_SCHEMA,
+                "node": self.node,
+                "create_revision": self.create_revision,
+                "at": round(self.at, 3),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Released:
+        data = _decode(raw, RELEASED_SCHEMA)
+        at = data.get("at", 0.0)
+        if not isinstance(at, (int, float)) or isinstance(at, bool):
+            raise SchemaError("field 'at' is not a number")
+        return cls(
+            node=_name_field(data, "node"),
+            create_revision=_field(data, "create_revision", int),
+            at=float(at),
+        )
+
+    def vouches_for(self, holder: Holder) -> bool:
+        return self.node == holder.node and self.create_revision == holder.create_revision

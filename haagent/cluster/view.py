@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TypeVar
 
-from haagent.cluster.schema import Health, Holder, MemberRecord, Request
+from haagent.cluster.schema import Health, Holder, MemberRecord, Released, Request
 
 V = TypeVar("V")
 
@@ -42,7 +42,14 @@ class RequestChange:
     revision: int
 
 
-Change = HolderChange | MemberChange | RequestChange
+@dataclass(frozen=True)
+class ReleasedChange:
+    vip: str
+    released: Released | None  # None: deleted (with its lease), or unreadable
+    revision: int
+
+
+Change = HolderChange | MemberChange | RequestChange | ReleasedChange
 
 
 def _frozen(items: Mapping[str, V]) -> Mapping[str, V]:
@@ -55,6 +62,7 @@ class ClusterView:
     members: Mapping[str, MemberRecord] = field(default_factory=lambda: _frozen({}))
     holders: Mapping[str, Holder] = field(default_factory=lambda: _frozen({}))
     requests: Mapping[str, Request] = field(default_factory=lambda: _frozen({}))
+    released: Mapping[str, Released] = field(default_factory=lambda: _frozen({}))
 
     @classmethod
     def of(
@@ -64,9 +72,14 @@ class ClusterView:
         members: Mapping[str, MemberRecord] | None = None,
         holders: Mapping[str, Holder] | None = None,
         requests: Mapping[str, Request] | None = None,
+        released: Mapping[str, Released] | None = None,
     ) -> ClusterView:
         return cls(
-            revision, _frozen(members or {}), _frozen(holders or {}), _frozen(requests or {})
+            revision,
+            _frozen(members or {}),
+            _frozen(holders or {}),
+            _frozen(requests or {}),
+            _frozen(released or {}),
         )
 
     def apply(self, changes: Iterable[Change]) -> ClusterView:
@@ -74,6 +87,7 @@ class ClusterView:
         members: dict[str, MemberRecord] | None = None
         holders: dict[str, Holder] | None = None
         requests: dict[str, Request] | None = None
+        released: dict[str, Released] | None = None
         revision = self.revision
         for ch in changes:
             revision = max(revision, ch.revision)
@@ -87,13 +101,17 @@ class ClusterView:
                 case RequestChange(vip=vip, request=r):
                     requests = dict(self.requests) if requests is None else requests
                     _set(requests, vip, r)
-        if members is None and holders is None and requests is None:
+                case ReleasedChange(vip=vip, released=rel):
+                    released = dict(self.released) if released is None else released
+                    _set(released, vip, rel)
+        if members is None and holders is None and requests is None and released is None:
             return self if revision == self.revision else replace(self, revision=revision)
         return ClusterView(
             revision,
             self.members if members is None else MappingProxyType(members),
             self.holders if holders is None else MappingProxyType(holders),
             self.requests if requests is None else MappingProxyType(requests),
+            self.released if released is None else MappingProxyType(released),
         )
 
     # -- questions every reader asks -----------------------------------------------------

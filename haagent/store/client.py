@@ -44,9 +44,16 @@ from tenacity import (
     wait_exponential,
 )
 
-from haagent.cluster.schema import Holder, Keys, MemberRecord, Request, SchemaError
-from haagent.cluster.view import ClusterView, HolderChange, MemberChange, RequestChange
+from haagent.cluster.schema import Holder, Keys, MemberRecord, Released, Request, SchemaError
+from haagent.cluster.view import (
+    ClusterView,
+    HolderChange,
+    MemberChange,
+    ReleasedChange,
+    RequestChange,
+)
 from haagent.config import EtcdConfig
+from haagent.logs import printable
 from haagent.store.errors import (
     ETCD_ERRORS,
     StoreError,
@@ -80,6 +87,9 @@ class _LeaseOf(etcd_transactions.BaseCompare):  # type: ignore[misc]
         compare.target = pyetcd.etcdrpc.Compare.LEASE
         compare.lease = int(self.value)
 
+
+# (key, revision) pairs remembered so that each foreign value is logged once.
+WARNED_LIMIT = 10_000
 
 # Campaigns per transaction: etcd refuses more than --max-txn-ops (default 128) per level.
 CAMPAIGN_BATCH = 64
@@ -259,8 +269,10 @@ class Store:
 
     def _warn_once(self, key: str, revision: int, why: str) -> None:
         if (key, revision) not in self._warned:
+            if len(self._warned) >= WARNED_LIMIT:  # a flood of junk keys costs bounded memory
+                self._warned.clear()
             self._warned.add((key, revision))
-            log.warning("ignoring %s (revision %d): %s", key, revision, why)
+            log.warning("ignoring %s (revision %d): %s", printable(key), revision, printable(why))
 
     def _holder_from_kv(
         self, key: str, value: bytes, lease: int, create_rev: int, mod_rev: int
@@ -291,6 +303,19 @@ class Store:
             )
             return None
         return member
+
+    def _released_from_kv(
+        self, key: str, value: bytes, lease: int, mod_rev: int
+    ) -> Released | None:
+        # Only a live session can vouch: a record on no lease is someone else's forgery.
+        if lease == 0:
+            self._warn_once(key, mod_rev, "release record on no lease: not written by haagent")
+            return None
+        try:
+            return Released.from_json(value)
+        except SchemaError as exc:
+            self._warn_once(key, mod_rev, f"malformed release record: {exc}")
+            return None
 
     def _request_from_kv(self, key: str, value: bytes, mod_rev: int) -> Request | None:
         try:
@@ -336,6 +361,7 @@ class Store:
         holders: dict[str, Holder] = {}
         members: dict[str, MemberRecord] = {}
         requests: dict[str, Request] = {}
+        released: dict[str, Released] = {}
         for kv in resp.kvs:
             key = kv.key.decode("utf-8", "replace")
             parsed = self.keys.parse(key)
@@ -353,8 +379,16 @@ class Store:
                 request = self._request_from_kv(key, kv.value, kv.mod_revision)
                 if request is not None:
                     requests[parsed.name] = request
+            elif parsed.kind == "released":
+                rel = self._released_from_kv(key, kv.value, kv.lease, kv.mod_revision)
+                if rel is not None:
+                    released[parsed.name] = rel
         return ClusterView.of(
-            int(resp.header.revision), members=members, holders=holders, requests=requests
+            int(resp.header.revision),
+            members=members,
+            holders=holders,
+            requests=requests,
+            released=released,
         )
 
     # -- lease ---------------------------------------------------------------------------
@@ -395,16 +429,21 @@ class Store:
         key = self.keys.member(record.node)
         tx = self.client.transactions
         put = tx.put(key, record.to_json(), lease=lease_id)
+        # Free, ours, or on no lease (written by hand: no live agent's claim) -> ours now.
+        unleased = tx.txn(compare=[_LeaseOf(key) == 0], success=[put], failure=[tx.get(key)])
         ok, responses = self.client.transaction(
             compare=[tx.create(key) == 0],
             success=[put],
             failure=[
-                tx.txn(compare=[_LeaseOf(key) == lease_id], success=[put], failure=[tx.get(key)])
+                tx.txn(compare=[_LeaseOf(key) == lease_id], success=[put], failure=[unleased])
             ],
         )
         if ok:
             return
         inner = responses[0].response_txn
+        if inner.succeeded:
+            return
+        inner = inner.responses[0].response_txn
         if inner.succeeded:
             return
         kvs = inner.responses[-1].response_range.kvs
@@ -461,14 +500,30 @@ class Store:
         return results
 
     @_relogin_once
-    def resign(self, vip: str, create_revision: int) -> bool:
-        """Delete the holder key only if it is still the one we created."""
+    def resign(
+        self, vip: str, create_revision: int, released: Released | None = None, lease: int = 0
+    ) -> bool:
+        """Delete the holder key only if it is still the one we created.
+
+        With ``released`` (on ``lease``), the same transaction writes the release record that
+        lets the next holder bind at once: the address is gone before the key is
+        (docs/safety.md, "Handover"). Without it (purging a key no haagent wrote) only the
+        delete.
+        """
         key = self.keys.holder(vip)
         tx = self.client.transactions
+        success = [tx.delete(key)]
+        if released is not None:
+            success.append(tx.put(self.keys.released(vip), released.to_json(), lease=lease))
         ok, _ = self.client.transaction(
-            compare=[tx.create(key) == create_revision], success=[tx.delete(key)], failure=[]
+            compare=[tx.create(key) == create_revision], success=success, failure=[]
         )
         return bool(ok)
+
+    @_relogin_once
+    def confirm_release(self, vip: str, released: Released, lease: int) -> None:
+        """Say, on our lease, that we no longer have the address of a key someone else took."""
+        self.client.put(self.keys.released(vip), released.to_json(), lease=lease)
 
     # -- watch ---------------------------------------------------------------------------
 
@@ -572,5 +627,8 @@ class Store:
                 None if deleted else self._member_from_kv(key, parsed.name, ev.value, ev.lease, rev)
             )
             return MemberChange(parsed.name, member, rev)
+        if parsed.kind == "released":
+            rel = None if deleted else self._released_from_kv(key, ev.value, ev.lease, rev)
+            return ReleasedChange(parsed.name, rel, rev)
         request = None if deleted else self._request_from_kv(key, ev.value, rev)
         return RequestChange(parsed.name, request, rev)

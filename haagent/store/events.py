@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from haagent.cluster.view import ClusterView, HolderChange, MemberChange, RequestChange
+from haagent.cluster.view import (
+    ClusterView,
+    HolderChange,
+    MemberChange,
+    ReleasedChange,
+    RequestChange,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ StoreEvent = (
     HolderChange
     | MemberChange
     | RequestChange
+    | ReleasedChange
     | ViewLoaded
     | KeepaliveAcked
     | LeaseGone

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
+from haagent.lab.history import check_history, start_address_recorder
 from haagent.lab.topology import Lab
 from haagent.lab.wait import wait_until
-from tests.lab.conftest import Agents, etcd_holder, member_record
+from tests.lab.conftest import Agents, etcd_holder, holder_record, member_record
 
 pytestmark = pytest.mark.lab
 
@@ -140,3 +141,37 @@ def test_missing_capability_is_one_line_and_no_campaign(lab: Lab, agents: Agents
     assert "Traceback" not in out
     assert "missing capability CAP_NET_RAW" in out and "AmbientCapabilities" in out
     assert etcd_holder(lab, agents.cluster, "web4") is None
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_third_party_deletes_and_overwrites_of_a_held_key_never_make_two_holders(
+    lab: Lab, agents: Agents, family: int
+) -> None:
+    """50 foreign writes to the live holder key (delete, garbage on no lease, a future
+    schema): whoever wins next binds only once the old holder confirmed or its lease is gone;
+    the history checker, over kernel address events of every host, finds no overlap."""
+    agents.start_all()
+    ip = lab.vip4(0) if family == 4 else lab.vip6(0)
+    vip = "web4" if family == 4 else "web6"
+    key = f"/haagent/v1/{agents.cluster}/vips/{vip}/holder"
+    agents.wait_single_holder(ip)
+    with start_address_recorder(lab, lab.hosts, tag=f"tamper{family}") as recorder:
+        for i in range(50):
+            before = holder_record(lab, agents.cluster, vip)
+            if i % 3 == 0:
+                lab.etcd.etcdctl("del", key)
+            elif i % 3 == 1:
+                lab.etcd.etcdctl("put", key, "garbage")
+            else:
+                lab.etcd.etcdctl("put", key, json.dumps({"schema": "haagent.holder/v2"}))
+
+            def rewon(before: object = before) -> bool:
+                now = holder_record(lab, agents.cluster, vip)
+                return now is not None and now != before and len(agents.holders(ip)) == 1
+
+            wait_until(rewon, 10, 0.02, what=f"{vip} held again after foreign write #{i + 1}")
+        events = recorder.stop()
+    report = check_history(events, [], ip, until=time.time())
+    assert not report.double_holder, f"two holders: {report.double_holder}\n{agents.dump()}"
+    for h in lab.hosts:
+        assert "Traceback" not in agents.log(h)

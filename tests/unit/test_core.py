@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haagent.agent.core import (
+    CheckLease,
+    ConfirmRelease,
     Core,
     Notify,
     PublishMember,
@@ -22,8 +24,8 @@ from haagent.agent.core import (
     Reread,
     TellFence,
 )
-from haagent.cluster.schema import HEALTHY, Health, HealthState, Holder, MemberRecord
-from haagent.cluster.view import ClusterView, HolderChange, MemberChange
+from haagent.cluster.schema import HEALTHY, Health, HealthState, Holder, MemberRecord, Released
+from haagent.cluster.view import ClusterView, HolderChange, MemberChange, ReleasedChange
 from haagent.config import Config, parse_config
 from haagent.decide.election import Bind, Campaign, Resign, State, Unbind
 
@@ -56,6 +58,8 @@ class Sim:
     placed: set[str] = field(default_factory=set)
     log: list[object] = field(default_factory=list)
     campaign_rpc_takes: float = 0.0
+    alive_leases: set[int] = field(default_factory=lambda: {0xB2})  # other agents' leases
+    confirmed: list[tuple[str, int]] = field(default_factory=list)
     member: MemberRecord = field(
         default_factory=lambda: MemberRecord(ME, None, "0", 0.0, "d", LEASE)
     )
@@ -120,6 +124,10 @@ class Sim:
                 core.reread_done(self.view(), reason, self.now)
             case Regrant():
                 core.lease_granted(LEASE + 1, self.now, TTL)
+            case CheckLease(vip=vip, lease=lease):
+                core.lease_checked(vip, lease, lease in self.alive_leases, self.now)
+            case ConfirmRelease(vip=vip, create_revision=rev):
+                self.confirmed.append((vip, rev))
             case PublishMember():
                 core.member_written(self.now, self.member)
             case TellFence() | Refresh() | Notify():
@@ -129,6 +137,16 @@ class Sim:
         lease = self.core.clock.lease_id
         assert lease is not None
         self.core.keepalive_acked(lease, self.now if sent is None else sent, TTL, self.now)
+
+    def other_releases(self, vip: str) -> None:
+        """The other holder of ``vip`` resigns: key deleted, release record, one revision."""
+        h = self.keys.pop(vip)
+        self.revision += 1
+        rel = Released(h.node, h.create_revision)
+        self.core.apply(
+            [HolderChange(vip, None, self.revision), ReleasedChange(vip, rel, self.revision)],
+            self.now,
+        )
 
     def states(self) -> dict[str, State]:
         return {name: rt.state for name, rt in self.core.vips.items()}
@@ -309,6 +327,58 @@ def test_own_member_record_deleted_or_altered_is_written_again():
     assert sum(isinstance(a, PublishMember) for a in sim.log) == writes + 1
 
 
+def test_a_key_deleted_by_a_third_party_is_bound_only_once_its_holder_confirms():
+    sim = Sim.started(config(1))
+    sim.revision += 1
+    h2 = Holder("h2", 0xB2, sim.revision)
+    sim.keys["v0"] = h2
+    sim.core.apply([HolderChange("v0", h2, sim.revision)], sim.now)
+    sim.run()
+    del sim.keys["v0"]  # etcdctl del: h2 has not unbound yet
+    sim.revision += 1
+    sim.core.apply([HolderChange("v0", None, sim.revision)], sim.now)
+    sim.run()
+    assert sim.states() == {"v0": State.HOLDER} and sim.placed == set()  # won, not bound
+    sim.now += 1.0
+    sim.ack()
+    sim.run()
+    assert sim.placed == set()  # h2's lease still lives: keep waiting
+    sim.revision += 1
+    sim.core.apply(
+        [ReleasedChange("v0", Released("h2", h2.create_revision), sim.revision)], sim.now
+    )
+    sim.run()
+    assert sim.placed == {"v0"}
+
+
+def test_a_predecessor_whose_lease_is_gone_needs_no_confirmation():
+    sim = Sim.started(config(1))
+    sim.revision += 1
+    h2 = Holder("h2", 0xB3, sim.revision)  # 0xB3: not among the live leases
+    sim.core.apply([HolderChange("v0", h2, sim.revision)], sim.now)
+    sim.revision += 1
+    sim.core.apply([HolderChange("v0", None, sim.revision)], sim.now)
+    sim.run()
+    assert sim.placed == {"v0"}
+    assert any(isinstance(a, CheckLease) for a in sim.log)
+
+
+def test_a_holder_whose_key_someone_else_deleted_confirms_after_unbinding():
+    sim = Sim.started(config(1))
+    sim.run()
+    mine = sim.keys.pop("v0")
+    sim.revision += 1
+    sim.core.apply([HolderChange("v0", None, sim.revision)], sim.now)
+    acts = []
+    while (a := sim.step()) is not None:
+        acts.append(a)
+        if isinstance(a, Campaign):
+            break
+    kinds = [type(a) for a in acts]
+    assert kinds[:2] == [Unbind, ConfirmRelease]
+    assert sim.confirmed == [("v0", mine.create_revision)]
+
+
 def test_stale_watch_changes_do_not_roll_the_view_back():
     sim = Sim.started(config(1))
     sim.run()
@@ -358,9 +428,7 @@ def test_any_interleaving_binds_only_with_a_valid_lease_and_converges(facts, vip
                 sim.keys[name] = Holder("h2", 0xB2, sim.revision)
                 sim.core.apply([HolderChange(name, sim.keys[name], sim.revision)], sim.now)
             case "free" if name in sim.keys and sim.keys[name].node == "h2":
-                del sim.keys[name]
-                sim.revision += 1
-                sim.core.apply([HolderChange(name, None, sim.revision)], sim.now)
+                sim.other_releases(name)
         # Bound only while holding (or with its unbind queued), and never holding a
         # key etcd gives someone else.
         unbinding = {q.action.vip for q in sim.core._prompt if isinstance(q.action, Unbind)}
@@ -372,9 +440,7 @@ def test_any_interleaving_binds_only_with_a_valid_lease_and_converges(facts, vip
     # Quiet now: healthy, keepalives answered, nobody else holds anything. Every VIP ends held.
     for n in list(sim.keys):
         if sim.keys[n].node != ME:
-            del sim.keys[n]
-            sim.revision += 1
-            sim.core.apply([HolderChange(n, None, sim.revision)], sim.now)
+            sim.other_releases(n)
     sim.core.health_changed(name, True, "check passed", sim.now)
     for _ in range(3):
         sim.ack()
