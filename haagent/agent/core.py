@@ -149,8 +149,9 @@ class Core:
         self._state_changed: dict[str, State] = {}
         self._checking: set[str] = set()  # VIPs with a CheckLease queued or running
         self._member_written = -MEMBER_WRITE_INTERVAL  # monotonic time of the last write
-        # What our last writes put: the watch echoes each, possibly after a newer write.
-        self._member_records: deque[MemberRecord] = deque(maxlen=8)
+        # What our last writes put, as etcd holds it (the JSON rounds times, so records are
+        # compared encoded): the watch echoes each, possibly after a newer write.
+        self._member_records: deque[bytes] = deque(maxlen=8)
         for rt in self.vips.values():
             if not rt.health.known:
                 self._feed(rt, rt.election.set_eligible(False, rt.health.reason))
@@ -428,7 +429,9 @@ class Core:
         is gone or wrong while this agent runs would mislead both. (An unreadable record, or
         one on another lease, reaches here as None: the store ignores such records.)
         """
-        if self.stopping or not self.lease_ok or member in self._member_records:
+        if self.stopping or not self.lease_ok:
+            return
+        if member is not None and member.to_json() in self._member_records:
             return
         log.warning(
             "member record of this node %s in etcd; writing it again",
@@ -481,7 +484,7 @@ class Core:
 
     def member_written(self, now: float, record: MemberRecord) -> None:
         self._member_written = now
-        self._member_records.append(record)
+        self._member_records.append(record.to_json())
 
     def _hold_down(self, rt: VipRuntime, seconds: float, now: float) -> None:
         rt.hold_until = now + seconds
