@@ -1,24 +1,48 @@
-"""The fence's decisions (pure); the lab tests show it removing real addresses."""
+"""The fence: its decisions (pure), the incremental protocol, the agent's end of the pipe, and
+the pieces of HTTP/2, HPACK and netlink it speaks itself. The lab tests show it removing real
+addresses and revoking real leases (tests/lab/test_fence_process.py)."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 from ipaddress import ip_interface
 from pathlib import Path
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from haagent.config import EtcdConfig, TLSConfig
-from haagent.fence.setup import etcd_from_setup, setup_message
-from haagent.fence.state import Fence
+from haagent.fence import h2, netlink
+from haagent.fence.client import FenceClient, Known, encode
+from haagent.fence.setup import Endpoint, EtcdSettings, etcd_from_setup, setup_message
+from haagent.fence.state import Address, Fence, parse_addresses
 
 V4 = ("eth0", ip_interface("198.51.100.200/32"))
 V6 = ("eth0", ip_interface("2001:db8::200/128"))
-MSG = {
-    "deadline": 10.0,
-    "addresses": [["eth0", "198.51.100.200/32"], ["eth0", "2001:db8::200/128"]],
-}
+WIRE = [["eth0", "198.51.100.200/32"], ["eth0", "2001:db8::200/128"]]
+MSG = {"deadline": 10.0, "add": WIRE}
+
+
+def many(n: int, names: tuple[str, str] = ("eth0", "eth1")) -> list[Address]:
+    """n distinct addresses as the agent lists them: IPv4 and IPv6 alternating while the
+    documentation range lasts (250), IPv6 after that."""
+    return [
+        (names[0], ip_interface(f"203.0.113.{i // 2 + 1}/32"))
+        if i % 2 == 0 and i < 500
+        else (names[1], ip_interface(f"2001:db8:f::{i:x}/128"))
+        for i in range(n)
+    ]
+
+
+# ------------------------------------------------------------------ decisions (state.py)
 
 
 def test_nothing_to_do_without_addresses():
     f = Fence()
-    f.update({"deadline": 1.0, "addresses": []})
+    f.update({"deadline": 1.0})
     assert f.timeout(5.0) is None
     assert f.due(5.0) == ([], "")
 
@@ -32,18 +56,20 @@ def test_waits_until_the_deadline_then_removes_everything_once():
     assert addresses == [V4, V6]
     assert reason == "lease deadline passed 250 ms ago and the agent did not act"
     assert f.due(11.0) == ([], "")
+    assert f.timeout(11.0) is not None  # the revoke is still to come, not the deadline
 
 
 def test_newer_deadline_postpones():
     f = Fence()
     f.update(MSG)
-    f.update({**MSG, "deadline": 20.0})
+    f.update({"deadline": 20.0})
     assert f.due(15.0) == ([], "")
+    assert f.due(20.0)[0] == [V4, V6]
 
 
 def test_addresses_without_a_deadline_are_due_at_once():
     f = Fence()
-    f.update({"deadline": None, "addresses": MSG["addresses"]})
+    f.update({"deadline": None, "add": WIRE})
     assert f.timeout(0.0) is None
     assert f.due(0.0)[0] == [V4, V6]
 
@@ -63,21 +89,50 @@ def test_take_on_agent_death_returns_everything_once():
 
 def test_hold_keeps_addresses_past_any_deadline_until_told_otherwise():
     f = Fence()
-    f.update({"deadline": None, "hold": True, "addresses": MSG["addresses"]})
+    f.update({"deadline": None, "hold": True, "add": WIRE})
     assert f.timeout(100.0) is None
     assert f.due(100.0) == ([], "")
-    f.update(MSG)  # back to normal: the old deadline applies again
+    f.update({"deadline": 10.0, "hold": False})  # back to normal: that deadline applies
     assert f.due(100.0)[0] == [V4, V6]
+
+
+def test_absent_fields_keep_their_value():
+    f = Fence()
+    f.update({"deadline": 10.0, "hold": True, "lease": 7, "add": WIRE})
+    f.update({"deadline": 11.0})
+    assert (f.deadline, f.hold, f.lease, f.addresses) == (11.0, True, 7, [V4, V6])
+    f.update({"remove": WIRE[:1]})
+    assert (f.deadline, f.hold, f.lease, f.addresses) == (11.0, True, 7, [V6])
+    f.update({"remove": WIRE[:1], "add": WIRE[1:]})  # neither listed twice nor an error
+    assert f.addresses == [V6]
 
 
 def test_remembers_the_lease_it_revokes_after_acting():
     f = Fence()
     f.update({**MSG, "lease": 0x1234})
     assert f.lease == 0x1234
-    f.update(MSG)  # the agent lost its lease: nothing to revoke
+    f.update({"lease": None})  # the agent lost its lease: nothing to revoke
     assert f.lease is None
-    f.update({**MSG, "lease": "1234"})  # not an etcd lease id
-    assert f.lease is None
+    for bad in ("1234", True, -5, 1.5):  # not an etcd lease id
+        f.update({"lease": bad})
+        assert f.lease is None
+
+
+def test_malformed_items_are_skipped_not_fatal():
+    f = Fence()
+    f.update({"add": [["eth0", "not-an-ip"], ["eth0"], "eth0", [1, "198.51.100.1/32"], *WIRE]})
+    assert f.addresses == [V4, V6]
+    f.update({"deadline": "soon"})
+    assert f.deadline is None
+    assert parse_addresses("nonsense") == []
+
+
+def test_full_list_from_an_older_agent_replaces_the_list():
+    f = Fence()
+    f.update({"deadline": 5.0, "hold": False, "lease": 3, "add": WIRE})
+    f.update({"deadline": 6.0, "hold": False, "lease": 3, "addresses": WIRE[1:]})
+    assert f.addresses == [V6]
+    assert f.due(6.0)[0] == [V6]
 
 
 def test_setup_message_changes_nothing_else():
@@ -87,6 +142,292 @@ def test_setup_message_changes_nothing_else():
     assert f.update(json.loads(json.dumps(message))) is True
     assert f.setup == message["setup"]
     assert (f.lease, f.deadline, f.addresses) == (7, 10.0, [V4, V6])
+
+
+def test_after_the_deadline_a_silent_agent_loses_its_lease_a_speaking_one_does_not():
+    f = Fence()
+    f.update({"setup": {"cluster": "db", "endpoints": [], "timeout": 0.5}})
+    f.update({**MSG, "lease": 7})
+    assert f.due(10.0)[0] == [V4, V6]  # removal cannot wait
+    assert f.timeout(10.0) == 0.75  # revocation can: etcd.timeout + slack
+    assert f.revoke_due(10.7) is None
+    assert f.revoke_due(10.75) == 7
+    assert f.revoke_due(11.0) is None  # once
+
+    f.update({**MSG, "lease": 7})  # bound again: guarded again
+    assert f.due(10.0)[0] == [V4, V6]
+    f.update({"deadline": None, "remove": WIRE})  # the agent released by itself
+    assert f.revoke_due(20.0) is None
+    assert f.timeout(20.0) is None
+
+
+def test_after_acting_the_list_stays_the_agents_and_a_new_deadline_guards_it_again():
+    """The agent sends changes only, so the fence must not forget what it removed: the
+    agent may bind it again (a late bind, or after regaining its lease)."""
+    f = Fence()
+    f.update({"deadline": 10.0, "lease": 7, "add": WIRE})
+    assert f.due(10.0)[0] == [V4, V6]
+    assert f.addresses == [V4, V6]
+    assert f.due(10.5) == ([], "")  # done for this deadline
+    f.update({"deadline": 20.0})  # a keepalive answered after all: still holding both
+    assert f.due(19.0) == ([], "")
+    assert f.due(20.0)[0] == [V4, V6]
+    f.update({"remove": WIRE[:1]})
+    assert f.take() == [V6]  # its death removes what it still lists, removed before or not
+
+
+def test_a_mass_release_after_the_deadline_costs_each_address_once_more_at_most():
+    n = 500
+    wire = [[i, str(a)] for i, a in many(n)]
+    f = Fence()
+    f.update({"deadline": 10.0, "lease": 7, "add": wire})
+    assert len(f.due(10.0)[0]) == n
+    # The agent reaches the same deadline: no valid lease, then one unbind at a time.
+    f.update({"deadline": None})
+    returned = len(f.due(10.1)[0])  # guarded again by the change: removed again, once
+    for item in wire:
+        f.update({"remove": [item]})
+        returned += len(f.due(10.2)[0])
+    assert returned == n  # not n * n / 2
+    assert f.addresses == []
+
+
+# ------------------------------------------------------------- the protocol (client.py)
+
+
+def test_the_first_message_is_the_whole_state_then_only_changes():
+    addresses = many(1000)
+    known = Known()
+    first = known.diff(100.0, dict.fromkeys(addresses), False, 0x7587869)
+    assert first == {
+        "deadline": 100.0,
+        "lease": 0x7587869,
+        "add": [[i, str(a)] for i, a in addresses],
+    }
+    known = Known(100.0, False, 0x7587869, dict.fromkeys(addresses))
+    keepalive = known.diff(101.234567, dict.fromkeys(addresses), False, 0x7587869)
+    assert encode(keepalive) == b'{"deadline":101.234567}\n'
+    bind = known.diff(100.0, dict.fromkeys([*addresses, V4]), False, 0x7587869)
+    assert bind == {"add": [["eth0", "198.51.100.200/32"]]}
+    unbind = known.diff(100.0, dict.fromkeys(addresses[1:]), False, 0x7587869)
+    assert unbind == {"remove": [["eth0", "203.0.113.1/32"]]}
+    assert known.diff(100.0, None, True, None) == {"lease": None, "hold": True}
+    assert known.diff(100.0, dict.fromkeys(addresses), False, 0x7587869) == {}
+
+
+def _model(f: Fence) -> tuple[object, ...]:
+    return (f.deadline, f.hold, f.lease, sorted(map(str, f.addresses)))
+
+
+POOL = many(12)
+STATES = st.tuples(
+    st.one_of(st.none(), st.floats(0, 1e6, allow_nan=False)),
+    st.lists(st.sampled_from(POOL), unique=True, max_size=12),
+    st.booleans(),
+    st.one_of(st.none(), st.integers(1, 2**63 - 1)),
+    st.booleans(),  # the fence died before this state: a new one starts from nothing
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(STATES, min_size=1, max_size=25))
+def test_differences_leave_the_fence_knowing_exactly_the_agents_state(states):
+    fence, known = Fence(), Known()
+    for deadline, addresses, hold, lease, restarted in states:
+        if restarted:
+            fence, known = Fence(), Known()
+        wanted = dict.fromkeys(addresses)
+        message = known.diff(deadline, wanted, hold, lease)
+        if message:
+            assert fence.update(json.loads(encode(message))) is True
+        known = Known(deadline, hold, lease, wanted)
+        assert _model(fence) == (deadline, hold, lease, sorted(map(str, addresses)))
+
+
+# ---------------------------------------------------------- the client and its process
+
+
+COPY = """
+import os, sys
+out = open(sys.argv[1], "ab")
+while chunk := os.read(0, 65536):
+    out.write(chunk)
+    out.flush()
+"""
+# A fence whose first incarnation is alive but has closed its end of the pipe.
+BROKEN_ONCE = """
+import os, sys, time
+if not os.path.exists(sys.argv[2]):
+    open(sys.argv[2], "w").close()
+    os.close(0)
+    time.sleep(30)
+out = open(sys.argv[1], "ab")
+while chunk := os.read(0, 65536):
+    out.write(chunk)
+    out.flush()
+"""
+
+
+def _lines(path: Path, count: int, timeout: float = 10.0) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        lines = [json.loads(line) for line in text.splitlines()]
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.02)
+    raise AssertionError(f"{path} has {text!r}, not {count} lines")
+
+
+SETUP = {"setup": {"cluster": "t", "endpoints": ["http://127.0.0.1:1"], "timeout": 0.2}}
+
+
+def test_client_sends_the_setup_then_differences(tmp_path: Path):
+    out = tmp_path / "got"
+    client = FenceClient(SETUP, command=[sys.executable, "-c", COPY, str(out)])
+    client.start()
+    try:
+        client.tell(50.0, [V4], lease=9)
+        client.tell(51.0, [V4], lease=9)  # a keepalive
+        client.tell(51.0, [V4], lease=9)  # nothing new: nothing sent
+        client.tell(51.0, [V4, V6], lease=9)  # a bind
+        lines = _lines(out, 4)
+        assert lines == [
+            SETUP,
+            {"deadline": 50.0, "lease": 9, "add": [WIRE[0]]},
+            {"deadline": 51.0},
+            {"add": [WIRE[1]]},
+        ]
+    finally:
+        client.stop()
+
+
+def test_a_dead_fence_is_replaced_even_when_nothing_changed(tmp_path: Path, caplog):
+    out = tmp_path / "got"
+    client = FenceClient(SETUP, command=[sys.executable, "-c", COPY, str(out)])
+    client.start()
+    try:
+        client.tell(50.0, [V4, V6], lease=9)
+        _lines(out, 2)
+        first = client.pid
+        assert first is not None
+        os.kill(first, 9)
+        deadline = time.monotonic() + 10
+        while client._running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        out.unlink()
+        client.tell(50.0, [V4, V6], lease=9)  # the same state: the new fence still learns it
+        assert client.pid != first
+        assert _lines(out, 2) == [SETUP, {"deadline": 50.0, "lease": 9, "add": WIRE}]
+        assert "fence process is gone (exit status -9); starting a new one" in caplog.text
+    finally:
+        client.stop()
+
+
+def test_a_failed_write_restarts_the_fence_and_sends_it_everything(tmp_path: Path, caplog):
+    out, marker = tmp_path / "got", tmp_path / "broke"
+    command = [sys.executable, "-c", BROKEN_ONCE, str(out), str(marker)]
+    client = FenceClient(None, command=command)
+    client.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # let it close stdin after making the marker
+        broken = client.pid
+        client.tell(50.0, [V4], lease=9)  # alive, but the write fails: EPIPE
+        assert client.pid != broken
+        assert _lines(out, 1) == [{"deadline": 50.0, "lease": 9, "add": [WIRE[0]]}]
+        assert "cannot reach the fence process (Broken pipe)" in caplog.text
+    finally:
+        client.stop()
+
+
+def test_a_fence_that_cannot_be_restarted_is_logged_not_raised(tmp_path: Path, caplog):
+    out = tmp_path / "got"
+    client = FenceClient(None, command=[sys.executable, "-c", COPY, str(out)])
+    client.start()
+    pid = client.pid
+    assert pid is not None
+    client._command = [str(tmp_path / "no-such-program")]
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 10
+    while client._running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.tell(50.0, [V4], lease=9)  # must not raise
+    assert "cannot start a new fence process: No such file or directory" in caplog.text
+    client.stop()
+
+
+def test_a_stuck_fence_costs_a_bounded_wait_and_is_replaced(tmp_path: Path, caplog):
+    stuck = [sys.executable, "-c", "import time; time.sleep(30)"]
+    client = FenceClient(None, command=stuck, write_timeout=0.1)
+    client.start()
+    first = client.pid
+    try:
+        started = time.monotonic()
+        client.tell(50.0, many(40000))  # more than the pipe holds
+        assert time.monotonic() - started < 5
+        assert client.pid != first
+        assert "it read nothing for 0.1s" in caplog.text
+    finally:
+        client.stop()
+
+
+def test_the_same_tuple_again_is_not_compared(tmp_path: Path):
+    out = tmp_path / "got"
+    client = FenceClient(None, command=[sys.executable, "-c", COPY, str(out)])
+    client.start()
+    try:
+        held = tuple(many(10))
+        client.tell(50.0, held)
+        client.tell(51.0, held)
+        lines = _lines(out, 2)
+        assert lines[1] == {"deadline": 51.0}
+        assert client._known.addresses == dict.fromkeys(held)
+    finally:
+        client.stop()
+
+
+# ------------------------------------------------------------------- the fence process
+
+
+def test_the_fence_process_is_light_and_exits_cleanly_when_its_agent_dies():
+    """Runs the real program without root: an interface that does not exist has nothing to
+    remove, and an etcd that refuses connections is one warning, not a traceback."""
+    heavy = ("grpc", "pyetcd", "google.protobuf", "pyroute2", "yaml", "tenacity", "ssl")
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, haagent.fence.program\n"
+            f"print([m for m in {heavy!r} + ('haagent.store', 'haagent.net', 'haagent.config')"
+            " if m in sys.modules])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert probe.stdout.strip() == "[]", probe
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "haagent.fence"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    absent = many(200, ("hxnone0", "hxnone1"))  # interfaces of no namespace
+    state = Known().diff(time.monotonic() + 60, dict.fromkeys(absent), False, 0x1234)
+    # Then end-of-file, as when the agent dies.
+    _, err = proc.communicate(encode(SETUP) + encode(state) + b"[1]\n", timeout=30)
+    text = err.decode()
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text
+    assert "fence ignored a malformed message (3 bytes)" in text
+    assert "fence could not reach etcd to revoke lease 1234 (" in text
+    assert "fence removed" not in text
+
+
+# ------------------------------------------------------------------- settings (setup.py)
 
 
 def test_etcd_settings_survive_the_pipe():
@@ -103,19 +444,127 @@ def test_etcd_settings_survive_the_pipe():
     plain = EtcdConfig()
     assert etcd_from_setup(setup_message("x", plain)["setup"]) == ("x", plain)  # type: ignore[arg-type]
 
+    settings = EtcdSettings.from_setup(setup)
+    assert settings.endpoints == (
+        Endpoint("198.51.100.2", 2379, True),
+        Endpoint("2001:db8::2", 2379, True),
+    )
+    assert str(settings.endpoints[1]) == "https://[2001:db8::2]:2379"
+    assert (settings.ca, settings.cert, settings.key) == ("/etc/haagent/ca.pem", "/c.pem", None)
+    assert (settings.username, settings.password, settings.timeout) == ("haagent", "s3cret", 0.5)
+    assert "s3cret" not in repr(settings)
 
-def test_after_the_deadline_a_silent_agent_loses_its_lease_a_speaking_one_does_not():
-    f = Fence()
-    f.update({"setup": {"cluster": "db", "endpoints": [], "timeout": 0.5}})
-    f.update({**MSG, "lease": 7})
-    assert f.due(10.0)[0] == [V4, V6]  # removal cannot wait
-    assert f.timeout(10.0) == 0.75  # revocation can: etcd.timeout + slack
-    assert f.revoke_due(10.7) is None
-    assert f.revoke_due(10.75) == 7
-    assert f.revoke_due(11.0) is None  # once
 
-    f.update({**MSG, "lease": 7})
-    assert f.due(10.0)[0] == [V4, V6]
-    f.update({"deadline": None, "lease": 7, "addresses": []})  # the agent released by itself
-    assert f.revoke_due(20.0) is None
-    assert f.timeout(20.0) is None
+@pytest.mark.parametrize(
+    "setup",
+    [
+        {"endpoints": []},
+        {"endpoints": ["127.0.0.1:2379"]},
+        {"endpoints": ["ftp://127.0.0.1:2379"]},
+        {"endpoints": ["http://127.0.0.1:notaport"]},
+        {"endpoints": ["http://127.0.0.1:2379"], "timeout": 0},
+    ],
+)
+def test_unusable_settings_say_why(setup):
+    with pytest.raises(ValueError, match=r"endpoint|timeout"):
+        EtcdSettings.from_setup(setup)
+
+
+# ------------------------------------------------------------------------- HPACK, gRPC
+
+# RFC 7541 Appendix C.4 and C.6: strings and their Huffman codes.
+RFC_HUFFMAN = [
+    ("www.example.com", "f1e3 c2e5 f23a 6ba0 ab90 f4ff"),
+    ("no-cache", "a8eb 1064 9cbf"),
+    ("custom-key", "25a8 49e9 5ba9 7d7f"),
+    ("custom-value", "25a8 49e9 5bb8 e8b4 bf"),
+    ("302", "6402"),
+    ("private", "aec3 771a 4b"),
+    ("Mon, 21 Oct 2013 20:13:21 GMT", "d07a be94 1054 d444 a820 0595 040b 8166 e082 a62d 1bff"),
+    ("https://www.example.com", "9d29 ad17 1863 c78f 0b97 c8e9 ae82 ae43 d3"),
+    ("foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1",
+     "94e7 821d d7f2 e6c7 b335 dfdf cd5b 3960 d5af 2708 7f36 72c1 ab27 0fb5 291f 9587 "
+     "3160 65c0 03ed 4ee5 b106 3d50 07"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "code"), RFC_HUFFMAN)
+def test_huffman_decoding_matches_the_rfc_examples(text, code):
+    assert h2.huffman_decode(bytes.fromhex(code)) == text.encode()
+
+
+def test_the_huffman_code_is_complete_and_rejects_bad_padding():
+    assert sum(2.0**-n for n in h2.HUFFMAN_LENGTHS) == 1.0  # Kraft: a complete prefix code
+    assert len(h2.huffman_codes()) == 257
+    with pytest.raises(ValueError, match="padding"):
+        h2.huffman_decode(bytes.fromhex("aec3771a48"))  # "private" padded with zeros
+    with pytest.raises(ValueError, match="EOS"):
+        h2.huffman_decode(b"\xff\xff\xff\xff")
+
+
+def test_headers_decode_the_rfc_response_and_our_own_encoding():
+    # RFC 7541 C.6.1: the first response, Huffman-coded, with incremental indexing.
+    block = bytes.fromhex(
+        "4882 6402 5885 aec3 771a 4b61 96d0 7abe 9410 54d4 44a8 2005 9504 0b81 66e0 82a6"
+        " 2d1b ff6e 919d 29ad 1718 63c7 8f0b 97c8 e9ae 82ae 43d3".replace(" ", "")
+    )
+    assert h2.decode_headers(block) == [
+        (":status", "302"),
+        ("", "private"),
+        ("", "Mon, 21 Oct 2013 20:13:21 GMT"),
+        ("", "https://www.example.com"),
+    ]
+    fields = [("grpc-status", "5"), ("grpc-message", "x" * 300), ("token", "t.1")]
+    assert h2.decode_headers(b"\x88" + h2.encode_headers(fields)) == [(":status", "200"), *fields]
+    with pytest.raises(ValueError, match="static table"):
+        h2.decode_headers(b"\xbe")  # index 62: a dynamic entry we never allowed
+    with pytest.raises(ValueError, match="truncated"):
+        h2.decode_headers(h2.encode_headers(fields)[:-1])
+
+
+def test_grpc_answers_become_messages_or_one_line_errors():
+    ok = {":status": "200", "grpc-status": "0"}
+    assert h2._grpc_result(ok, b"\x00\x00\x00\x00\x02\x0a\x00") == b"\x0a\x00"
+    gone = {":status": "200", "grpc-status": "5", "grpc-message": "etcdserver:%20lease%20gone"}
+    with pytest.raises(h2.CallError, match=r"^NOT_FOUND: etcdserver: lease gone$") as caught:
+        h2._grpc_result(gone, b"")
+    assert caught.value.status == h2.NOT_FOUND
+    with pytest.raises(h2.ConnectionLost, match="HTTP status 400"):
+        h2._grpc_result({":status": "400"}, b"")
+    with pytest.raises(h2.ConnectionLost, match="no gRPC status"):
+        h2._grpc_result({":status": "200"}, b"")
+
+
+def test_protobuf_fields_round_trip_lease_ids_and_tokens():
+    lease = 0x7FFF_FFFF_FFFF_FFFF
+    message = h2.pb_field(1, lease) + h2.pb_field(2, b"tok.42") + h2.pb_field(3, 0)
+    assert h2.pb_fields(message) == {1: lease, 2: b"tok.42", 3: 0}
+    assert h2.pb_field(1, 0x1234) == b"\x08\xb4\x24"
+    assert h2.hpack_int(1337, 5) == bytes([31, 154, 10])  # RFC 7541 C.1.2
+    with pytest.raises(ValueError, match="truncated"):
+        h2.pb_fields(h2.pb_field(2, b"tok.42")[:-1])
+
+
+# ------------------------------------------------------------------------------ netlink
+
+
+def test_netlink_messages_and_address_entries_parse():
+    packed = bytes([198, 51, 100, 200])
+    entry = (
+        netlink._IFADDRMSG.pack(2, 24, 0, 0, 7)
+        + netlink._attr(netlink.IFA_ADDRESS, bytes([198, 51, 100, 255]))
+        + netlink._attr(netlink.IFA_LOCAL, packed)
+    )
+    header = netlink._HEADER.pack(16 + len(entry), netlink.RTM_NEWADDR, 2, 5, 0)
+    done = netlink._HEADER.pack(20, netlink.NLMSG_DONE, 2, 5, 0) + b"\0" * 4
+    messages = list(netlink._messages(header + entry + done + b"\x01\x02"))
+    assert [(kind, seq) for kind, seq, _ in messages] == [(netlink.RTM_NEWADDR, 5), (3, 5)]
+    assert netlink._entry(messages[0][2]) == (7, 24, packed)
+    six = netlink._IFADDRMSG.pack(10, 64, 0, 0, 3) + netlink._attr(netlink.IFA_ADDRESS, b"\1" * 16)
+    assert netlink._entry(six) == (3, 64, b"\1" * 16)
+
+
+def test_removing_from_an_interface_that_does_not_exist_is_nothing_to_do():
+    with netlink.AddressRemover() as net:
+        address = ("hxnone0", ip_interface("198.51.100.200/32"))
+        assert net.remove([address]) == [netlink.Outcome(address, False)]

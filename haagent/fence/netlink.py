@@ -1,0 +1,238 @@
+"""The fence's address removal: RTM_DELADDR and one RTM_GETADDR dump on a raw netlink socket.
+
+That is all the fence asks of the kernel, so it speaks rtnetlink itself (``struct``, no
+pyroute2): pyroute2 alone costs ~20 MB of RSS and ~160 ms of import in a process that must
+stay small and start fast. Requests are answered in order on one socket; every receive is
+bounded by the socket's timeout and every loop by a count or a deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from typing import Self
+
+from haagent.fence.state import Address
+
+# linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h
+NETLINK_ROUTE = 0
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+RTM_GETADDR = 22
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_DUMP = 0x300
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, interface index
+_ATTR = struct.Struct("=HH")  # rtattr: length, type
+_ERRNO = struct.Struct("=i")  # nlmsgerr.error: 0 for an ack, else -errno
+_RECV = 1 << 16  # above the kernel's largest dump chunk (32 KiB): nothing is truncated
+
+# The address is not there (any more): someone else removed it, or its interface is gone.
+_ABSENT = (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV)
+
+
+class NetlinkError(Exception):
+    """A netlink request failed; the message is the cause, worded by the kernel's errno."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What :meth:`AddressRemover.remove` did to one address."""
+
+    address: Address
+    removed: bool  # at least one entry of its IP was deleted from its interface
+    error: str | None = None  # why (some of) it could not be removed
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _attr(kind: int, data: bytes) -> bytes:
+    raw = _ATTR.pack(_ATTR.size + len(data), kind) + data
+    return raw + b"\0" * (_align(len(raw)) - len(raw))
+
+
+def _messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, sequence, payload) of each netlink message in one datagram."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind, _, seq, _ = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size or offset + length > len(data):
+            return  # a truncated message: the datagram ends here for us
+        yield kind, seq, data[offset + _HEADER.size : offset + length]
+        offset += _align(length)
+
+
+def _entry(payload: bytes) -> tuple[int, int, bytes] | None:
+    """(interface index, prefix length, packed IP) of one RTM_NEWADDR dump entry."""
+    if len(payload) < _IFADDRMSG.size:
+        return None
+    _, prefixlen, _, _, index = _IFADDRMSG.unpack_from(payload)
+    attrs: dict[int, bytes] = {}
+    offset = _IFADDRMSG.size
+    while offset + _ATTR.size <= len(payload):
+        length, kind = _ATTR.unpack_from(payload, offset)
+        if length < _ATTR.size:
+            break
+        attrs[kind] = payload[offset + _ATTR.size : offset + length]
+        offset += _align(length)
+    # IPv4 keeps the host's own address in IFA_LOCAL (IFA_ADDRESS is the peer on
+    # point-to-point links); IPv6 sends IFA_LOCAL only for a peer address.
+    ip = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+    return None if ip is None else (index, prefixlen, ip)
+
+
+class AddressRemover:
+    """Removes addresses through one rtnetlink socket, kept open for the fence's lifetime."""
+
+    def __init__(self, timeout: float = 1.0) -> None:
+        try:
+            sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE
+            )
+            sock.bind((0, 0))
+        except OSError as exc:
+            raise NetlinkError(f"cannot open an rtnetlink socket: {exc.strerror}") from None
+        sock.settimeout(timeout)
+        self._sock = sock
+        self._seq = 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def remove(self, addresses: Sequence[Address]) -> list[Outcome]:
+        """Remove each address's IP from its interface, whatever prefix length it has there.
+
+        First the prefix the agent bound, one message per address, so that every address
+        is gone as early as possible; then one dump of the host's addresses for entries of
+        the same IPs with another prefix length, which ``haagent.net.addresses`` counts as
+        bound too. An interface that no longer exists has nothing to remove.
+        """
+        outcomes: dict[Address, Outcome] = {}
+        indexes: dict[str, int | None] = {}
+        wanted: dict[tuple[int, bytes], Address] = {}
+        for address in addresses:
+            ifname, interface = address
+            if ifname not in indexes:
+                try:
+                    indexes[ifname] = socket.if_nametoindex(ifname)
+                except (OSError, ValueError):
+                    indexes[ifname] = None
+            index = indexes[ifname]
+            if index is None:
+                outcomes[address] = Outcome(address, False)
+                continue
+            wanted[(index, interface.ip.packed)] = address
+            try:
+                removed = self._delete(index, interface.ip, interface.network.prefixlen)
+            except NetlinkError as exc:
+                outcomes[address] = Outcome(address, False, str(exc))
+                continue
+            outcomes[address] = Outcome(address, removed)
+        if wanted:
+            self._remove_other_prefixes(wanted, outcomes)
+        return [outcomes[a] for a in dict.fromkeys(addresses)]
+
+    def _remove_other_prefixes(
+        self, wanted: dict[tuple[int, bytes], Address], outcomes: dict[Address, Outcome]
+    ) -> None:
+        try:
+            entries = self._dump()
+        except NetlinkError as exc:
+            for address in wanted.values():
+                done = outcomes[address]
+                reason = f"other prefix lengths unknown: {exc}"
+                outcomes[address] = Outcome(address, done.removed, done.error or reason)
+            return
+        for index, prefixlen, packed in entries:
+            found = wanted.get((index, packed))
+            if found is None:
+                continue
+            address = found
+            ip: IPv4Address | IPv6Address = address[1].ip
+            try:
+                removed = self._delete(index, ip, prefixlen)
+            except NetlinkError as exc:
+                error: str | None = f"{ip}/{prefixlen}: {exc}"
+                removed = False
+            else:
+                error = None
+            done = outcomes[address]
+            outcomes[address] = Outcome(address, done.removed or removed, done.error or error)
+
+    def _delete(self, index: int, ip: IPv4Address | IPv6Address, prefixlen: int) -> bool:
+        """True if the kernel deleted the entry, False if it was not there."""
+        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        payload = (
+            _IFADDRMSG.pack(family, prefixlen, 0, 0, index)
+            + _attr(IFA_LOCAL, ip.packed)
+            + _attr(IFA_ADDRESS, ip.packed)
+        )
+        error = self._ack(RTM_DELADDR, payload)
+        if error == 0:
+            return True
+        if error in _ABSENT:
+            return False
+        raise NetlinkError(os.strerror(error))
+
+    def _send(self, kind: int, flags: int, payload: bytes) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        message = _HEADER.pack(_HEADER.size + len(payload), kind, flags, self._seq, 0) + payload
+        try:
+            self._sock.send(message)
+        except OSError as exc:
+            raise NetlinkError(f"cannot talk to the kernel: {exc.strerror or exc}") from None
+        return self._seq
+
+    def _recv(self) -> bytes:
+        try:
+            return self._sock.recv(_RECV)
+        except TimeoutError:
+            raise NetlinkError("the kernel did not answer within the timeout") from None
+        except OSError as exc:
+            raise NetlinkError(f"cannot read from the kernel: {exc.strerror or exc}") from None
+
+    def _ack(self, kind: int, payload: bytes) -> int:
+        """Send a request that wants an ack; its errno (0: done)."""
+        seq = self._send(kind, NLM_F_REQUEST | NLM_F_ACK, payload)
+        for _ in range(16):  # answers to earlier requests that timed out may come first
+            for mtype, mseq, body in _messages(self._recv()):
+                if mseq == seq and mtype == NLMSG_ERROR and len(body) >= _ERRNO.size:
+                    return -int(_ERRNO.unpack_from(body)[0])
+        raise NetlinkError("the kernel's answer did not come")
+
+    def _dump(self) -> list[tuple[int, int, bytes]]:
+        """Every address on the host: (interface index, prefix length, packed IP)."""
+        seq = self._send(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, _IFADDRMSG.pack(0, 0, 0, 0, 0))
+        entries: list[tuple[int, int, bytes]] = []
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            for mtype, mseq, body in _messages(self._recv()):
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_DONE:
+                    return entries
+                if mtype == NLMSG_ERROR and len(body) >= _ERRNO.size:
+                    raise NetlinkError(os.strerror(-int(_ERRNO.unpack_from(body)[0])))
+                if mtype == RTM_NEWADDR and (entry := _entry(body)) is not None:
+                    entries.append(entry)
+        raise NetlinkError("the kernel's address list did not end within 5 s")
