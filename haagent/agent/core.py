@@ -142,6 +142,7 @@ class Core:
         self.stopping = False
         self.held: set[str] = set()  # election state HOLDER
         self.bound: set[str] = set()  # the loop confirmed the address is placed
+        self.guard_gen = 0  # bumped whenever held or bound changes (what the fence guards)
         self.timers = Timers()
         self._prompt: deque[_Queued] = deque()
         self._normal: deque[_Queued] = deque()
@@ -213,11 +214,15 @@ class Core:
             else:
                 self._queue(action, e.gen)
         if e.state is State.HOLDER:
-            self.held.add(rt.name)
+            if rt.name not in self.held:
+                self.held.add(rt.name)
+                self.guard_gen += 1
             if e.holder is not None:
                 rt.held_revision = e.holder.create_revision
         else:
-            self.held.discard(rt.name)
+            if rt.name in self.held:
+                self.held.discard(rt.name)
+                self.guard_gen += 1
             rt.pending_bind = None
             if any(isinstance(a, Unbind) for a in actions):
                 self._confirm_release(rt, resigning=any(isinstance(a, Resign) for a in actions))
@@ -547,10 +552,14 @@ class Core:
         self.timers.set(f"resign:{action.vip}", now + CAMPAIGN_RETRY, again)
 
     def placed(self, vip: str) -> None:
-        self.bound.add(vip)
+        if vip not in self.bound:
+            self.bound.add(vip)
+            self.guard_gen += 1
 
     def removed(self, vip: str) -> None:
-        self.bound.discard(vip)
+        if vip in self.bound:
+            self.bound.discard(vip)
+            self.guard_gen += 1
 
     def bind_failed(self, vip: str, now: float) -> None:
         """Give the key up for a while (hold-down) so a host that can bind it takes over."""

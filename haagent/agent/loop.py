@@ -24,6 +24,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from haagent import __version__, caps
 from haagent.agent.core import (
@@ -58,7 +59,7 @@ from haagent.fence.setup import setup_message
 from haagent.health.events import VipHealthChanged
 from haagent.health.monitor import HealthMonitor
 from haagent.health.notify import Notifier
-from haagent.net.addresses import LIFETIME_FOREVER, AddressManager, NetError
+from haagent.net.addresses import LIFETIME_FOREVER, AddressManager, NetError, RefreshError
 from haagent.net.announce import Announcer
 from haagent.net.placement import Placement
 from haagent.store import ETCD_ERRORS, STORE_ERRORS, LeaseKeeper, Store, StoreError, describe_error
@@ -107,6 +108,7 @@ class Agent:
         self.notifier = Notifier(self.node)
         self._stop_requested = threading.Event()
         self._lock_sock: socket.socket | None = None
+        self._guarded: tuple[int, tuple[tuple[str, Any], ...]] = (-1, ())
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -553,27 +555,44 @@ class Agent:
         deadline = core.clock.deadline if core.lease_ok else None
         if deadline is not None:
             deadline += self._keep_slack
-        held = [f for v in core.guarded() if (f := self.place.fenced(v)) is not None]
-        self._fence.tell(deadline, held, hold=core.outage_keep, lease=core.clock.lease_id)
+        if self._guarded[0] != core.guard_gen:
+            # Rebuilt only when what we hold changed: the fence client then compares by
+            # identity, so a keepalive's update costs nothing per VIP (fence/client.py).
+            held = tuple(f for v in core.guarded() if (f := self.place.fenced(v)) is not None)
+            self._guarded = (core.guard_gen, held)
+        self._fence.tell(
+            deadline, self._guarded[1], hold=core.outage_keep, lease=core.clock.lease_id
+        )
 
     def _refresh(self) -> None:
-        """A keepalive was acknowledged: push the new deadline to the fence and the kernel."""
+        """A keepalive was acknowledged: push the new deadline to the fence and the kernel.
+
+        One pass for every held VIP: an address dump per interface and one lifetime replace
+        per VIP, however many are held (haagent/net/addresses.py).
+        """
         self._tell_fence()
         lifetime = self._lifetime()
         if lifetime is None:
             return
-        for vip in self.core.bound_vips():
+        try:
+            gone = self.place.refresh_all(self.core.bound_vips(), lifetime)
+        except RefreshError as exc:
+            log.error("cannot refresh every vip's address lifetime: %s", exc)
+            gone = list(exc.missing)
+        except NetError as exc:
+            log.error("cannot refresh the vips' address lifetimes: %s", exc)
+            return
+        for vip in gone:
+            log.error(
+                "vip %s (%s) vanished from %s while held; binding it again",
+                vip.name,
+                vip.address,
+                self.place.where(vip),
+            )
             try:
-                if not self.place.refresh(vip, lifetime):
-                    log.error(
-                        "vip %s (%s) vanished from %s while held; binding it again",
-                        vip.name,
-                        vip.address,
-                        self.place.where(vip),
-                    )
-                    self.place.place(vip, lifetime)
+                self.place.place(vip, lifetime)
             except NetError as exc:
-                log.error("cannot refresh vip %s (%s): %s", vip.name, vip.address, exc)
+                log.error("cannot bind vip %s (%s) again: %s", vip.name, vip.address, exc)
 
     def _publish_member(self, *, claim: bool = False) -> None:
         """Write our member record. ``claim``: at start-up, where errors must stop the start."""

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Iterable
 from ipaddress import IPv4Interface, IPv6Interface
 
 from haagent.config import VipConfig
-from haagent.net.addresses import AddressManager, NetError
+from haagent.net.addresses import AddressManager, NetError, RefreshError
 from haagent.net.responder import Responder
 from haagent.net.vmac import VirtualMac, vmac_ifname, vrrp_mac
 
@@ -99,6 +100,38 @@ class Placement:
         if not vip.bind:
             return True
         return self.net.refresh(self.where(vip), vip.address, lifetime)
+
+    def refresh_all(self, vips: Iterable[VipConfig], lifetime: int) -> list[VipConfig]:
+        """Renew the address lifetime of every VIP of ``vips``; return those that vanished.
+
+        One ``AddressManager.refresh_many`` per interface (``where``), so a pass over N held
+        VIPs costs N + (interfaces) netlink requests, not N dumps of N addresses.
+        Announce-only VIPs have no address and count as present.
+
+        An interface whose pass failed does not stop the others: after all of them,
+        RefreshError names every failure, and its ``missing`` lists the VIPs found vanished
+        all the same (bind those again, as after a pass without errors).
+        """
+        by_interface: dict[str, list[VipConfig]] = {}
+        for vip in vips:
+            if vip.bind:
+                by_interface.setdefault(self.where(vip), []).append(vip)
+        vanished: list[VipConfig] = []
+        errors: list[str] = []
+        for ifname, group in by_interface.items():
+            try:
+                missing = self.net.refresh_many(ifname, [v.address for v in group], lifetime)
+            except RefreshError as exc:
+                missing = exc.missing
+                errors.append(str(exc))
+            except NetError as exc:  # nothing refreshed there, nothing known to be missing
+                errors.append(str(exc))
+                continue
+            gone = set(missing)
+            vanished.extend(v for v in group if v.address in gone)
+        if errors:
+            raise RefreshError("; ".join(errors), vanished)
+        return vanished
 
     def is_placed(self, vip: VipConfig) -> bool:
         """Is the VIP bound here (announce-only VIPs never survive their process)?"""
