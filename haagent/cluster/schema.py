@@ -118,7 +118,8 @@ def _decode(raw: bytes, schema: str) -> dict[str, Any]:
 def _newer(found: str, known: str) -> bool:
     """``haagent.holder/v2`` is newer than ``haagent.holder/v1``; ``/vx`` is not a version."""
     mine, theirs = known.rsplit("/v", 1)[1], found.rsplit("/v", 1)[-1]
-    return theirs.isdigit() and mine.isdigit() and len(theirs) <= 6 and int(theirs) > int(mine)
+    digits = theirs.isascii() and theirs.isdigit() and mine.isascii() and mine.isdigit()
+    return digits and len(theirs) <= 6 and int(theirs) > int(mine)
 
 
 def _name_field(data: Mapping[str, Any], name: str) -> str:
