@@ -15,6 +15,7 @@ help:
 	@echo "make unit   - only the fast unit tests (no root needed)"
 	@echo "make lab-clean - remove every leftover lab namespace and process"
 	@echo "make bench  - haagent vs keepalived failover benchmark, ~25 min (BENCH_ARGS=--quick: a few minutes); docs/benchmarks.md"
+	@echo "make bench-scale - 10/200/1000 VIPs on 5 hosts: cold start, RSS, CPU, idle, mass failover, ~20 min (SCALE_ARGS=--quick: 2-5 min); docs/benchmarks.md"
 
 deps: system-deps venv
 
@@ -74,3 +75,11 @@ bench: deps
 	$(PY) -m bench $(BENCH_ARGS)
 	@if [ -f bench-results/failover-latest.png ]; then mkdir -p docs/img && \
 	  cp bench-results/failover-latest.png docs/img/failover.png && echo "picture: docs/img/failover.png"; fi
+
+# Not part of `make test`. haagent alone with many VIPs (bench/scale.py): cold start, agent and
+# fence footprint, idle CPU / etcd load / frames, mass failover of the busiest host. Needs
+# only what `make test` installs. Results: bench-results/scale-<stamp>.json (git-ignored).
+.PHONY: bench-scale
+SCALE_ARGS ?=
+bench-scale: deps
+	$(PY) -m bench.scale $(SCALE_ARGS)
