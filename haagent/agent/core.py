@@ -18,7 +18,7 @@ later fact already decided again. Releases are never dropped.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -41,6 +41,7 @@ CAMPAIGN_RETRY = 0.5  # seconds before retrying a campaign or resign that got no
 MEMBER_WRITE_INTERVAL = 0.25
 REGRANT_RETRY = 0.5  # seconds between attempts to get a new lease
 LEASE_RECHECK = 0.25  # seconds between questions about a predecessor's lease
+GONE_LEASES_KEPT = 256  # leases remembered as gone
 
 
 # -- actions beyond the election's own ---------------------------------------------------
@@ -148,7 +149,11 @@ class Core:
         self._normal: deque[_Queued] = deque()
         self._wanted: set[type] = set()
         self._state_changed: dict[str, State] = {}
-        self._checking: set[str] = set()  # VIPs with a CheckLease queued or running
+        # Handover: leases with a CheckLease queued or running, the VIPs waiting on each, and
+        # leases etcd said are gone (a revoked or expired lease id is never live again).
+        self._checking: set[int] = set()
+        self._waiting: dict[int, set[str]] = {}
+        self._gone_leases: OrderedDict[int, None] = OrderedDict()
         self._member_written = -MEMBER_WRITE_INTERVAL  # monotonic time of the last write
         # What our last writes put, as etcd holds it (the JSON rounds times, so records are
         # compared encoded): the watch echoes each, possibly after a newer write.
@@ -231,7 +236,11 @@ class Core:
     # -- handover: break before make (decide.handover) ---------------------------------
 
     def _gate_bind(self, rt: VipRuntime, bind: Bind) -> None:
-        d = handover.may_bind(rt.predecessor, self.view.released.get(rt.name), rt.predecessor_gone)
+        pred = rt.predecessor
+        gone = rt.predecessor_gone
+        if pred is not None and pred.lease in self._gone_leases:
+            gone = True  # etcd told us already (a mass takeover asks once per lease, not per VIP)
+        d = handover.may_bind(pred, self.view.released.get(rt.name), gone)
         if d.yes:
             rt.predecessor, rt.predecessor_gone, rt.pending_bind = None, None, None
             self._queue(Bind(bind.vip, bind.reason), rt.election.gen)
@@ -239,10 +248,15 @@ class Core:
         if rt.pending_bind is None:
             log.info("vip %s won; not binding yet: %s", rt.name, d.reason)
         rt.pending_bind = bind
-        pred = rt.predecessor
-        if pred is not None and rt.predecessor_gone is None and rt.name not in self._checking:
-            self._checking.add(rt.name)
-            self._queue(CheckLease(rt.name, pred.lease))
+        if pred is not None:
+            self._waiting.setdefault(pred.lease, set()).add(rt.name)
+            if gone is None:
+                self._ask_lease(rt.name, pred.lease)
+
+    def _ask_lease(self, vip: str, lease: int) -> None:
+        if lease not in self._checking:
+            self._checking.add(lease)
+            self._queue(CheckLease(vip, lease))
 
     def _regate(self, rt: VipRuntime) -> None:
         bind = rt.pending_bind
@@ -251,24 +265,39 @@ class Core:
 
     def lease_checked(self, vip: str, lease: int, alive: bool | None, now: float) -> None:
         """The loop asked etcd about a predecessor's lease (None: no answer)."""
-        rt = self.vips[vip]
-        self._checking.discard(vip)
-        pred = rt.predecessor
-        if pred is None or pred.lease != lease:
-            return
+        self._checking.discard(lease)
+        waiting = [
+            rt
+            for name in self._waiting.pop(lease, set())
+            if (rt := self.vips[name]).predecessor is not None
+            and rt.predecessor.lease == lease
+            and rt.pending_bind is not None
+        ]
         if alive is False:
-            rt.predecessor_gone = True
-            self._regate(rt)
+            self._gone_leases[lease] = None
+            while len(self._gone_leases) > GONE_LEASES_KEPT:
+                self._gone_leases.popitem(last=False)
+            for rt in waiting:
+                rt.predecessor_gone = True
+                self._regate(rt)
             return
-        # Still alive (or no answer): ask again shortly, unless its release record comes first.
-        rt.predecessor_gone = False
+        # Still alive (or no answer): ask again shortly, unless release records come first.
+        for rt in waiting:
+            rt.predecessor_gone = False
+            self._waiting.setdefault(lease, set()).add(rt.name)
+        if not waiting:
+            return
 
         def again() -> None:
-            if rt.pending_bind is not None and rt.predecessor is pred:
+            still = [
+                self.vips[n] for n in self._waiting.get(lease, set()) if self.vips[n].pending_bind
+            ]
+            for rt in still:
                 rt.predecessor_gone = None
-                self._regate(rt)
+            if still:
+                self._ask_lease(still[0].name, lease)
 
-        self.timers.set(f"lease?:{vip}", now + LEASE_RECHECK, again)
+        self.timers.set(f"lease?:{lease:x}", now + LEASE_RECHECK, again)
 
     def _confirm_release(self, rt: VipRuntime, *, resigning: bool) -> None:
         """We unbound a VIP whose key someone else took: say so, for the next holder.

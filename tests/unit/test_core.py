@@ -454,3 +454,17 @@ def test_any_interleaving_binds_only_with_a_valid_lease_and_converges(facts, vip
 
 def test_health_values_are_typed():
     assert Health.from_text("healthy") == HEALTHY
+
+
+def test_a_mass_takeover_asks_etcd_once_per_predecessor_lease():
+    sim = Sim.started(config(30))
+    for i in range(30):
+        sim.revision += 1
+        h = Holder("h2", 0xB3, sim.revision)  # the dead host's lease, gone
+        sim.core.apply([HolderChange(f"v{i}", h, sim.revision)], sim.now)
+    sim.run()
+    sim.revision += 1
+    sim.core.apply([HolderChange(f"v{i}", None, sim.revision) for i in range(30)], sim.now)
+    sim.run()
+    assert sim.placed == {f"v{i}" for i in range(30)}
+    assert sum(isinstance(a, CheckLease) for a in sim.log) == 1
