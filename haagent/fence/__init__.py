@@ -2,6 +2,6 @@
 
 ``client`` is the agent's end, ``program`` the process itself, ``state`` its pure decisions,
 ``setup`` the etcd settings it gets over the pipe. ``netlink`` (address removal), ``etcd``
-(the lease revoke) and ``h2`` (the little of HTTP/2 and gRPC that takes) keep the process
+(the lease revoke) and ``rpc`` (the little of HTTP/2 and gRPC that takes) keep the process
 free of pyroute2 and grpcio.
 """

@@ -3,8 +3,8 @@
 :class:`LeaseRevoker` connects in the background as soon as the fence knows etcd and keeps
 that connection (answering the server's PINGs, reconnecting when it breaks), so that an
 agent's death costs one call, not a connection set-up, before the other hosts see its keys
-go. It speaks gRPC through ``haagent.fence.h2`` (standard library only: see there why not
-grpcio, and why not etcd's JSON gateway).
+go. It speaks gRPC through ``haagent.fence.rpc`` (the ``h2`` library on a socket: see there
+why not grpcio, and why not etcd's JSON gateway).
 
 Password users log in (``Authenticate``) when connecting and send the token with the call.
 etcd forgets a token after ``--auth-token-ttl`` (300 s) without an auth-checked request, and
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from haagent.fence.h2 import (
+from haagent.fence.rpc import (
     NOT_FOUND,
     UNAUTHENTICATED,
     CallError,

@@ -1,22 +1,28 @@
-"""The fence: its decisions (pure), the incremental protocol, the agent's end of the pipe, and
-the pieces of HTTP/2, HPACK and netlink it speaks itself. The lab tests show it removing real
+"""The fence: its decisions (pure), the incremental protocol, the agent's end of the pipe, its
+gRPC call over h2 and the netlink it speaks itself. The lab tests show it removing real
 addresses and revoking real leases (tests/lab/test_fence_process.py)."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from ipaddress import ip_interface
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haagent.config import EtcdConfig, TLSConfig
-from haagent.fence import h2, netlink
+from haagent.fence import netlink, rpc
 from haagent.fence.client import FenceClient, Known, encode
+from haagent.fence.etcd import LeaseRevoker
 from haagent.fence.setup import Endpoint, EtcdSettings, etcd_from_setup, setup_message
 from haagent.fence.state import Address, Fence, parse_addresses
 
@@ -470,79 +476,228 @@ def test_unusable_settings_say_why(setup):
         EtcdSettings.from_setup(setup)
 
 
-# ------------------------------------------------------------------------- HPACK, gRPC
-
-# RFC 7541 Appendix C.4 and C.6: strings and their Huffman codes.
-RFC_HUFFMAN = [
-    ("www.example.com", "f1e3 c2e5 f23a 6ba0 ab90 f4ff"),
-    ("no-cache", "a8eb 1064 9cbf"),
-    ("custom-key", "25a8 49e9 5ba9 7d7f"),
-    ("custom-value", "25a8 49e9 5bb8 e8b4 bf"),
-    ("302", "6402"),
-    ("private", "aec3 771a 4b"),
-    ("Mon, 21 Oct 2013 20:13:21 GMT", "d07a be94 1054 d444 a820 0595 040b 8166 e082 a62d 1bff"),
-    ("https://www.example.com", "9d29 ad17 1863 c78f 0b97 c8e9 ae82 ae43 d3"),
-    ("foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1",
-     "94e7 821d d7f2 e6c7 b335 dfdf cd5b 3960 d5af 2708 7f36 72c1 ab27 0fb5 291f 9587 "
-     "3160 65c0 03ed 4ee5 b106 3d50 07"),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(("text", "code"), RFC_HUFFMAN)
-def test_huffman_decoding_matches_the_rfc_examples(text, code):
-    assert h2.huffman_decode(bytes.fromhex(code)) == text.encode()
-
-
-def test_the_huffman_code_is_complete_and_rejects_bad_padding():
-    assert sum(2.0**-n for n in h2.HUFFMAN_LENGTHS) == 1.0  # Kraft: a complete prefix code
-    assert len(h2.huffman_codes()) == 257
-    with pytest.raises(ValueError, match="padding"):
-        h2.huffman_decode(bytes.fromhex("aec3771a48"))  # "private" padded with zeros
-    with pytest.raises(ValueError, match="EOS"):
-        h2.huffman_decode(b"\xff\xff\xff\xff")
-
-
-def test_headers_decode_the_rfc_response_and_our_own_encoding():
-    # RFC 7541 C.6.1: the first response, Huffman-coded, with incremental indexing.
-    block = bytes.fromhex(
-        "4882 6402 5885 aec3 771a 4b61 96d0 7abe 9410 54d4 44a8 2005 9504 0b81 66e0 82a6"
-        " 2d1b ff6e 919d 29ad 1718 63c7 8f0b 97c8 e9ae 82ae 43d3".replace(" ", "")
-    )
-    assert h2.decode_headers(block) == [
-        (":status", "302"),
-        ("", "private"),
-        ("", "Mon, 21 Oct 2013 20:13:21 GMT"),
-        ("", "https://www.example.com"),
-    ]
-    fields = [("grpc-status", "5"), ("grpc-message", "x" * 300), ("token", "t.1")]
-    assert h2.decode_headers(b"\x88" + h2.encode_headers(fields)) == [(":status", "200"), *fields]
-    with pytest.raises(ValueError, match="static table"):
-        h2.decode_headers(b"\xbe")  # index 62: a dynamic entry we never allowed
-    with pytest.raises(ValueError, match="truncated"):
-        h2.decode_headers(h2.encode_headers(fields)[:-1])
+# ------------------------------------------------------------------- gRPC over h2 (rpc.py)
 
 
 def test_grpc_answers_become_messages_or_one_line_errors():
     ok = {":status": "200", "grpc-status": "0"}
-    assert h2._grpc_result(ok, b"\x00\x00\x00\x00\x02\x0a\x00") == b"\x0a\x00"
+    assert rpc._grpc_result(ok, b"\x00\x00\x00\x00\x02\x0a\x00") == b"\x0a\x00"
     gone = {":status": "200", "grpc-status": "5", "grpc-message": "etcdserver:%20lease%20gone"}
-    with pytest.raises(h2.CallError, match=r"^NOT_FOUND: etcdserver: lease gone$") as caught:
-        h2._grpc_result(gone, b"")
-    assert caught.value.status == h2.NOT_FOUND
-    with pytest.raises(h2.ConnectionLost, match="HTTP status 400"):
-        h2._grpc_result({":status": "400"}, b"")
-    with pytest.raises(h2.ConnectionLost, match="no gRPC status"):
-        h2._grpc_result({":status": "200"}, b"")
+    with pytest.raises(rpc.CallError, match=r"^NOT_FOUND: etcdserver: lease gone$") as caught:
+        rpc._grpc_result(gone, b"")
+    assert caught.value.status == rpc.NOT_FOUND
+    with pytest.raises(rpc.ConnectionLost, match="HTTP status 400"):
+        rpc._grpc_result({":status": "400"}, b"")
+    with pytest.raises(rpc.ConnectionLost, match="no gRPC status"):
+        rpc._grpc_result({":status": "200"}, b"")
 
 
 def test_protobuf_fields_round_trip_lease_ids_and_tokens():
     lease = 0x7FFF_FFFF_FFFF_FFFF
-    message = h2.pb_field(1, lease) + h2.pb_field(2, b"tok.42") + h2.pb_field(3, 0)
-    assert h2.pb_fields(message) == {1: lease, 2: b"tok.42", 3: 0}
-    assert h2.pb_field(1, 0x1234) == b"\x08\xb4\x24"
-    assert h2.hpack_int(1337, 5) == bytes([31, 154, 10])  # RFC 7541 C.1.2
+    message = rpc.pb_field(1, lease) + rpc.pb_field(2, b"tok.42") + rpc.pb_field(3, 0)
+    assert rpc.pb_fields(message) == {1: lease, 2: b"tok.42", 3: 0}
+    assert rpc.pb_field(1, 0x1234) == b"\x08\xb4\x24"
     with pytest.raises(ValueError, match="truncated"):
-        h2.pb_fields(h2.pb_field(2, b"tok.42")[:-1])
+        rpc.pb_fields(rpc.pb_field(2, b"tok.42")[:-1])
+
+
+# One scripted answer: (grpc-status, grpc-message, message), "reset", "goaway", "close",
+# "silent" (no answer) or "ping" (a PING first, then the next answer).
+Answer = tuple[int, str, bytes] | str
+REVOKE = "/etcdserverpb.Lease/LeaseRevoke"
+
+
+class FakeEtcd:
+    """A gRPC server on h2's server side, on loopback, that answers calls from a script and
+    records them as (path, request message, headers)."""
+
+    def __init__(self, answers: list[Answer]) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[str, bytes, dict[str, str]]] = []
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        requests: dict[int, tuple[dict[str, str], bytearray]] = {}
+        with sock:
+            while True:
+                try:
+                    chunk = sock.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                for event in conn.receive_data(chunk):
+                    if isinstance(event, h2.events.RequestReceived):
+                        fields = {str(n): str(v) for n, v in event.headers or ()}
+                        requests[event.stream_id] = (fields, bytearray())
+                    elif isinstance(event, h2.events.DataReceived):
+                        requests[event.stream_id][1].extend(event.data)
+                        conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    elif isinstance(event, h2.events.StreamEnded):
+                        headers, body = requests.pop(event.stream_id)
+                        self.calls.append((headers[":path"], bytes(body[5:]), headers))
+                        if self._answer(conn, sock, event.stream_id) == "close":
+                            sock.sendall(conn.data_to_send())
+                            return
+                sock.sendall(conn.data_to_send())
+
+    def _answer(self, conn: h2.connection.H2Connection, sock: socket.socket, stream: int) -> str:
+        answer = self.answers.pop(0) if self.answers else (0, "", b"")
+        if answer == "ping":
+            conn.ping(b"12345678")
+            answer = self.answers.pop(0) if self.answers else (0, "", b"")
+        if answer == "reset":
+            conn.reset_stream(stream, error_code=2)
+        elif answer == "goaway":
+            conn.close_connection(error_code=0, additional_data=b"shutting down")
+        elif isinstance(answer, tuple):
+            status, message, body = answer
+            conn.send_headers(stream, [(":status", "200"), ("content-type", "application/grpc")])
+            if status == 0:
+                conn.send_data(stream, b"\x00" + len(body).to_bytes(4, "big") + body)
+            trailers = [("grpc-status", str(status))]
+            conn.send_headers(stream, trailers + [("grpc-message", message)] * bool(message), True)
+        return str(answer)
+
+
+@pytest.fixture
+def fake_etcd():
+    servers: list[FakeEtcd] = []
+
+    def start(*answers: Answer) -> FakeEtcd:
+        servers.append(FakeEtcd(list(answers)))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_a_call_returns_the_answer_and_errors_keep_the_connection(fake_etcd):
+    etcd = fake_etcd((0, "", b"\x0a\x00"), "ping", (5, "etcdserver: lease%20gone", b""))
+    conn = rpc.Connection("127.0.0.1", etcd.port, 2.0)
+    try:
+        answer = conn.call(REVOKE, rpc.pb_field(1, 7), [], 1.0)
+        assert answer == b"\x0a\x00"
+        with pytest.raises(rpc.CallError, match=r"^NOT_FOUND: etcdserver: lease gone$"):
+            conn.call(REVOKE, rpc.pb_field(1, 8), [("token", "t.1")], 1.0)
+        assert conn.closed is None
+    finally:
+        conn.close()
+    (path, message, headers), second = etcd.calls
+    assert (path, rpc.pb_fields(message)) == (REVOKE, {1: 7})
+    assert headers["content-type"] == "application/grpc" and headers["te"] == "trailers"
+    assert headers[":authority"] == f"127.0.0.1:{etcd.port}" and "token" not in headers
+    assert second[2]["token"] == "t.1"
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        ("reset", r"etcd reset the call \(HTTP/2 error code 2\)"),
+        ("goaway", r"GOAWAY, error code 0, shutting down"),
+        ("close", "etcd closed the connection"),
+        ("silent", "etcd did not answer in time"),
+    ],
+)
+def test_a_call_without_an_answer_loses_the_connection(fake_etcd, answer, why):
+    etcd = fake_etcd(answer)
+    conn = rpc.Connection("127.0.0.1", etcd.port, 2.0)
+    started = time.monotonic()
+    with pytest.raises(rpc.ConnectionLost, match=why):
+        conn.call(REVOKE, rpc.pb_field(1, 7), [], 0.3)
+    assert time.monotonic() - started < 2
+    assert conn.closed is not None
+    with pytest.raises(rpc.ConnectionLost):
+        conn.call(REVOKE, rpc.pb_field(1, 7), [], 0.3)
+
+
+def test_connecting_to_no_http2_server_times_out():
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, says nothing
+        started = time.monotonic()
+        with pytest.raises(rpc.ConnectionLost, match="in time"):
+            rpc.Connection("127.0.0.1", silent.getsockname()[1], 0.3)
+        assert time.monotonic() - started < 2
+
+
+def _revoker(etcd: FakeEtcd, **more) -> LeaseRevoker:
+    setup = {"endpoints": [f"http://127.0.0.1:{etcd.port}"], "timeout": 0.5, **more}
+    return LeaseRevoker(EtcdSettings.from_setup(setup))
+
+
+def test_the_revoker_revokes_reports_a_gone_lease_and_reconnects(fake_etcd, caplog):
+    caplog.set_level("INFO", logger="haagent.fence")
+    etcd = fake_etcd("close", (0, "", b""), (5, "etcdserver: requested lease not found", b""))
+    revoker = _revoker(etcd)
+    try:
+        assert revoker.revoke(0x1234, "its agent died") is True  # after a reconnect
+        assert revoker.revoke(0x1234, "again") is False
+    finally:
+        revoker.close()
+    assert etcd.connections == 2
+    assert [rpc.pb_fields(m) for _, m, _ in etcd.calls] == [{1: 0x1234}] * 3
+    assert "fence revoked lease 1234 (its agent died): the other hosts take over now" in caplog.text
+    assert "lease 1234 was already gone" in caplog.text
+
+
+def test_a_password_revoker_logs_in_again_when_its_token_expired(fake_etcd, caplog):
+    caplog.set_level("INFO", logger="haagent.fence")
+    login = (0, "", rpc.pb_field(1, b"header") + rpc.pb_field(2, b"tok.1"))
+    expired = (16, "etcdserver: invalid auth token", b"")
+    relogin = (0, "", rpc.pb_field(2, b"tok.2"))
+    etcd = fake_etcd(login, expired, relogin, (0, "", b""))
+    revoker = _revoker(etcd, username="haagent", password="s3cret")
+    try:
+        assert revoker.revoke(0x99, "its agent died") is True
+    finally:
+        revoker.close()
+    paths = [(path, headers.get("token")) for path, _, headers in etcd.calls]
+    assert paths == [
+        ("/etcdserverpb.Auth/Authenticate", None),
+        ("/etcdserverpb.Lease/LeaseRevoke", "tok.1"),
+        ("/etcdserverpb.Auth/Authenticate", None),
+        ("/etcdserverpb.Lease/LeaseRevoke", "tok.2"),
+    ]
+    assert rpc.pb_fields(etcd.calls[0][1]) == {1: b"haagent", 2: b"s3cret"}
+    assert "fence logs in to etcd again: UNAUTHENTICATED: etcdserver: invalid auth token" in (
+        caplog.text
+    )
+    assert "fence revoked lease 99 (its agent died)" in caplog.text
+
+
+def test_a_wrong_password_stops_the_revoker_trying(fake_etcd, caplog):
+    etcd = fake_etcd((3, "etcdserver: authentication failed, invalid user ID or password", b""))
+    revoker = _revoker(etcd, username="haagent", password="wrong")
+    try:
+        assert revoker.revoke(0x99, "its agent died") is False
+    finally:
+        revoker.close()
+    assert len(etcd.calls) == 1
+    assert "authentication failed: wrong etcd.username or password" in caplog.text
+    assert "fence could not reach etcd to revoke lease 99" in caplog.text
 
 
 # ------------------------------------------------------------------------------ netlink
