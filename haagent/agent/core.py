@@ -154,6 +154,7 @@ class Core:
         self._checking: set[int] = set()
         self._waiting: dict[int, set[str]] = {}
         self._gone_leases: OrderedDict[int, None] = OrderedDict()
+        self._alive_leases: set[int] = set()  # said alive; asked again after LEASE_RECHECK
         self._member_written = -MEMBER_WRITE_INTERVAL  # monotonic time of the last write
         # What our last writes put, as etcd holds it (the JSON rounds times, so records are
         # compared encoded): the watch echoes each, possibly after a newer write.
@@ -235,23 +236,34 @@ class Core:
 
     # -- handover: break before make (decide.handover) ---------------------------------
 
+    def _settle_predecessors(self, rt: VipRuntime) -> list[Holder]:
+        """Drop the earlier holders known to have let go; return those still in doubt."""
+        for node, h in list(rt.predecessors.items()):
+            why = handover.gone(
+                h,
+                rt.name,
+                released=self.view.released.get(rt.name),
+                gone_leases=self._gone_leases,
+                members=self.view.members,
+            )
+            if why is not None:
+                del rt.predecessors[node]
+        return list(rt.predecessors.values())
+
     def _gate_bind(self, rt: VipRuntime, bind: Bind) -> None:
-        pred = rt.predecessor
-        gone = rt.predecessor_gone
-        if pred is not None and pred.lease in self._gone_leases:
-            gone = True  # etcd told us already (a mass takeover asks once per lease, not per VIP)
-        d = handover.may_bind(pred, self.view.released.get(rt.name), gone)
+        doubt = self._settle_predecessors(rt)
+        d = handover.may_bind(doubt)
         if d.yes:
-            rt.predecessor, rt.predecessor_gone, rt.pending_bind = None, None, None
+            rt.pending_bind = None
             self._queue(Bind(bind.vip, bind.reason), rt.election.gen)
             return
         if rt.pending_bind is None:
             log.info("vip %s won; not binding yet: %s", rt.name, d.reason)
         rt.pending_bind = bind
-        if pred is not None:
-            self._waiting.setdefault(pred.lease, set()).add(rt.name)
-            if gone is None:
-                self._ask_lease(rt.name, pred.lease)
+        for h in doubt:
+            self._waiting.setdefault(h.lease, set()).add(rt.name)
+            if h.lease not in self._alive_leases:
+                self._ask_lease(rt.name, h.lease)
 
     def _ask_lease(self, vip: str, lease: int) -> None:
         if lease not in self._checking:
@@ -262,40 +274,34 @@ class Core:
         bind = rt.pending_bind
         if bind is not None and rt.state is State.HOLDER:
             self._gate_bind(rt, bind)
+        else:
+            self._settle_predecessors(rt)
 
     def lease_checked(self, vip: str, lease: int, alive: bool | None, now: float) -> None:
-        """The loop asked etcd about a predecessor's lease (None: no answer)."""
+        """The loop asked etcd about an earlier holder's lease (None: no answer)."""
         self._checking.discard(lease)
-        waiting = [
-            rt
-            for name in self._waiting.pop(lease, set())
-            if (rt := self.vips[name]).predecessor is not None
-            and rt.predecessor.lease == lease
-            and rt.pending_bind is not None
-        ]
+        waiting = [self.vips[n] for n in self._waiting.pop(lease, set())]
         if alive is False:
             self._gone_leases[lease] = None
             while len(self._gone_leases) > GONE_LEASES_KEPT:
                 self._gone_leases.popitem(last=False)
             for rt in waiting:
-                rt.predecessor_gone = True
                 self._regate(rt)
             return
-        # Still alive (or no answer): ask again shortly, unless release records come first.
-        for rt in waiting:
-            rt.predecessor_gone = False
+        # Alive (or no answer): ask again shortly, unless release records come first.
+        self._alive_leases.add(lease)
+        still = [rt for rt in waiting if rt.pending_bind is not None]
+        for rt in still:
             self._waiting.setdefault(lease, set()).add(rt.name)
-        if not waiting:
+        if not still:
+            self._alive_leases.discard(lease)
             return
 
         def again() -> None:
-            still = [
-                self.vips[n] for n in self._waiting.get(lease, set()) if self.vips[n].pending_bind
-            ]
-            for rt in still:
-                rt.predecessor_gone = None
-            if still:
-                self._ask_lease(still[0].name, lease)
+            self._alive_leases.discard(lease)
+            names = [n for n in self._waiting.get(lease, set()) if self.vips[n].pending_bind]
+            if names:
+                self._ask_lease(names[0], lease)
 
         self.timers.set(f"lease?:{lease:x}", now + LEASE_RECHECK, again)
 
@@ -474,13 +480,8 @@ class Core:
         self._publish_member(now)
 
     def _observe(self, rt: VipRuntime, holder: Holder | None, revision: int) -> None:
-        if (
-            holder is not None
-            and holder.readable
-            and holder.node != self.node
-            and rt.predecessor != holder
-        ):
-            rt.predecessor, rt.predecessor_gone = holder, None
+        if holder is not None and holder.readable and holder.node != self.node:
+            rt.predecessors[holder.node] = holder
         d = purge.purge_holder(holder, rt.purged)
         if d.yes and holder is not None:
             rt.purged = holder.create_revision

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from haagent.cluster.schema import HEALTHY, Health, HealthState, Holder
 from haagent.config import VipConfig
@@ -20,10 +20,9 @@ class VipRuntime:
     keeping: bool = False  # held while unhealthy (when_all_unhealthy: keep)
     purged: int | None = None  # create_revision of the invalid holder key we deleted
     held_revision: int | None = None  # create_revision of our key while we hold it
-    # Handover (decide.handover): the last other holder seen, until it is known to be gone;
-    # what etcd said of its lease; a won VIP's bind waiting for that.
-    predecessor: Holder | None = None
-    predecessor_gone: bool | None = None
+    # Handover (decide.handover): the other nodes seen holding the key, until each is known
+    # to have let go; a won VIP's bind waiting for that.
+    predecessors: dict[str, Holder] = field(default_factory=dict)
     pending_bind: Bind | None = None
 
     @classmethod

@@ -456,6 +456,26 @@ def test_health_values_are_typed():
     assert Health.from_text("healthy") == HEALTHY
 
 
+def test_every_earlier_holder_must_have_let_go_not_only_the_last():
+    """h2 held v0; a foreign write named h3 (alive, not configured for v0); then one named
+    us. h3 never had the address, but h2 may still: we wait for h2."""
+    sim = Sim.started(config(1))
+    h2 = Holder("h2", 0xB2, 11)
+    h3 = Holder("h3", 0xB4, 12)
+    sim.alive_leases |= {0xB4}
+    h3_member = MemberRecord("h3", None, "0", 0.0, "d", 0xB4, ())
+    sim.core.apply([HolderChange("v0", h2, 11), MemberChange("h3", h3_member, 11)], sim.now)
+    sim.core.apply([HolderChange("v0", h3, 12)], sim.now)
+    mine = Holder(ME, LEASE, 13)
+    sim.keys["v0"] = mine
+    sim.core.apply([HolderChange("v0", mine, 13)], sim.now)
+    sim.run()
+    assert sim.states() == {"v0": State.HOLDER} and sim.placed == set()
+    sim.core.apply([ReleasedChange("v0", Released("h2", 11), 14)], sim.now)
+    sim.run()
+    assert sim.placed == {"v0"}
+
+
 def test_a_mass_takeover_asks_etcd_once_per_predecessor_lease():
     sim = Sim.started(config(30))
     for i in range(30):

@@ -162,3 +162,31 @@ def test_config_diff_names_added_removed_changed_and_untouched_vips():
 def test_a_decision_refuses_to_be_used_as_a_condition():
     with pytest.raises(TypeError, match=r"Decision\.yes"):
         bool(Decision(True, "x"))
+
+
+def test_an_earlier_holder_is_gone_by_its_release_its_lease_or_its_config():
+    from haagent.cluster.schema import Released
+    from haagent.decide import handover
+
+    h2 = Holder("h2", 0xB2, 7)
+
+    def why(
+        released: Released | None = None,
+        gone_leases: tuple[int, ...] = (),
+        members: dict[str, MemberRecord] | None = None,
+    ) -> str:
+        got = handover.gone(
+            h2, "v", released=released, gone_leases=gone_leases, members=members or {}
+        )
+        return got or ""
+
+    assert why() == ""
+    assert "confirmed" in why(released=Released("h2", 7))
+    assert why(released=Released("h2", 6)) == ""  # another key of h2's: vouches for nothing
+    assert "is gone" in why(gone_leases=(0xB2,))
+    assert "not configured" in why(members={"h2": member("h2", 0xB2)})
+    assert why(members={"h2": member("h2", 0xB2, v=HEALTHY)}) == ""
+    assert why(members={"h2": member("h2", 0xB9)}) == ""  # a record on another lease: no proof
+    assert handover.may_bind([]).yes
+    d = handover.may_bind([h2])
+    assert not d.yes and "h2 (lease b2)" in d.reason
