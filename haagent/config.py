@@ -23,6 +23,7 @@ import re
 import shlex
 import shutil
 import socket
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import (
@@ -44,6 +45,11 @@ from haagent.cluster.schema import NAME_RE
 __all__ = [
     "CHECK_TYPES",
     "LOG_LEVELS",
+    "MAX_CHECKS",
+    "MAX_CONFIG_BYTES",
+    "MAX_ERRORS",
+    "MAX_VIPS",
+    "MAX_YAML_DEPTH",
     "NAME_RE",
     "NOTIFY_KINDS",
     "PER_VIP_LIMIT",
@@ -83,6 +89,46 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _IFNAMSIZ = 16  # Linux: interface names are at most 15 bytes
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
+
+# --------------------------------------------------------------------------- bounds
+# Every number and size a file can set has a range (docs/configuration.md#limits). The parser is
+# the only gate before the agent: what it accepts must not overflow a float, a timeout of the
+# standard library or a kernel field later, and a hostile file must not cost more than a
+# moment to refuse. The ranges are generous for real setups, not tight around the defaults.
+
+MAX_CONFIG_BYTES = 1 << 20  # a config with 4096 VIPs is about 400 KiB
+MAX_YAML_DEPTH = 32  # a config needs 6 levels (vips[0].notify.on_acquire[0])
+MAX_ERRORS = 100  # reported per file; a broken file need not print thousands of lines
+MAX_VIPS = 4096
+MAX_CHECKS = 1024  # each check has a scheduler thread of its own
+MAX_VIP_CHECKS = 64
+MAX_ENDPOINTS = 16  # etcd clusters have 3, 5 or 7 members
+MAX_STRING = 255  # any string without a more specific limit below
+MAX_ADDRESS = 64  # the longest IPv6 text with a prefix is 49 characters
+MAX_URL = 2048
+MAX_PATH = 4095  # PATH_MAX, less the terminating NUL
+MAX_PASSWORD = 1024
+MAX_PASSWORD_FILE = 4096  # bytes; the file holds one password
+MAX_COMMAND = 8192  # characters of a command, all its arguments together
+MAX_ARGV = 256
+MAX_EXPECT_BODY = 4096
+MAX_STATUS_CODES = 100
+
+TTL_RANGE = (2, 3600)  # etcd grants no lease under 2 s; an hour is a very slow failover
+MIN_MARGIN = 0.1
+MIN_ETCD_TIMEOUT = 0.05
+MIN_KEEPALIVE_INTERVAL = 0.1
+RETRY_INTERVAL_RANGE = (0.05, 300.0)
+ANNOUNCE_COUNT_RANGE = (1, 100)
+ANNOUNCE_INTERVAL_RANGE = (0.01, 10.0)
+ANNOUNCE_REFRESH_RANGE = (1.0, 86400.0)  # or 0 (off)
+CHECK_INTERVAL_RANGE = (0.1, 3600.0)
+MIN_CHECK_TIMEOUT = 0.01
+RISE_FALL_RANGE = (1, 100)
+HOLD_DOWN_RANGE = (0.0, 3600.0)
+NOTIFY_TIMEOUT_RANGE = (0.1, 3600.0)
+VRID_RANGE = (1, 255)
+PORT_RANGE = (1, 65535)
 
 
 # --------------------------------------------------------------------------- errors
@@ -451,6 +497,39 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _int_text(v: int) -> str:
+    """An integer for an error line: its digits, or how many there are when that is absurd.
+
+    ``str()`` refuses integers of more than 4300 digits (CPython's limit against slow
+    conversions), and a 1000-digit number helps nobody read the line anyway.
+    """
+    if -(10**18) < v < 10**18:
+        return str(v)
+    try:
+        digits = len(str(abs(v)))
+    except ValueError:
+        return f"an integer of about {int(v.bit_length() * math.log10(2))} digits"
+    return f"an integer of {digits} digits"
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: safe for any value a file can hold."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int_text(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # a huge integer or a self-containing list inside
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key_text(key: object) -> str:
+    """A mapping key as it goes into a dotted key path: itself when it reads well on one line."""
+    if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 64:
+        return key
+    return _shown(key)
+
+
 def _found(value: object) -> str:
     """How a YAML value reads to a human: 'a string ("1s")', 'true/false (True)', 'null'."""
     if value is None:
@@ -458,17 +537,38 @@ def _found(value: object) -> str:
     if isinstance(value, bool):
         return f"true/false ({str(value).lower()})"
     if isinstance(value, int):
-        return f"an integer ({value})"
+        if -(10**18) < value < 10**18:
+            return f"an integer ({value})"
+        return _int_text(value)
     if isinstance(value, float):
         return f"a number ({value})"
     if isinstance(value, str):
-        text = value if len(value) <= 40 else value[:37] + "..."
-        return f"a string ({text!r})"
+        return f"a string ({_shown(value, 40)})"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
-    return f"a {type(value).__name__} ({value})"
+    return f"a {type(value).__name__} ({_shown(value, 40)})"
+
+
+def _text_problem(text: str, limit: int) -> str | None:
+    """Why ``text`` cannot be a setting: too long, or not text the OS and the logs can carry.
+
+    A NUL cannot pass into a path, an argv or a log line (Python raises ValueError at the
+    system call), and a lone surrogate (YAML's "\\ud800") cannot even be encoded as UTF-8.
+    """
+    if len(text) > limit:
+        return f"too long: {len(text)} characters, at most {limit}"
+    if (nul := text.find("\0")) >= 0:
+        return f"contains a NUL character (at position {nul})"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"contains {text[exc.start]!r} (at position {exc.start}), a lone surrogate, "
+            "which is not a character"
+        )
+    return None
 
 
 class _Collector:
@@ -476,9 +576,24 @@ class _Collector:
         self.source = source
         self.base_dir = base_dir
         self.errors: list[ConfigError] = []
+        self.dropped = 0  # errors past MAX_ERRORS, counted but not kept
 
     def error(self, key: str, reason: str) -> None:
+        if len(self.errors) >= MAX_ERRORS:
+            self.dropped += 1
+            return
         self.errors.append(ConfigError(self.source, key, reason))
+
+    def all_errors(self) -> list[ConfigError]:
+        """The errors kept, and one line saying how many more there were."""
+        if not self.dropped:
+            return list(self.errors)
+        more = ConfigError(
+            self.source,
+            "",
+            f"{self.dropped} more error(s) not shown; fix the ones above and check again",
+        )
+        return [*self.errors, more]
 
     def mapping(self, value: object, path: str, allowed: Iterable[str]) -> dict[str, Any] | None:
         """The mapping at ``path`` with unknown keys reported; None (reported) if not a mapping."""
@@ -491,22 +606,31 @@ class _Collector:
             if isinstance(k, str) and k in allowed:
                 out[k] = v
                 continue
-            shown = k if isinstance(k, str) else repr(k)
-            reason = f"unknown key {k!r}"
-            close = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.6)
-            if not close and isinstance(k, str):
-                close = [a for a in allowed if a == k.lower().replace("-", "_")]
+            if len(self.errors) >= MAX_ERRORS:
+                self.dropped += 1  # not shown, so not worth a suggestion either
+                continue
+            reason = f"unknown key {_shown(k)}"
+            close: list[str] = []
+            if isinstance(k, str) and len(k) <= 64:
+                close = difflib.get_close_matches(k, allowed, n=1, cutoff=0.6)
+                if not close:
+                    close = [a for a in allowed if a == k.lower().replace("-", "_")]
+            elif isinstance(k, bool | float) or (isinstance(k, int) and abs(k) < 10**18):
+                close = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.6)
             if close:
                 reason += f"; did you mean {close[0]!r}?"
             else:
                 reason += f"; expected one of: {', '.join(allowed)}"
-            self.error(_join(path, str(shown)), reason)
+            self.error(_join(path, _key_text(k)), reason)
         return out
 
-    def string(self, value: object, key: str) -> str | None:
+    def string(self, value: object, key: str, *, limit: int = MAX_STRING) -> str | None:
         if not isinstance(value, str):
             hint = "; quote it" if isinstance(value, int | float) else ""
             self.error(key, f"expected a string, found {_found(value)}{hint}")
+            return None
+        if problem := _text_problem(value, limit):
+            self.error(key, problem)
             return None
         if not value.strip():
             self.error(key, "must not be empty")
@@ -519,7 +643,7 @@ class _Collector:
             return None
         if not _NAME.match(text):
             hint = " (names are lower-case)" if _NAME.match(text.lower()) else ""
-            self.error(key, f"{text!r} is not a valid name{hint}: {_NAME_RULE}")
+            self.error(key, f"{_shown(text, 80)} is not a valid name{hint}: {_NAME_RULE}")
             return None
         return text
 
@@ -527,10 +651,15 @@ class _Collector:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.error(key, f"expected a number of seconds, found {_found(value)}")
             return None
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float: beyond every range too
+            self.error(key, f"far out of range: found {_found(value)}")
+            return None
+        if not math.isfinite(number):
             self.error(key, f"expected a finite number, found {value}")
             return None
-        return float(value)
+        return number
 
     def integer(self, value: object, key: str) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -545,7 +674,7 @@ class _Collector:
         return value
 
     def path(self, value: object, key: str) -> Path | None:
-        text = self.string(value, key)
+        text = self.string(value, key, limit=MAX_PATH)
         if text is None:
             return None
         p = Path(text)
@@ -616,12 +745,30 @@ def _log_level_problem(v: str) -> str | None:
     return _one_of(v, LOG_LEVELS, fold=str.lower)
 
 
-def _positive(v: float) -> str | None:
-    return None if v > 0 else f"must be greater than 0, found {v:g}"
+def _seconds(lo: float, hi: float | None = None, why: str = "") -> Callable[[float], str | None]:
+    """A range check for a duration: ``lo <= v`` and, with ``hi``, ``v <= hi``."""
+
+    def check(v: float) -> str | None:
+        if v >= lo and (hi is None or v <= hi):
+            return None
+        what = f"from {lo:g} to {hi:g} seconds" if hi is not None else f"at least {lo:g} seconds"
+        return f"must be {what}, found {v:g}" + (f": {why}" if why else "")
+
+    return check
 
 
-def _at_least_one(v: int) -> str | None:
-    return None if v >= 1 else f"must be at least 1, found {v}"
+def _whole(lo: int, hi: int, unit: str = "", why: str = "") -> Callable[[int], str | None]:
+    """A range check for an integer."""
+
+    def check(v: int) -> str | None:
+        if lo <= v <= hi:
+            return None
+        unit_text = f" {unit}" if unit else ""
+        return f"must be from {lo} to {hi}{unit_text}, found {_int_text(v)}" + (
+            f": {why}" if why else ""
+        )
+
+    return check
 
 
 # --------------------------------------------------------------------------- sections
@@ -660,7 +807,7 @@ _CHECK_TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "interface": ("interface",),
 }
 _NOTIFY_KEYS = (*(f"on_{kind}" for kind in NOTIFY_KINDS), "timeout")
-MIN_CHECK_INTERVAL = 0.1
+MIN_CHECK_INTERVAL = CHECK_INTERVAL_RANGE[0]
 # VIPs that may use one per_vip exec check. Each costs a process every interval and up to
 # three threads, the cost that sharing removes; a per-VIP script (keepalived's way) serves a
 # handful of VIPs, 64 is plenty for that, and beyond it one run should go through HAAGENT_VIPS.
@@ -677,12 +824,19 @@ def _parse_endpoints(col: _Collector, value: object, path: str) -> tuple[str, ..
     if not value:
         col.error(path, "at least one endpoint is required")
         return None
+    if len(value) > MAX_ENDPOINTS:
+        col.error(
+            path,
+            f"{len(value)} endpoints, more than {MAX_ENDPOINTS}: list the members of one etcd "
+            "cluster (usually 3, 5 or 7)",
+        )
+        return None
     out: list[str] = []
     seen: dict[tuple[str, int], int] = {}
     ok = True
     for i, item in enumerate(value):
         key = f"{path}[{i}]"
-        text = col.string(item, key)
+        text = col.string(item, key, limit=MAX_URL)
         if text is None:
             ok = False
             continue
@@ -690,7 +844,7 @@ def _parse_endpoints(col: _Collector, value: object, path: str) -> tuple[str, ..
         try:
             host, port, _ = parse_endpoint(text)
         except ValueError as exc:
-            col.error(key, f"{text!r}: {exc}")
+            col.error(key, f"{_shown(text)}: {exc}")
             ok = False
             continue
         ident = (host.lower(), port)
@@ -720,9 +874,9 @@ def _parse_tls(col: _Collector, value: object, path: str) -> TLSConfig | None:
 
 def _read_password_file(col: _Collector, path: Path, key: str) -> str | None:
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        col.error(key, f"cannot read {str(path)!r}: {exc.strerror or exc}")
+        data = _read_regular(path, MAX_PASSWORD_FILE)
+    except _Unreadable as exc:
+        col.error(key, f"{str(path)!r}: {exc}")
         return None
     try:
         text = data.decode("utf-8").rstrip("\r\n")
@@ -731,6 +885,9 @@ def _read_password_file(col: _Collector, path: Path, key: str) -> str | None:
         return None
     if not text:
         col.error(key, f"{str(path)!r} is empty")
+        return None
+    if problem := _text_problem(text, MAX_PASSWORD):
+        col.error(key, f"{str(path)!r}: the password is {problem}")
         return None
     return text
 
@@ -752,10 +909,14 @@ def _parse_etcd(col: _Collector, value: object) -> tuple[EtcdConfig, _Section]:
         else:
             s.values["tls"] = tls
     s.take("username", col.string, nullable=True)
-    s.take("password", col.string, nullable=True)
+    s.take("password", lambda v, k: col.string(v, k, limit=MAX_PASSWORD), nullable=True)
     s.take("password_file", col.path, nullable=True)
-    s.take("timeout", col.number, _positive)
-    s.take("retry_interval", col.number, _positive)
+    s.take(
+        "timeout",
+        col.number,
+        _seconds(MIN_ETCD_TIMEOUT, why="a shorter etcd call times out even on a quiet LAN"),
+    )
+    s.take("retry_interval", col.number, _seconds(*RETRY_INTERVAL_RANGE))
 
     # Cross-field rules.
     endpoints = s.get("endpoints", EtcdConfig.endpoints)
@@ -793,6 +954,20 @@ def _parse_etcd(col: _Collector, value: object) -> tuple[EtcdConfig, _Section]:
             s.key("username"),
             f"set without a password; add {s.key('password')} or {s.key('password_file')}",
         )
+    elif username is not None and endpoints is not _MISSING:
+        # docs/security.md: the password's token is a gRPC call credential, which gRPC only
+        # sends over TLS; etcd would take it over http, but the agent could never start.
+        plain = [i for i, e in enumerate(endpoints) if not parse_endpoint(e)[2]]
+        if plain:
+            first = f"{s.key('endpoints')}[{plain[0]}]"
+            col.error(
+                s.key("username"),
+                f"username and password need https:// endpoints and etcd.tls: {first} is "
+                f"{_shown(endpoints[plain[0]])}, and gRPC will not send etcd's login token over "
+                "plain http, so the agent could never start; use https:// endpoints with "
+                "etcd.tls.ca, or log in with a client certificate instead (etcd.tls.cert and "
+                "etcd.tls.key, whose CN names the etcd user) and remove username and password",
+            )
     if username is None and "username" not in s.bad and password is not None:
         which = "password_file" if password_file is not None else "password"
         col.error(s.key(which), f"set without {s.key('username')}; etcd needs both")
@@ -816,10 +991,20 @@ def _parse_lease(col: _Collector, value: object) -> tuple[LeaseConfig, _Section]
     s.take(
         "ttl",
         col.integer,
-        lambda v: None if v >= 2 else f"must be an integer of at least 2 seconds, found {v}",
+        _whole(
+            *TTL_RANGE,
+            "seconds",
+            "etcd grants no shorter lease, and a longer one leaves a crashed host's VIPs "
+            "unanswered for longer than an hour",
+        ),
     )
-    s.take("margin", col.number, _positive)
-    s.take("keepalive_interval", col.number, _positive, nullable=True)
+    s.take("margin", col.number, _seconds(MIN_MARGIN, why="it must cover unbinding the VIPs"))
+    s.take(
+        "keepalive_interval",
+        col.number,
+        _seconds(MIN_KEEPALIVE_INTERVAL, why="faster keepalives only load etcd"),
+        nullable=True,
+    )
     s.take("when_etcd_unreachable", col.string, lambda v: _one_of(v, _RELEASE_OR_KEEP))
 
     ttl = s.get("ttl", LeaseConfig.ttl)
@@ -861,16 +1046,17 @@ def _parse_announce(
 ) -> AnnounceConfig:
     raw = None if value is None else col.mapping(value, path, _ANNOUNCE_KEYS)
     s = _Section(col, raw, path)
-    s.take("count", col.integer, _at_least_one)
-    s.take("interval", col.number, _positive)
+    s.take("count", col.integer, _whole(*ANNOUNCE_COUNT_RANGE))
+    s.take("interval", col.number, _seconds(*ANNOUNCE_INTERVAL_RANGE))
+    lo, hi = ANNOUNCE_REFRESH_RANGE
     s.take(
         "refresh",
         col.number,
         lambda v: (
-            f"must be 0 (off) or at least 1 second, found {v:g}: faster re-announcements "
-            "only flood the segment"
-            if v < 0 or 0 < v < 1
-            else None
+            None
+            if v == 0 or lo <= v <= hi
+            else f"must be 0 (off) or from {lo:g} to {hi:g} seconds, found {v:g}: faster "
+            "re-announcements only flood the segment"
         ),
     )
     s.take("arp_reply", col.boolean)
@@ -930,7 +1116,7 @@ def _parse_address(text: str) -> IPv4Interface | IPv6Interface:
 def _interface_problem(name: str) -> str | None:
     """Linux's own rule for interface names (dev_valid_name)."""
     if len(name.encode()) >= _IFNAMSIZ:
-        return f"{name!r} is longer than {_IFNAMSIZ - 1} bytes, the Linux limit"
+        return f"{_shown(name)} is longer than {_IFNAMSIZ - 1} bytes, the Linux limit"
     if name in (".", ".."):
         return f"{name!r} is not a valid interface name"
     if ":" in name:
@@ -943,64 +1129,58 @@ def _interface_problem(name: str) -> str | None:
     return None
 
 
-def _not_negative(v: float) -> str | None:
-    return None if v >= 0 else f"must be 0 or more, found {v:g}"
-
-
-def _check_interval(v: float) -> str | None:
-    if v < MIN_CHECK_INTERVAL:
-        return (
-            f"must be at least {MIN_CHECK_INTERVAL:g} seconds, found {v:g}: faster checks only "
-            "load the host and the service"
-        )
-    return None
-
-
 def _host_problem(host: str) -> str | None:
     """A host for a tcp check or in a URL: an IP address or a syntactically valid host name."""
     if host.startswith("["):
-        return f"{host!r}: write an IPv6 address without brackets"
+        return f"{_shown(host)}: write an IPv6 address without brackets"
     if ":" in host:
         try:
             IPv6Address(host)
         except AddressValueError as exc:
-            return f"{host!r} is not a valid IPv6 address: {exc}"
+            return f"{_shown(host)} is not a valid IPv6 address: {exc}"
         return None
     if re.fullmatch(r"[0-9.]+", host):
         try:
             IPv4Address(host)
         except AddressValueError as exc:
-            return f"{host!r} is not a valid IPv4 address: {exc}"
+            return f"{_shown(host)} is not a valid IPv4 address: {exc}"
         return None
     name = host[:-1] if host.endswith(".") else host
     if len(name) > 253 or not name or not all(_HOST_LABEL.match(p) for p in name.split(".")):
-        return f"{host!r} is not a valid host name or IP address"
+        return f"{_shown(host)} is not a valid host name or IP address"
     return None
 
 
 def _url_problem(url: str) -> str | None:
+    shown = _shown(url)
+    # http.client refuses these when it sends the request; say so now, not at every run.
+    if bad := next((c for c in url if ord(c) <= 0x20 or ord(c) == 0x7F), None):
+        return f"{shown}: contains {bad!r}; percent-encode it (a space is %20)"
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        return f"{url!r}: {exc}"
+        return f"{shown}: {exc}"
     if parts.scheme.lower() not in ("http", "https"):
-        shown = parts.scheme or "none"
-        return f"{url!r}: scheme {shown!r} is not supported; use http:// or https://"
+        scheme = parts.scheme or "none"
+        return f"{shown}: scheme {scheme!r} is not supported; use http:// or https://"
     if "@" in parts.netloc:
-        return f"{url!r}: credentials in the URL are not supported"
+        return f"{shown}: credentials in the URL are not supported"
     if not parts.hostname:
-        return f"{url!r}: the host is missing"
+        return f"{shown}: the host is missing"
     if problem := _host_problem(parts.hostname):
-        return f"{url!r}: {problem}"
+        return f"{shown}: {problem}"
     if port is not None and not 1 <= port <= 65535:
-        return f"{url!r}: port {port} is out of range 1-65535"
+        return f"{shown}: port {port} is out of range 1-65535"
     return None
 
 
 def _parse_command(col: _Collector, value: object, key: str) -> tuple[str, ...] | None:
     """A list is argv, run without a shell; a string is run with ``/bin/sh -c``."""
     if isinstance(value, str):
+        if problem := _text_problem(value, MAX_COMMAND):
+            col.error(key, problem)
+            return None
         if not value.strip():
             col.error(key, "must not be empty")
             return None
@@ -1015,13 +1195,22 @@ def _parse_command(col: _Collector, value: object, key: str) -> tuple[str, ...] 
     if not value:
         col.error(key, "must not be empty; give the program and its arguments")
         return None
+    if len(value) > MAX_ARGV:
+        col.error(key, f"{len(value)} arguments, more than {MAX_ARGV}")
+        return None
     argv: list[str] = []
     for i, item in enumerate(value):
         if not isinstance(item, str):
             hint = "; quote it" if isinstance(item, int | float) else ""
             col.error(f"{key}[{i}]", f"expected a string, found {_found(item)}{hint}")
             return None
+        if problem := _text_problem(item, MAX_COMMAND):
+            col.error(f"{key}[{i}]", problem)
+            return None
         argv.append(item)
+    if (total := sum(len(a) for a in argv)) > MAX_COMMAND:
+        col.error(key, f"too long: {total} characters in all, at most {MAX_COMMAND}")
+        return None
     if not argv[0].strip():
         col.error(f"{key}[0]", "the program must not be empty")
         return None
@@ -1033,6 +1222,9 @@ def _parse_status_list(col: _Collector, value: object, key: str) -> tuple[int, .
     if not items:
         col.error(key, "must not be empty; leave it out to accept any 2xx or 3xx status")
         return None
+    if len(items) > MAX_STATUS_CODES:
+        col.error(key, f"{len(items)} status codes, more than {MAX_STATUS_CODES}")
+        return None
     out: list[int] = []
     for i, item in enumerate(items):
         ikey = f"{key}[{i}]" if isinstance(value, list) else key
@@ -1040,7 +1232,7 @@ def _parse_status_list(col: _Collector, value: object, key: str) -> tuple[int, .
             col.error(ikey, f"expected an HTTP status code (an integer), found {_found(item)}")
             return None
         if not 100 <= item <= 599:
-            col.error(ikey, f"{item} is not an HTTP status code (100-599)")
+            col.error(ikey, f"{_int_text(item)} is not an HTTP status code (100-599)")
             return None
         if item not in out:
             out.append(item)
@@ -1079,10 +1271,10 @@ def _parse_check(col: _Collector, name: str, value: object, path: str) -> CheckC
             body[k] = v
     raw = col.mapping(body, path, own)
     s = _Section(col, raw, path)
-    s.take("interval", col.number, _check_interval)
-    s.take("timeout", col.number, _positive)
-    s.take("rise", col.integer, _at_least_one)
-    s.take("fall", col.integer, _at_least_one)
+    s.take("interval", col.number, _seconds(*CHECK_INTERVAL_RANGE))
+    s.take("timeout", col.number, _seconds(MIN_CHECK_TIMEOUT))
+    s.take("rise", col.integer, _whole(*RISE_FALL_RANGE))
+    s.take("fall", col.integer, _whole(*RISE_FALL_RANGE))
     interval = s.get("interval", CheckConfig.interval)
     timeout = s.get("timeout", CheckConfig.timeout)
     if interval is not _MISSING and timeout is not _MISSING and timeout > interval:
@@ -1110,7 +1302,11 @@ def _parse_check(col: _Collector, name: str, value: object, path: str) -> CheckC
             s.take(
                 "port",
                 col.integer,
-                lambda v: None if 1 <= v <= 65535 else f"port {v} is out of range 1-65535",
+                lambda v: (
+                    None
+                    if PORT_RANGE[0] <= v <= PORT_RANGE[1]
+                    else f"port {_int_text(v)} is out of range 1-65535"
+                ),
             )
         if s.bad or "port" not in s.values:
             return None
@@ -1118,14 +1314,14 @@ def _parse_check(col: _Collector, name: str, value: object, path: str) -> CheckC
         return TcpCheckConfig(name=name, host=host, port=s.values["port"], **common)
     if kind == "http":
         if required("url"):
-            s.take("url", col.string, _url_problem)
+            s.take("url", lambda v, key: col.string(v, key, limit=MAX_URL), _url_problem)
         s.take(
             "method",
             col.string,
             lambda v: None if v.upper() in _HTTP_METHODS else _one_of(v, _HTTP_METHODS),
         )
         s.take("expect_status", lambda v, key: _parse_status_list(col, v, key))
-        s.take("expect_body", col.string)
+        s.take("expect_body", lambda v, key: col.string(v, key, limit=MAX_EXPECT_BODY))
         s.take("tls_verify", col.boolean)
         method = s.values.get("method", "GET").upper()
         if method == "HEAD" and "expect_body" in s.values:
@@ -1174,14 +1370,22 @@ def _parse_checks(col: _Collector, value: object) -> tuple[dict[str, CheckConfig
     if not isinstance(value, dict):
         col.error(path, f"expected a mapping of check names to checks, found {_found(value)}")
         return {}, set()
+    if len(value) > MAX_CHECKS:
+        col.error(
+            path,
+            f"{len(value)} checks, more than {MAX_CHECKS}: each check runs in a thread of its "
+            "own; let VIPs share checks (one check serves any number of VIPs)",
+        )
+        # Defined all the same, so that the VIPs naming them add no "unknown check" errors.
+        return {}, {k for k in value if isinstance(k, str)}
     out: dict[str, CheckConfig] = {}
     defined: set[str] = set()
     for raw_name, body in value.items():
-        key = _join(path, str(raw_name))
+        key = _join(path, _key_text(raw_name))
         if isinstance(raw_name, str):
             defined.add(raw_name)
         name = col.name(raw_name, key)
-        check = _parse_check(col, name or str(raw_name), body, key)
+        check = _parse_check(col, name or _key_text(raw_name), body, key)
         if name is not None and check is not None:
             out[name] = check
     return out, defined
@@ -1245,7 +1449,7 @@ def _parse_notify(col: _Collector, value: object, path: str) -> NotifyConfig | N
             s.bad.add(key)
         else:
             s.values[key] = command
-    s.take("timeout", col.number, _positive)
+    s.take("timeout", col.number, _seconds(*NOTIFY_TIMEOUT_RANGE))
     if s.bad:
         return None
     return NotifyConfig(**s.values)
@@ -1259,8 +1463,13 @@ def _parse_vip_checks(
     defined: set[str],
 ) -> tuple[str, ...] | None:
     if not isinstance(value, list):
-        hint = f"; write a list, e.g. [{value}]" if isinstance(value, str) else ""
+        hint = ""
+        if isinstance(value, str):
+            hint = f"; write a list, e.g. [{value if _key_text(value) == value else 'name'}]"
         col.error(key, f"expected a list of check names, found {_found(value)}{hint}")
+        return None
+    if len(value) > MAX_VIP_CHECKS:
+        col.error(key, f"{len(value)} checks, more than {MAX_VIP_CHECKS} for one VIP")
         return None
     out: list[str] = []
     ok = True
@@ -1271,17 +1480,17 @@ def _parse_vip_checks(
             ok = False
             continue
         if name not in defined:
-            reason = f"unknown check {name!r}"
+            reason = f"unknown check {_shown(name)}"
             if close := difflib.get_close_matches(name, sorted(defined), n=1, cutoff=0.6):
                 reason += f"; did you mean {close[0]!r}?"
             elif defined:
-                reason += f"; defined checks: {', '.join(sorted(defined))}"
+                reason += f"; defined checks: {_some(sorted(map(_key_text, defined)), 10)}"
             else:
                 reason += "; define it under the top-level checks:"
             col.error(ikey, reason)
             ok = False
         elif name in out:
-            col.error(ikey, f"check {name!r} is listed twice")
+            col.error(ikey, f"check {_shown(name)} is listed twice")
             ok = False
         elif name not in checks:
             ok = False  # its definition is invalid, which is already reported
@@ -1304,7 +1513,15 @@ def _parse_vips(
     if not isinstance(value, list):
         col.error(path, f"expected a list of VIP mappings, found {_found(value)}")
         return ()
+    if len(value) > MAX_VIPS:
+        col.error(
+            path,
+            f"{len(value)} VIPs, more than {MAX_VIPS}: split them between several clusters "
+            "(each with its own agents)",
+        )
+        return ()
     out: list[VipConfig] = []
+    where: list[int] = []  # the index in the file of each VIP in out
     names: dict[str, int] = {}
     ips: dict[IPv4Address | IPv6Address, int] = {}
     for i, item in enumerate(value):
@@ -1329,7 +1546,7 @@ def _parse_vips(
         address = None
         if raw.get("address") is not None:
             akey = _join(vpath, "address")
-            text = col.string(raw["address"], akey)
+            text = col.string(raw["address"], akey, limit=MAX_ADDRESS)
             if text is not None:
                 try:
                     address = _parse_address(text)
@@ -1358,12 +1575,10 @@ def _parse_vips(
                 s.bad.add("checks")
             else:
                 s.values["checks"] = listed
-        s.take("hold_down", col.number, _not_negative)
+        s.take("hold_down", col.number, _seconds(*HOLD_DOWN_RANGE))
         s.take("vmac", col.boolean)
         s.take("bind", col.boolean)
-        s.take(
-            "vrid", col.integer, lambda v: None if 1 <= v <= 255 else f"must be 1-255, found {v}"
-        )
+        s.take("vrid", col.integer, _whole(*VRID_RANGE))
         if s.values.get("vmac") and s.values.get("bind") is False:
             col.error(
                 s.key("vmac"),
@@ -1400,9 +1615,10 @@ def _parse_vips(
                 s.values["notify"] = notify
         if name is not None and address is not None and interface is not None and not s.bad:
             out.append(VipConfig(name, address, interface, vip_announce, **s.values))
+            where.append(i)
     # Two vmac VIPs of one family and VRID would share a virtual MAC and move together.
     seen: dict[tuple[int, int], str] = {}
-    for i, v in enumerate(out):
+    for i, v in zip(where, out, strict=True):
         if not v.vmac:
             continue
         other = seen.setdefault((v.family, v.vrid), v.name)
@@ -1429,7 +1645,7 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
     if not isinstance(data, dict):
         hint = " (the file is empty)" if data is None else ""
         col.error("", f"the top level must be a mapping of settings, found {_found(data)}{hint}")
-        raise ConfigErrors(col.errors)
+        raise ConfigErrors(col.all_errors())
     raw = col.mapping(data, "", _TOP_KEYS) or {}
     top = _Section(col, raw, "")
     top.take("cluster", col.name)
@@ -1474,7 +1690,7 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
     _check_exec_sharing(col, checks, vips)
 
     if col.errors:
-        raise ConfigErrors(col.errors)
+        raise ConfigErrors(col.all_errors())
     assert node is not None
     return Config(
         cluster=top.values.get("cluster", Config.cluster),
@@ -1489,7 +1705,62 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+    """SafeLoader that refuses duplicate keys, deep nesting and values Python cannot build.
+
+    PyYAML composes nested collections recursively, so a few thousand '[' overflow the
+    interpreter's stack (RecursionError); and some constructors raise plain ValueError (the
+    date 2001-13-45, an integer of more than 4300 digits). Each becomes a YAML error with its
+    line and column instead of a traceback.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # The scanner reads up to 1024 characters ahead past every '[' or '{' it has not
+        # resolved, at a cost that grows with the square of their number (about a second for a
+        # run of 1000): stop at the limit here, before the composer ever sees them.
+        if self.flow_level >= MAX_YAML_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None,
+                None,
+                f"nested more than {MAX_YAML_DEPTH} levels deep (a haagent config needs 6)",
+                self.get_mark(),
+            )
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)  # a node composed (and counted) before
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested more than {MAX_YAML_DEPTH} levels deep (a haagent config needs 6)",
+                    event.start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:
+            # PyYAML's constructors trust the resolver's patterns, which an explicit tag skips:
+            # "!!int" alone raises IndexError, "!!bool x" KeyError, "!!timestamp x"
+            # AttributeError. Whatever the exception, the value is what is wrong.
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            why = f": {exc}" if isinstance(exc, ValueError | OverflowError) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value as {kind!r}{why}", node.start_mark
+            ) from None
 
 
 def _construct_mapping_no_dups(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -1502,28 +1773,146 @@ def _construct_mapping_no_dups(loader: _StrictLoader, node: yaml.MappingNode) ->
                 raise yaml.constructor.ConstructorError(
                     None,
                     None,
-                    f"duplicate key {key_node.value!r} (first at line {first.line + 1})",
+                    f"duplicate key {_shown(key_node.value)} (first at line {first.line + 1})",
                     key_node.start_mark,
                 )
             seen[ident] = key_node
     return loader.construct_mapping(node)
 
 
+# Characters of an integer in YAML: CPython's own limit for decimal digits (int() refuses
+# more). Below it the number reaches the setting and is refused there with its key.
+_MAX_INT_TEXT = 4300
+
+
+def _construct_int(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
+    # Caught before int() so that the error names the value, not a Python setting.
+    if len(node.value) > _MAX_INT_TEXT:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"an integer written with {len(node.value)} characters is too large for any setting",
+            node.start_mark,
+        )
+    return loader.construct_yaml_int(node)
+
+
 _StrictLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_no_dups
 )
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+class _Unreadable(Exception):
+    """Why a file cannot be read, in words that complete "<file>: ..."."""
+
+
+_FILE_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _size_text(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+def _read_regular(path: Path, limit: int, *, truncate: bool = False) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them.
+
+    Larger files are refused, or with ``truncate`` cut to their first ``limit`` bytes. Anything
+    but a regular file is refused: a FIFO would block the read until some writer comes, a
+    device such as /dev/zero never ends. O_NONBLOCK lets the open of a FIFO return at once (it
+    changes nothing for a regular file), and the kind is judged on the open descriptor, so a
+    file swapped in after a check cannot slip through.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _Unreadable(f"cannot read: {exc.strerror or exc}") from None
+    except ValueError:  # os.open refuses a NUL in the path before any system call
+        raise _Unreadable("cannot read: the path contains a NUL character") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((k for test, k in _FILE_KINDS if test(st.st_mode)), "not a file")
+            raise _Unreadable(f"not a regular file but {kind}")
+        if st.st_size > limit and not truncate:
+            raise _Unreadable(f"larger than {_size_text(limit)} ({st.st_size} bytes)")
+        chunks: list[bytes] = []
+        got = 0
+        while got <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except OSError as exc:
+        raise _Unreadable(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        if not truncate:  # it grew while being read
+            raise _Unreadable(f"larger than {_size_text(limit)}")
+        data = data[:limit]
+    return data
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """A parser's message as one bounded line (some quote the offending text)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError, text: str) -> ConfigError:
+    if isinstance(exc, yaml.reader.ReaderError):
+        # Offsets into the text, not marks: turn them into a line and a column too.
+        pos = max(0, min(exc.position, len(text)))
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        what = f"{exc.reason}: {_shown(exc.character)}"
+        return ConfigError(
+            source,
+            "",
+            f"line {line}, column {column}: YAML error: {_one_line(what)}",
+            line=line,
+            column=column,
+        )
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return ConfigError(source, "", f"YAML error: {_one_line(str(exc))}")
+    mark = exc.problem_mark or exc.context_mark
+    what = exc.problem or exc.context or "invalid YAML"
+    if exc.context and exc.problem:
+        what = f"{exc.problem} ({exc.context})"
+    what = _one_line(what)
+    if mark is None:
+        return ConfigError(source, "", f"YAML error: {what}")
+    line, column = mark.line + 1, mark.column + 1
+    return ConfigError(
+        source,
+        "",
+        f"line {line}, column {column}: YAML error: {what}",
+        line=line,
+        column=column,
+    )
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a config file; ConfigErrors if it cannot be read, parsed or validated."""
+    """Read and validate a config file; ConfigErrors if it cannot be read, parsed or validated.
+
+    The file must be a regular file of at most MAX_CONFIG_BYTES, with YAML nested at most
+    MAX_YAML_DEPTH levels.
+    """
     p = Path(path)
     source = str(p)
     try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ConfigErrors(
-            [ConfigError(source, "", f"cannot read: {exc.strerror or exc}")]
-        ) from None
+        data = _read_regular(p, MAX_CONFIG_BYTES)
+    except _Unreadable as exc:
+        raise ConfigErrors([ConfigError(source, "", str(exc))]) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -1531,34 +1920,20 @@ def load_config(path: str | Path) -> Config:
         raise ConfigErrors([ConfigError(source, "", reason)]) from None
     try:
         doc = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        what = exc.problem or exc.context or "invalid YAML"
-        if exc.context and exc.problem:
-            what = f"{exc.problem} ({exc.context})"
-        if mark is None:
-            raise ConfigErrors([ConfigError(source, "", f"YAML error: {what}")]) from None
-        line, column = mark.line + 1, mark.column + 1
-        err = ConfigError(
-            source,
-            "",
-            f"line {line}, column {column}: YAML error: {what}",
-            line=line,
-            column=column,
-        )
-        raise ConfigErrors([err]) from None
     except yaml.YAMLError as exc:
-        raise ConfigErrors([ConfigError(source, "", f"YAML error: {exc}")]) from None
+        raise ConfigErrors([_yaml_error(source, exc, text)]) from None
+    except RecursionError:  # the depth limit should come first; this is the backstop
+        reason = "YAML error: nested too deeply (a haagent config needs 6 levels)"
+        raise ConfigErrors([ConfigError(source, "", reason)]) from None
     cfg = parse_config(doc, source, base_dir=p.parent)
     return replace(cfg, source=p, digest=hashlib.sha256(data).hexdigest()[:12])
 
 
 def _check_readable(path: Path, key: str, source: str) -> ConfigError | None:
     try:
-        with path.open("rb") as f:
-            head = f.read(1 << 20)
-    except OSError as exc:
-        return ConfigError(source, key, f"cannot read {str(path)!r}: {exc.strerror or exc}")
+        head = _read_regular(path, 1 << 20, truncate=True)
+    except _Unreadable as exc:
+        return ConfigError(source, key, f"{str(path)!r}: {exc}")
     if b"-----BEGIN" not in head:
         return ConfigError(source, key, f"{str(path)!r} is not PEM (no '-----BEGIN' line)")
     return None

@@ -41,38 +41,46 @@ def _load(path: Path) -> Config | None:
         return None
 
 
+def _error_json(err: ConfigError) -> dict[str, str]:
+    return {"file": err.file, "key": err.key, "reason": err.reason}
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from haagent.config import check_host, describe
+    from haagent.config import ConfigErrors, check_host, describe, load_config
     from haagent.security import key_file_warnings
 
-    cfg = _load(args.file)
-    if cfg is None:
-        return EXIT_ERROR
     problems: list[ConfigError] = []
-    if not args.no_host_checks:  # file modes are facts of this host too
+    cfg: Config | None = None
+    try:
+        cfg = load_config(args.file)
+    except ConfigErrors as exc:
+        problems = exc.errors
+    if cfg is not None and not args.no_host_checks:  # file modes are facts of this host too
         problems = check_host(cfg)
         for warning in key_file_warnings(cfg):
             print(f"warning: {warning}", file=sys.stderr)
     if args.json:
+        # One object whatever happened, so that a script never has to parse stderr.
         print(
             json.dumps(
                 {
                     "file": str(args.file),
                     "ok": not problems,
-                    "errors": [
-                        {"file": p.file, "key": p.key, "reason": p.reason} for p in problems
-                    ],
-                    "digest": cfg.digest,
+                    "errors": [_error_json(p) for p in problems],
+                    "digest": cfg.digest if cfg is not None else None,
                 }
             )
         )
-    else:
-        for p in problems:
-            print(f"error: {p}", file=sys.stderr)
-        if not problems:
-            print(describe(cfg))
-            print(f"{args.file}: OK")
-    return EXIT_ERROR if problems else EXIT_OK
+        return EXIT_ERROR if problems else EXIT_OK
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    if problems or cfg is None:
+        return EXIT_ERROR
+    # A file name that is not UTF-8 (it came from argv) must not make print() fail.
+    shown = str(args.file).encode("utf-8", "backslashreplace").decode("utf-8")
+    print(describe(cfg))
+    print(f"{shown}: OK")
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:

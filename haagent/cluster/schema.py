@@ -104,6 +104,8 @@ def _decode(raw: bytes, schema: str) -> dict[str, Any]:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise SchemaError(f"not JSON: {exc}") from None
+    except RecursionError:  # a value nested deeper than any record: nothing we wrote
+        raise SchemaError("not JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise SchemaError(f"expected a JSON object, found {type(data).__name__}")
     found = data.get("schema")
@@ -120,6 +122,19 @@ def _newer(found: str, known: str) -> bool:
     mine, theirs = known.rsplit("/v", 1)[1], found.rsplit("/v", 1)[-1]
     digits = theirs.isascii() and theirs.isdigit() and mine.isascii() and mine.isdigit()
     return digits and len(theirs) <= 6 and int(theirs) > int(mine)
+
+
+def _time(value: object, name: str) -> float:
+    """A unix time from a record: finite, and a float (a 400-digit integer is not a time)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise SchemaError(f"field {name!r} is not a number")
+    try:
+        t = float(value)
+    except OverflowError:
+        raise SchemaError(f"field {name!r} is out of range") from None
+    if t != t or t in (float("inf"), float("-inf")):
+        raise SchemaError(f"field {name!r} is not a finite number")
+    return t
 
 
 def _name_field(data: Mapping[str, Any], name: str) -> str:
@@ -239,7 +254,7 @@ class Holder:
             node=_name_field(data, "node"),
             lease=recorded if lease is None else lease,
             create_revision=create_revision,
-            since=float(_field(data, "since", (int, float))),
+            since=_time(_field(data, "since", (int, float)), "since"),
             epoch=_field(data, "epoch", int),
             reason=_field(data, "reason", str),
         )
@@ -309,7 +324,7 @@ class MemberRecord:
             node=_name_field(data, "node"),
             address=address,
             version=_field(data, "version", str),
-            started=float(_field(data, "started", (int, float))),
+            started=_time(_field(data, "started", (int, float)), "started"),
             config_digest=_field(data, "config_digest", str),
             lease=lease,
             vips=tuple(vips),
@@ -356,7 +371,7 @@ class Request:
         at = data.get("at", 0.0)
         if not isinstance(by, str) or not isinstance(at, (int, float)) or isinstance(at, bool):
             raise SchemaError("field 'by' or 'at' malformed")
-        return cls(action=action, to=to, by=by, at=float(at), revision=revision)
+        return cls(action=action, to=to, by=by, at=_time(at, "at"), revision=revision)
 
 
 REQUEST_ACTIONS = frozenset({"move"})
@@ -395,7 +410,7 @@ class Released:
         return cls(
             node=_name_field(data, "node"),
             create_revision=_field(data, "create_revision", int),
-            at=float(at),
+            at=_time(at, "at"),
         )
 
     def vouches_for(self, holder: Holder) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -122,17 +123,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"etcd: {eps}\n\npoke at it:",
         soft_wrap=True,
     )
+    # Neither iputils' ping nor a `haagent` on PATH can be assumed (the agent usually lives in a
+    # virtualenv): every command names this very interpreter, which has the lab's probe.
+    py = shlex.quote(sys.executable)
+    probe = f"ip netns exec {cl} {py} -m haagent.lab.probe"
     hints = [
-        f"ip netns exec {cl} ping -c1 {h1.ipv4}",
-        f"ip netns exec {cl} {sys.executable} -m haagent.lab.probe --ping --target {h1.ipv6}",
+        f"{probe} --ping --target {h1.ipv4}",
+        f"{probe} --ping --target {h1.ipv6}",
         f"ip netns exec {cl} env ETCDCTL_API=3 etcdctl --endpoints={eps} get --prefix /haagent",
         f"ip netns exec {h1.netns} bash    # a shell on {h1.role}",
     ]
     if args.responders:
-        hints.append(
-            f"ip netns exec {cl} {sys.executable} -m haagent.lab.probe --once --target {h1.ipv4}"
-        )
-    hints += [f"haagent lab status --id {lab.lab_id}", f"haagent lab down --id {lab.lab_id}"]
+        hints.append(f"{probe} --once --target {h1.ipv4}")
+    hints += [
+        f"{py} -m haagent lab status --id {lab.lab_id}",
+        f"{py} -m haagent lab down --id {lab.lab_id}",
+    ]
     # Plain print: commands must stay on one line to be copy-pasted.
     print("\n".join(f"  {h}" for h in hints))
     return EXIT_OK

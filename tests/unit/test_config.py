@@ -1,5 +1,6 @@
 import copy
 import hashlib
+import os
 import re
 import socket
 from ipaddress import IPv4Interface, IPv6Address, IPv6Interface
@@ -8,7 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+import haagent.config
 from haagent.config import (
+    MAX_CONFIG_BYTES,
+    MAX_ERRORS,
+    MAX_VIPS,
+    MAX_YAML_DEPTH,
     NAME_RE,
     AnnounceConfig,
     Config,
@@ -62,6 +68,11 @@ def with_etcd(**kw: object) -> dict[str, object]:
     assert isinstance(etcd, dict)
     etcd.update(kw)
     return d
+
+
+def with_auth(**kw: object) -> dict[str, object]:
+    """with_etcd over https, which a username needs."""
+    return with_etcd(endpoints=["https://198.51.100.2:2379"], tls={"ca": "/etc/ca.pem"}, **kw)
 
 
 def errors(data: object, **kw: object) -> dict[str, str]:
@@ -156,7 +167,7 @@ def test_explicit_keepalive_interval():
 
 
 def test_password_is_not_in_repr():
-    cfg = parse_config(with_etcd(username="u", password="s3cret-pw"))
+    cfg = parse_config(with_auth(username="u", password="s3cret-pw"))
     assert cfg.etcd.password == "s3cret-pw"
     assert "s3cret-pw" not in repr(cfg)
 
@@ -286,7 +297,7 @@ def test_username_needs_password_and_vice_versa():
 def test_password_and_password_file_are_exclusive(tmp_path):
     (tmp_path / "pw").write_text("x\n")
     key, reason = one_error(
-        with_etcd(username="u", password="p", password_file=str(tmp_path / "pw"))
+        with_auth(username="u", password="p", password_file=str(tmp_path / "pw"))
     )
     assert (
         key == "etcd.password_file" and "etcd.password" in reason and "one or the other" in reason
@@ -295,26 +306,67 @@ def test_password_and_password_file_are_exclusive(tmp_path):
 
 def test_password_file_is_read_and_newline_stripped(tmp_path):
     (tmp_path / "pw").write_text("s3cret\n")
-    cfg = parse_config(with_etcd(username="u", password_file="pw"), base_dir=tmp_path)
+    cfg = parse_config(with_auth(username="u", password_file="pw"), base_dir=tmp_path)
     assert cfg.etcd.password == "s3cret"
 
 
 def test_password_file_problems(tmp_path):
-    key, reason = one_error(with_etcd(username="u", password_file=str(tmp_path / "missing")))
+    key, reason = one_error(with_auth(username="u", password_file=str(tmp_path / "missing")))
     assert key == "etcd.password_file" and "cannot read" in reason and "missing" in reason
     (tmp_path / "empty").write_text("\n")
-    key, reason = one_error(with_etcd(username="u", password_file=str(tmp_path / "empty")))
+    key, reason = one_error(with_auth(username="u", password_file=str(tmp_path / "empty")))
     assert key == "etcd.password_file" and "is empty" in reason
+    (tmp_path / "big").write_text("x" * 5000)
+    key, reason = one_error(with_auth(username="u", password_file=str(tmp_path / "big")))
+    assert key == "etcd.password_file" and "larger than 4 KiB" in reason
+    (tmp_path / "long").write_text("x" * 2000 + "\n")
+    key, reason = one_error(with_auth(username="u", password_file=str(tmp_path / "long")))
+    assert key == "etcd.password_file" and "at most 1024" in reason
+    key, reason = one_error(with_auth(username="u", password_file=str(tmp_path)))
+    assert key == "etcd.password_file" and "not a regular file but a directory" in reason
+
+
+def test_password_file_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "pw.fifo"
+    os.mkfifo(fifo)
+    key, reason = one_error(with_auth(username="u", password_file=str(fifo)))
+    assert key == "etcd.password_file" and "not a regular file but a FIFO" in reason
+
+
+@pytest.mark.parametrize(
+    "endpoints",
+    [["http://198.51.100.2:2379"], ["https://198.51.100.2:2379", "http://198.51.100.3:2379"]],
+)
+def test_username_over_plain_http_is_refused_with_the_fix(endpoints):
+    d = with_etcd(endpoints=endpoints, username="u", password="p")
+    if any(e.startswith("https") for e in endpoints):
+        d["etcd"]["tls"] = {"ca": "/etc/ca.pem"}  # type: ignore[index]
+    key, reason = one_error(d)
+    plain = len(endpoints) - 1
+    assert key == "etcd.username"
+    assert reason.startswith(
+        f"username and password need https:// endpoints and etcd.tls: etcd.endpoints[{plain}] "
+        f"is {endpoints[plain]!r}, and gRPC will not send etcd's login token over plain http"
+    )
+    assert "etcd.tls.ca" in reason and "client certificate" in reason
+    # The default endpoint is http too.
+    d = doc()
+    d["etcd"] = {"username": "u", "password": "p"}
+    assert one_error(d)[0] == "etcd.username"
 
 
 # --------------------------------------------------------------------------- lease and timing
 
 
-def test_ttl_must_be_an_integer_of_at_least_2():
-    assert one_error(doc(etcd={"timeout": 0.2}, lease={"ttl": 1, "margin": 0.4})) == (
-        "lease.ttl",
-        "must be an integer of at least 2 seconds, found 1",
-    )
+def test_ttl_must_be_an_integer_from_2_to_3600():
+    key, reason = one_error(doc(etcd={"timeout": 0.2}, lease={"ttl": 1, "margin": 0.4}))
+    assert key == "lease.ttl"
+    assert reason.startswith("must be from 2 to 3600 seconds, found 1: etcd grants no shorter")
+    key, reason = one_error(doc(lease={"ttl": 3601}))
+    assert key == "lease.ttl" and "found 3601" in reason
+    key, reason = one_error(doc(lease={"ttl": 10**1000}))
+    assert key == "lease.ttl" and "found an integer of 1001 digits" in reason
+    assert parse_config(doc(lease={"ttl": 3600, "margin": 1.5})).lease.ttl == 3600
     key, reason = one_error(doc(lease={"ttl": 5.5}))
     assert key == "lease.ttl" and "expected an integer" in reason and "5.5" in reason
     key, reason = one_error(doc(lease={"ttl": True}))
@@ -329,8 +381,8 @@ def test_ttl_2_is_the_smallest_working_lease():
 
 
 def test_margin_positive_and_below_half_ttl():
-    key, reason = one_error(doc(lease={"ttl": 5, "margin": 0}))
-    assert key == "lease.margin" and "greater than 0" in reason
+    key, reason = one_error(doc(etcd={"timeout": 0.05}, lease={"ttl": 5, "margin": 0.09}))
+    assert key == "lease.margin" and "at least 0.1 seconds, found 0.09" in reason
     key, reason = one_error(doc(lease={"ttl": 6, "margin": 3}))
     assert key == "lease.margin" and "less than half of lease.ttl (3 s)" in reason
 
@@ -341,7 +393,7 @@ def test_timeout_must_be_below_margin_and_says_why():
     assert "less than lease.margin (1.5 s)" in reason
     assert "expires its lease" in reason
     key, reason = one_error(doc(etcd={"timeout": 0}))
-    assert key == "etcd.timeout" and "greater than 0" in reason
+    assert key == "etcd.timeout" and "at least 0.05 seconds, found 0" in reason
 
 
 def test_timeout_vs_margin_uses_defaults_when_one_side_is_absent():
@@ -355,13 +407,15 @@ def test_keepalive_interval_below_ttl_minus_margin():
     key, reason = one_error(doc(lease={"ttl": 5, "margin": 1.5, "keepalive_interval": 3.5}))
     assert key == "lease.keepalive_interval"
     assert "less than lease.ttl - lease.margin (3.5 s)" in reason
-    key, reason = one_error(doc(lease={"ttl": 5, "keepalive_interval": 0}))
-    assert key == "lease.keepalive_interval" and "greater than 0" in reason
+    key, reason = one_error(doc(lease={"ttl": 5, "keepalive_interval": 0.01}))
+    assert key == "lease.keepalive_interval" and "at least 0.1 seconds, found 0.01" in reason
 
 
 def test_retry_interval_positive_and_not_bool():
     key, reason = one_error(with_etcd(retry_interval=-1))
-    assert key == "etcd.retry_interval" and "greater than 0" in reason
+    assert key == "etcd.retry_interval" and "from 0.05 to 300 seconds, found -1" in reason
+    key, reason = one_error(with_etcd(retry_interval=301))
+    assert key == "etcd.retry_interval" and "found 301" in reason
     key, reason = one_error(with_etcd(retry_interval=False))
     assert key == "etcd.retry_interval" and "true/false" in reason
 
@@ -369,6 +423,16 @@ def test_retry_interval_positive_and_not_bool():
 def test_non_finite_numbers_are_refused():
     key, reason = one_error(with_etcd(timeout=float("nan")))
     assert key == "etcd.timeout" and "finite" in reason
+    key, reason = one_error(with_etcd(retry_interval=float("inf")))
+    assert key == "etcd.retry_interval" and "finite" in reason
+
+
+def test_integers_beyond_any_float_are_refused_not_overflowed():
+    key, reason = one_error(with_etcd(retry_interval=10**400))
+    assert key == "etcd.retry_interval"
+    assert reason == "far out of range: found an integer of 401 digits"
+    key, reason = one_error(with_etcd(retry_interval=-(10**5000)))
+    assert key == "etcd.retry_interval" and "about 5000 digits" in reason
 
 
 # --------------------------------------------------------------------------- announce
@@ -377,11 +441,15 @@ def test_non_finite_numbers_are_refused():
 @pytest.mark.parametrize(
     "announce,key,reason",
     [
-        ({"count": 0}, "announce.count", "at least 1"),
+        ({"count": 0}, "announce.count", "from 1 to 100, found 0"),
+        ({"count": 1000000000}, "announce.count", "from 1 to 100, found 1000000000"),
         ({"count": 2.5}, "announce.count", "expected an integer"),
-        ({"interval": 0}, "announce.interval", "greater than 0"),
-        ({"refresh": -1}, "announce.refresh", "0 (off) or at least 1 second"),
-        ({"refresh": 0.5}, "announce.refresh", "0 (off) or at least 1 second"),
+        ({"interval": 0}, "announce.interval", "from 0.01 to 10 seconds, found 0"),
+        ({"interval": 1.0e-9}, "announce.interval", "from 0.01 to 10 seconds, found 1e-09"),
+        ({"interval": 11}, "announce.interval", "from 0.01 to 10 seconds"),
+        ({"refresh": -1}, "announce.refresh", "0 (off) or from 1 to 86400 seconds"),
+        ({"refresh": 0.5}, "announce.refresh", "0 (off) or from 1 to 86400 seconds"),
+        ({"refresh": 1e308}, "announce.refresh", "0 (off) or from 1 to 86400 seconds"),
         ({"arp_reply": "yes"}, "announce.arp_reply", "expected true or false"),
         ({"cuont": 1}, "announce.cuont", "did you mean 'count'?"),
     ],
@@ -655,7 +723,7 @@ def test_load_config_errors_name_the_file(tmp_path):
 
 def test_load_config_relative_paths_follow_the_file(tmp_path):
     (tmp_path / "pw").write_text("pw\n")
-    d = with_etcd(username="u", password_file="pw")
+    d = with_auth(username="u", password_file="pw")
     p = write(tmp_path, yaml.safe_dump(d))
     assert load_config(p).etcd.password == "pw"
 
@@ -696,6 +764,129 @@ def test_not_utf8(tmp_path):
     p.write_bytes(b"cluster: \xff\n")
     with pytest.raises(ConfigErrors, match="not UTF-8"):
         load_config(p)
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def file_error(path: Path | str) -> ConfigError:
+    """The one error of a file that must be refused as a whole."""
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path)
+    (err,) = info.value.errors
+    assert err.key == "" and "\n" not in str(err)
+    return err
+
+
+def test_only_regular_files_are_read(tmp_path):
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # no writer: a blocking open would hang here
+    assert file_error(fifo).reason == "not a regular file but a FIFO (named pipe)"
+    assert file_error("/dev/zero").reason == "not a regular file but a character device"
+    assert file_error(tmp_path).reason == "not a regular file but a directory"
+    link = tmp_path / "link.yaml"
+    link.symlink_to(write(tmp_path, yaml.safe_dump(BASE)))
+    assert load_config(link).cluster == "db"  # a symlink to a regular file is fine
+
+
+def test_file_size_is_bounded(tmp_path, monkeypatch):
+    p = write(tmp_path, "# x\n" * (MAX_CONFIG_BYTES // 4 + 1))
+    assert file_error(p).reason == f"larger than 1 MiB ({MAX_CONFIG_BYTES + 4} bytes)"
+    # The boundary itself, on a smaller limit: parsing a whole MiB of YAML takes a second.
+    monkeypatch.setattr(haagent.config, "MAX_CONFIG_BYTES", 4096)
+    text = yaml.safe_dump(BASE)
+    p.write_text(text + "#" * (4096 - len(text)))
+    assert load_config(p).cluster == "db"
+    p.write_text(text + "#" * (4097 - len(text)))
+    assert file_error(p).reason == "larger than 4 KiB (4097 bytes)"
+
+
+def test_yaml_nesting_is_bounded_with_line_and_column(tmp_path):
+    err = file_error(write(tmp_path, "cluster: db\nvips: " + "[" * 5000 + "]" * 5000 + "\n"))
+    assert err.line == 2 and err.column is not None
+    assert f"nested more than {MAX_YAML_DEPTH} levels deep" in err.reason
+    deep = "x: " + "[" * (MAX_YAML_DEPTH - 1) + "]" * (MAX_YAML_DEPTH - 1) + "\n"
+    errs = {e.key for e in _load_errors(write(tmp_path, deep))}
+    assert "x" in errs  # deep enough to be odd, not so deep that YAML refuses it
+
+
+def _load_errors(p: Path) -> list[ConfigError]:
+    with pytest.raises(ConfigErrors) as info:
+        load_config(p)
+    return info.value.errors
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            "cluster: 2001-13-45\n",
+            "line 1, column 10: YAML error: cannot read this value as 'timestamp': month",
+        ),
+        ("cluster: !!int\n", "cannot read this value as 'int'"),
+        ("cluster: !!bool maybe\n", "cannot read this value as 'bool'"),
+        ("cluster: !!timestamp x\n", "cannot read this value as 'timestamp'"),
+        ("lease: {ttl: 1" + "0" * 5000 + "}\n", "integer written with 5001 characters"),
+        ("lease: {ttl: 0x1" + "0" * 5000 + "}\n", "integer written with 5003 characters"),
+        ("cluster: a\x00b\n", "line 1, column 11: YAML error: special characters"),
+        ("{" + "a: 1, " * 3 + "a: 2}\n", "duplicate key 'a'"),
+    ],
+)
+def test_values_yaml_cannot_build_are_yaml_errors(tmp_path, text, needle):
+    assert needle in file_error(write(tmp_path, text)).reason
+
+
+def test_huge_numbers_reach_their_key(tmp_path):
+    p = write(tmp_path, yaml.safe_dump(BASE).replace("ttl: 5", "ttl: 1" + "0" * 1000))
+    (err,) = _load_errors(p)
+    assert err.key == "lease.ttl" and "found an integer of 1001 digits" in err.reason
+
+
+def test_strings_are_bounded_and_must_be_text():
+    key, reason = one_error(doc(log_level="x" * 256))
+    assert key == "log_level" and reason == "too long: 256 characters, at most 255"
+    key, reason = one_error(doc(cluster="a" * 10000))
+    assert key == "cluster" and "too long" in reason
+    key, reason = one_error(vip_doc(V(interface="\ud800")))
+    assert key == "vips[0].interface" and "lone surrogate" in reason
+    key, reason = one_error(with_auth(username="u", password_file="pw\0x"))
+    assert key == "etcd.password_file" and "NUL character" in reason
+    key, reason = one_error(with_auth(username="u", password="p" * 1025))
+    assert key == "etcd.password" and "at most 1024" in reason
+    key, reason = one_error(vip_doc(V(address="1" * 65)))
+    assert key == "vips[0].address" and "at most 64" in reason
+
+
+def test_counts_are_bounded_before_anything_is_judged():
+    vips = [V(f"v{i}", f"198.18.{i // 250}.{i % 250 + 1}") for i in range(MAX_VIPS + 1)]
+    key, reason = one_error(doc(vips=vips))
+    assert key == "vips" and reason.startswith(f"{MAX_VIPS + 1} VIPs, more than {MAX_VIPS}")
+    assert len(parse_config(doc(vips=vips[:MAX_VIPS])).vips) == MAX_VIPS
+    key, reason = one_error(with_etcd(endpoints=[f"http://h{i}:2379" for i in range(17)]))
+    assert key == "etcd.endpoints" and "17 endpoints, more than 16" in reason
+
+
+def test_errors_are_capped_with_a_count_of_the_rest():
+    d = doc()
+    d["lease"] = {f"k{i}": 1 for i in range(1000)}
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(d, "test.yaml")
+    errs = info.value.errors
+    assert len(errs) == MAX_ERRORS + 1
+    assert str(errs[-1]) == (
+        "test.yaml: 900 more error(s) not shown; fix the ones above and check again"
+    )
+
+
+def test_every_error_is_one_line_whatever_the_key():
+    d: dict[object, object] = {"a\nb": 1, "x" * 1000: 2, 10**5000: 3}
+    d.update(doc())
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(d, "test.yaml")
+    lines = [str(e) for e in info.value.errors]
+    assert len(lines) == 3 and all("\n" not in line and len(line) < 300 for line in lines)
+    assert lines[0].startswith("test.yaml: 'a\\nb': unknown key 'a\\nb'")
+    assert "an integer of about 5000 digits: unknown key" in lines[2]
 
 
 # --------------------------------------------------------------------------- the example file
@@ -863,7 +1054,7 @@ def test_layer2_errors():
     key, reason = one_error(_l2({"name": "a", "vrid": 7}))
     assert key == "vips[0].vrid" and "vmac" in reason
     key, reason = one_error(_l2({"name": "a", "vmac": True, "vrid": 256}))
-    assert key == "vips[0].vrid" and "1-255" in reason
+    assert key == "vips[0].vrid" and "from 1 to 255, found 256" in reason
     key, reason = one_error(
         _l2({"name": "a", "vmac": True, "vrid": 9}, {"name": "b", "vmac": True, "vrid": 9})
     )

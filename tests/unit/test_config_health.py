@@ -257,14 +257,20 @@ def test_unknown_key_did_you_mean():
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
     [
-        ("interval", 0, "at least 0.1 seconds"),
-        ("interval", 0.05, "at least 0.1 seconds"),
+        ("interval", 0, "from 0.1 to 3600 seconds, found 0"),
+        ("interval", 0.05, "from 0.1 to 3600 seconds, found 0.05"),
+        ("interval", 1.0e308, "from 0.1 to 3600 seconds, found 1e+308"),
+        ("interval", 10**400, "far out of range: found an integer of 401 digits"),
         ("interval", "2s", "expected a number of seconds, found a string"),
         ("interval", True, "found true/false"),
-        ("timeout", 0, "greater than 0"),
-        ("timeout", -1, "greater than 0"),
-        ("rise", 0, "at least 1"),
-        ("fall", 0, "at least 1"),
+        ("interval", float("inf"), "expected a finite number"),
+        ("timeout", 0, "at least 0.01 seconds, found 0"),
+        ("timeout", -1, "at least 0.01 seconds, found -1"),
+        ("timeout", float("nan"), "expected a finite number"),
+        ("rise", 0, "from 1 to 100, found 0"),
+        ("fall", 0, "from 1 to 100, found 0"),
+        ("fall", 101, "from 1 to 100, found 101"),
+        ("rise", 10**1000, "from 1 to 100, found an integer of 1001 digits"),
         ("rise", 1.5, "expected an integer"),
         ("fall", "3", "expected an integer, found a string"),
     ],
@@ -376,6 +382,51 @@ def test_type_specific_errors(body, key, needle):
     errs = errors(check(**body))
     assert list(errs) == [key], errs
     assert needle in errs[key], errs[key]
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "needle"),
+    [
+        ({"type": "http", "url": "http://h/a b"}, "checks.x.url", "contains ' '; percent-encode"),
+        ({"type": "http", "url": "http://h/\x7f"}, "checks.x.url", "percent-encode"),
+        ({"type": "http", "url": "http://h/" + "a" * 2048}, "checks.x.url", "at most 2048"),
+        (
+            {"type": "http", "url": "http://h/", "expect_body": "b" * 4097},
+            "checks.x.expect_body",
+            "at most 4096",
+        ),
+        (
+            {"type": "http", "url": "http://h/", "expect_status": [200] * 101},
+            "checks.x.expect_status",
+            "101 status codes, more than 100",
+        ),
+        (
+            {"type": "http", "url": "http://h/", "expect_status": 10**400},
+            "checks.x.expect_status",
+            "an integer of 401 digits is not an HTTP status code",
+        ),
+        ({"type": "tcp", "port": 10**30}, "checks.x.port", "port an integer of 31 digits is out"),
+        ({"type": "tcp", "port": 1, "host": "h" * 256}, "checks.x.host", "at most 255"),
+        ({"type": "exec", "command": ["/bin/true", "a\0"]}, "checks.x.command[1]", "NUL"),
+        ({"type": "interface", "interface": "\ud800"}, "checks.x.interface", "lone surrogate"),
+    ],
+)
+def test_check_values_are_bounded(body, key, needle):
+    errs = errors(check(**body))
+    assert list(errs) == [key], errs
+    assert needle in errs[key], errs[key]
+
+
+def test_the_number_of_checks_is_bounded():
+    from haagent.config import MAX_CHECKS
+
+    d = doc(**{f"c{i}": {"type": "tcp", "port": 1} for i in range(MAX_CHECKS - 4 + 1)})
+    key, reason = one_error(d)  # BASE has 4 checks already; vips[0] names two of them
+    assert key == "checks"
+    assert reason.startswith(f"{MAX_CHECKS + 1} checks, more than {MAX_CHECKS}: each check")
+    parse_config(doc(**{f"c{i}": {"type": "tcp", "port": 1} for i in range(MAX_CHECKS - 4)}))
+    key, reason = one_error(with_vip(checks=["pg"] * 65))
+    assert key == "vips[0].checks" and reason == "65 checks, more than 64 for one VIP"
 
 
 def test_every_error_of_a_check_is_reported_at_once():
@@ -509,7 +560,8 @@ def test_a_vip_using_an_invalid_check_reports_only_the_check():
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
     [
-        ("hold_down", -1, "must be 0 or more"),
+        ("hold_down", -1, "must be from 0 to 3600 seconds, found -1"),
+        ("hold_down", 1e10, "must be from 0 to 3600 seconds, found 1e+10"),
         ("hold_down", "10s", "expected a number of seconds"),
         ("when_all_unhealthy", "kep", "'kep' is not one of release, keep; did you mean 'keep'?"),
         ("when_all_unhealthy", True, "expected a string"),
@@ -532,7 +584,21 @@ def test_keep_without_checks_would_do_nothing():
         ({"on_acquir": "x"}, "vips[0].notify.on_acquir", "did you mean 'on_acquire'"),
         ({"on_fault": []}, "vips[0].notify.on_fault", "must not be empty"),
         ({"on_release": 5}, "vips[0].notify.on_release", "expected a list"),
-        ({"on_acquire": "x", "timeout": 0}, "vips[0].notify.timeout", "greater than 0"),
+        ({"on_acquire": "x", "timeout": 0}, "vips[0].notify.timeout", "from 0.1 to 3600 seconds"),
+        (
+            {"on_acquire": "x", "timeout": 1.0e308},
+            "vips[0].notify.timeout",
+            "from 0.1 to 3600 seconds, found 1e+308",
+        ),
+        ({"on_acquire": "a\0b"}, "vips[0].notify.on_acquire", "NUL character"),
+        ({"on_acquire": ["x", "\ud800"]}, "vips[0].notify.on_acquire[1]", "lone surrogate"),
+        ({"on_acquire": ["x"] * 257}, "vips[0].notify.on_acquire", "257 arguments, more than 256"),
+        ({"on_acquire": "x" * 8193}, "vips[0].notify.on_acquire", "at most 8192"),
+        (
+            {"on_acquire": ["x" * 5000, "y" * 5000]},
+            "vips[0].notify.on_acquire",
+            "10000 characters in all, at most 8192",
+        ),
         ("/bin/notify", "vips[0].notify", "expected a mapping"),
     ],
 )
