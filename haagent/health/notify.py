@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 
 from haagent.config import NotifyKind, VipConfig
-from haagent.health.checks import CommandResult, run_command, vip_env
+from haagent.health.checks import CommandResult, ProcessGroups, run_command, vip_env
 
 __all__ = ["Notifier", "NotifyKind"]
 
@@ -50,6 +50,7 @@ class Notifier:
         self._threads: dict[str, threading.Thread] = {}
         self._pending = 0
         self._closed = False
+        self._groups = ProcessGroups()  # hooks still running, killed if close() times out
         self.last: dict[tuple[str, str], CommandResult] = {}  # (vip, kind) -> last run
 
     def fire(self, kind: NotifyKind, vip: VipConfig, reason: str) -> None:
@@ -97,11 +98,14 @@ class Notifier:
     def close(self, timeout: float) -> bool:
         """Refuse new hooks, give the queued ones up to ``timeout`` seconds, stop the workers.
 
-        Returns False when hooks were still running (they go on, each bounded by its timeout).
+        Returns False when hooks were still running then: those are killed (their whole
+        process group), so no hook outlives the agent, whatever its own timeout says.
         """
         with self._lock:
             self._closed = True
         idle = self.wait_idle(timeout)
+        if not idle and (killed := self._groups.kill_all()):
+            log.warning("killed %d notify hook(s) still running when the agent stopped", killed)
         with self._lock:
             for q in self._queues.values():
                 q.put(None)
@@ -120,7 +124,7 @@ class Notifier:
                         self._idle.notify_all()
 
     def _run(self, job: _Job) -> None:
-        r = run_command(job.command, job.timeout, job.env)
+        r = run_command(job.command, job.timeout, job.env, self._groups)
         with self._lock:
             self.last[(job.vip, job.kind)] = r
         what = f"on_{job.kind} for vip {job.vip}"

@@ -292,3 +292,39 @@ def test_a_check_shared_by_two_vips_moves_both():
     shared.record(F, "down")
     assert v1.update() and v2.update()
     assert v1.healthy is False and v2.healthy is False
+
+
+def test_close_kills_hooks_that_would_outlive_the_agent(tmp_path):
+    """A hook with a long timeout still running at close is killed, not left behind."""
+    import time
+
+    from haagent.config import parse_config
+    from haagent.health.notify import Notifier
+
+    marker = tmp_path / "survived"
+    cfg = parse_config(
+        {
+            "node": "h1",
+            "etcd": {"endpoints": ["http://198.51.100.2:2379"]},
+            "vips": [
+                {
+                    "name": "v",
+                    "address": "198.51.100.200",
+                    "interface": "eth0",
+                    "notify": {
+                        "on_acquire": ["/bin/sh", "-c", f"sleep 2; touch {marker}"],
+                        "timeout": 3600,
+                    },
+                }
+            ],
+        },
+        "t.yaml",
+    )
+    n = Notifier("h1")
+    n.fire("acquire", cfg.vips[0], "test")
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert n.close(timeout=0.2) is False
+    assert time.monotonic() - started < 2
+    time.sleep(2.5)
+    assert not marker.exists()
