@@ -452,8 +452,9 @@ class Agent:
     def _unbind(self, action: Unbind) -> None:
         vip = self.vips[action.vip]
         self._timers.cancel(f"announce:{vip.name}")
+        removed = True
         try:
-            self.place.remove(vip, link_later=True)
+            removed = self.place.remove(vip, link_later=True)
         except NetError as exc:
             log.error(
                 "cannot unbind vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, exc
@@ -465,11 +466,15 @@ class Agent:
             log.info("gave up vip %s before binding it: %s", vip.name, action.reason)
             return
         log.info(
-            "released vip %s (%s on %s): %s",
+            "released vip %s (%s on %s): %s%s",
             vip.name,
             vip.address,
             self.place.where(vip),
             action.reason,
+            ""
+            if removed or not vip.bind or self.core.stopping  # shutdown removed it first
+            else " (the address was gone already: its kernel lifetime ran out, or the fence or "
+            "someone else removed it)",
         )
         self.notifier.fire("release", vip, action.reason)
 

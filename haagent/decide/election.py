@@ -78,6 +78,7 @@ class Election:
         self.ineligible_reason = ""
         self.stopping = False
         self.retry_pending = False  # a campaign failed without an answer; wait for retry()
+        self.campaign_reason = ""  # why the campaign in flight was made (its record says so too)
         self._resigned: int | None = None  # create_revision of the key we asked etcd to delete
 
     @property
@@ -134,7 +135,8 @@ class Election:
             # we may not use it; reconcile resigns it if the lease is still ours.
             return self._reconcile("campaign answered after it was abandoned")
         self.state = State.CANDIDATE
-        return self._reconcile("key absent, campaign won")
+        # The same words as the holder record's reason, so that log and record agree.
+        return self._reconcile(f"{self.campaign_reason or 'key absent'}; campaign won")
 
     def campaign_lost(self, holder: Holder | None, revision: int) -> list[Action]:
         if self.state is State.CAMPAIGNING:
@@ -190,6 +192,7 @@ class Election:
             actions.append(Bind(self.vip, reason))
         elif self.holder is None and not self.retry_pending:
             self.state = State.CAMPAIGNING
+            self.campaign_reason = reason
             actions.append(Campaign(self.vip, self.absent_revision, reason))
         else:
             self.state = State.CANDIDATE
@@ -205,5 +208,7 @@ class Election:
         if self.holder is None:
             return "holder key deleted"
         if not self.key_is_mine:
+            if self.holder.node == self.node:
+                return f"key held by this node's earlier lease {self.holder.lease:x}"
             return f"key now held by {self.holder.node}"
         return reason

@@ -142,6 +142,7 @@ class Store:
         self._rewatch = threading.Event()
         self._login_lock = threading.Lock()
         self._next_revision = 0
+        self._connect_attempts = 0
 
     # -- connection ----------------------------------------------------------------------
 
@@ -220,6 +221,8 @@ class Store:
             return reason is None
 
         def before_sleep(state: RetryCallState) -> None:
+            # One count across calls: start-up connects twice (bounded, then for good).
+            self._connect_attempts += 1
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
             tls = _tls_problem(exc) if exc else None  # its details say more than pyetcd's
@@ -227,7 +230,7 @@ class Store:
                 "etcd %s not reachable (%s); retry %d in %.1fs",
                 ",".join(self.cfg.endpoints),
                 tls[0] if tls else describe_error(exc) if exc else "?",
-                state.attempt_number,
+                self._connect_attempts,
                 wait,
             )
 

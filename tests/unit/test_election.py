@@ -57,7 +57,8 @@ def test_won_campaign_binds():
     e = Election("db", ME)
     e.observe(None, 5)
     e.lease_valid(LEASE)
-    assert e.campaign_won(mine()) == [Bind("db", "key absent, campaign won")]
+    # The log line's reason is the holder record's: why the campaign was made.
+    assert e.campaign_won(mine()) == [Bind("db", "lease valid; campaign won")]
     assert e.state is State.HOLDER
 
 
@@ -182,3 +183,9 @@ def test_campaign_answer_after_becoming_ineligible_resigns():
     e.set_eligible(False, "unhealthy")
     assert e.state is State.CAMPAIGNING
     assert e.campaign_won(mine()) == [Resign("db", 10, "unhealthy")]
+
+
+def test_own_key_on_an_earlier_lease_is_not_called_someone_elses():
+    e = holding()
+    acts = e.observe(Holder(node=ME, lease=0xA0, create_revision=30), 31)
+    assert acts == [Unbind("db", "key held by this node's earlier lease a0")]
