@@ -521,6 +521,18 @@ class Core:
         self._member_written = now
         self._member_records.append(record.to_json())
 
+    def link_changed(self, ifname: str, up: bool, reason: str, now: float) -> None:
+        """The carrier of an interface changed (net.linkwatch): VIPs on it follow at once."""
+        for rt in self.vips.values():
+            if rt.cfg.interface != ifname:
+                continue
+            rt.link_down = None if up else reason
+            self._refresh_eligibility(rt, now)
+        if up:
+            log.info("%s: vips on it may be held again once healthy", reason)
+        else:
+            log.warning("%s: releasing the vips on it now", reason)
+
     def _hold_down(self, rt: VipRuntime, seconds: float, now: float) -> None:
         rt.hold_until = now + seconds
         self.timers.set(
@@ -540,6 +552,7 @@ class Core:
                 hold_left=rt.hold_until - now,
                 healthy_peers=rank.candidates(self.view, rt.name, exclude={self.node}),
                 when_all_unhealthy=rt.cfg.when_all_unhealthy,
+                link_down=rt.link_down,
             )
         )
         if verdict.keeping and not rt.keeping:

@@ -6,6 +6,7 @@ import queue
 from dataclasses import dataclass
 
 from haagent.health.events import VipHealthChanged
+from haagent.net.linkwatch import LinkChanged
 from haagent.store.events import StoreEvent
 
 
@@ -21,4 +22,4 @@ class StatusRequest:
     reply: queue.SimpleQueue[object]
 
 
-Event = StoreEvent | VipHealthChanged | Stop | StatusRequest
+Event = StoreEvent | VipHealthChanged | LinkChanged | Stop | StatusRequest

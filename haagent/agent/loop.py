@@ -61,6 +61,7 @@ from haagent.health.monitor import HealthMonitor
 from haagent.health.notify import Notifier
 from haagent.net.addresses import LIFETIME_FOREVER, AddressManager, NetError, RefreshError
 from haagent.net.announce import Announcer
+from haagent.net.linkwatch import LinkChanged, LinkWatcher
 from haagent.net.placement import Placement
 from haagent.store import ETCD_ERRORS, STORE_ERRORS, LeaseKeeper, Store, StoreError, describe_error
 from haagent.store.client import CAMPAIGN_BATCH, NodeNameTaken
@@ -103,6 +104,7 @@ class Agent:
         self._net: AddressManager | None = None
         self._place: Placement | None = None
         self._announcer: Announcer | None = None
+        self._links: LinkWatcher | None = None
         self._fence = FenceClient(setup_message(cfg.cluster, cfg.etcd))
         self.health = HealthMonitor(cfg, self._post_health)
         self.notifier = Notifier(self.node)
@@ -129,6 +131,17 @@ class Agent:
                 raise AgentError(f"cannot start the fence process: {exc}") from None
             self._announcer = Announcer()
             self._announcer.prepare({v.interface for v in self.vips.values()})
+            try:
+                self._links = LinkWatcher(
+                    {v.interface for v in self.vips.values()}, self.events.put
+                )
+            except OSError as exc:
+                raise AgentError(f"cannot watch the interfaces' link state: {exc}") from None
+            now = time.monotonic()
+            for ifname, up in self._links.initial().items():
+                if not up:
+                    self.core.link_changed(ifname, False, f"{ifname} has no carrier", now)
+            self._links.start()
             self._check_stop()
             self.health.start()
             self._start()
@@ -349,6 +362,8 @@ class Agent:
                     self.core.lease_gone(lease_id, reason, now)
                 case VipHealthChanged(vip=vip, healthy=healthy, reason=reason):
                     self.core.health_changed(vip, healthy, reason, now)
+                case LinkChanged(ifname=ifname, up=up, reason=reason):
+                    self.core.link_changed(ifname, up, reason, now)
                 case StatusRequest(reply=reply):
                     reply.put(self.core.status(now))
                 case KeepaliveFailed() | WatchBroken() | WatchResumed():
@@ -745,6 +760,8 @@ class Agent:
             with contextlib.suppress(NetError):
                 self._place.tidy()
         # Thread joins last: stopping the fence, the checks and the keeper.
+        if self._links is not None:
+            self._links.stop()
         self._fence.stop()
         self.health.stop()
         if self._keeper is not None:

@@ -18,6 +18,7 @@ class VipRuntime:
     health: Health
     hold_until: float = 0.0  # monotonic; ineligible until then (hold-down)
     keeping: bool = False  # held while unhealthy (when_all_unhealthy: keep)
+    link_down: str | None = None  # its interface has no carrier (net.linkwatch), and why
     purged: int | None = None  # create_revision of the invalid holder key we deleted
     held_revision: int | None = None  # create_revision of our key while we hold it
     # Handover (decide.handover): the other nodes seen holding the key, until each is known

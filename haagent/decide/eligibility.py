@@ -25,6 +25,7 @@ class EligibilityFacts:
     hold_left: float  # seconds of hold-down left; <= 0: none
     healthy_peers: Sequence[str]  # other live members healthy for it, in takeover order
     when_all_unhealthy: ReleaseOrKeep
+    link_down: str | None = None  # why the VIP's interface cannot carry traffic, if it cannot
     # Inputs for operator control (placement work): read, not yet acted on.
     draining: bool = False
     request: Request | None = None
@@ -39,6 +40,10 @@ class Eligibility:
 
 
 def decide(f: EligibilityFacts) -> Eligibility:
+    if f.link_down is not None:
+        # Nothing can be served over a link without carrier: give the VIP up now rather than
+        # at the lease deadline, and take it back only once the link (and health) returns.
+        return Eligibility(False, f.link_down, nobody=not f.healthy_peers)
     h = f.health
     if h.state is HealthState.UNKNOWN:
         return Eligibility(False, h.reason or "health not yet known")

@@ -175,3 +175,30 @@ def test_third_party_deletes_and_overwrites_of_a_held_key_never_make_two_holders
     assert not report.double_holder, f"two holders: {report.double_holder}\n{agents.dump()}"
     for h in lab.hosts:
         assert "Traceback" not in agents.log(h)
+
+
+def test_a_holder_that_loses_its_carrier_releases_at_once_and_can_hold_again(
+    lab: Lab, agents: Agents
+) -> None:
+    """Not at the lease deadline: nothing can be served over a link without carrier."""
+    agents.ttl = 10  # a deadline far away: only the link event can explain a quick release
+    agents.margin = 2.0
+    agents.start_all()
+    ip = lab.vip4(0)
+    old = agents.wait_single_holder(ip)
+    host = lab.host(old)
+    started = time.monotonic()
+    lab.cut_link(host)
+    try:
+        wait_until(
+            lambda: ip not in lab.bound(host), 3, 0.02, what=f"{old} to drop {ip} without carrier"
+        )
+        took = time.monotonic() - started
+        assert took < 3, took  # the deadline would be ttl - margin = 8 s away
+        assert "eth0 lost its carrier" in agents.log(host)
+    finally:
+        lab.restore_link(host)
+    # Back on the segment: its resign, retried meanwhile, goes through; the VIP is held again
+    # by exactly one host (the old one may win it back: it is eligible again).
+    agents.wait_single_holder(ip, timeout=agents.ttl + 5)
+    assert "has its carrier back" in agents.log(host)

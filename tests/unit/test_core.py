@@ -382,6 +382,21 @@ def test_a_holder_whose_key_someone_else_deleted_confirms_after_unbinding():
     assert sim.confirmed == [("v0", mine.create_revision)]
 
 
+def test_carrier_loss_releases_at_once_and_carrier_back_campaigns_again():
+    sim = Sim.started(config(2))
+    sim.run()
+    assert sim.placed == {"v0", "v1"}
+    sim.core.link_changed("eth0", False, "eth0 lost its carrier", sim.now)
+    acts = []
+    while (a := sim.step()) is not None:
+        acts.append(a)
+    assert {a.vip for a in acts if isinstance(a, Unbind)} == {"v0", "v1"}
+    assert sim.placed == set() and not sim.keys  # released and resigned, no deadline waited
+    sim.core.link_changed("eth0", True, "eth0 has its carrier back", sim.now)
+    sim.run()
+    assert sim.placed == {"v0", "v1"}
+
+
 def test_stale_watch_changes_do_not_roll_the_view_back():
     sim = Sim.started(config(1))
     sim.run()

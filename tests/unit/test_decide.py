@@ -63,6 +63,21 @@ def test_a_standby_never_starts_holding_an_unhealthy_vip_under_keep():
     assert not v.eligible
 
 
+def test_no_carrier_means_no_vip_whatever_the_health():
+    v = eligibility.decide(facts(holding=True, link_down="eth0 lost its carrier"))
+    assert (v.eligible, v.reason) == (False, "eth0 lost its carrier")
+    v = eligibility.decide(
+        facts(
+            health=SICK,
+            holding=True,
+            healthy_peers=[],
+            when_all_unhealthy="keep",
+            link_down="eth0 lost its carrier",
+        )
+    )
+    assert not v.eligible and not v.keeping
+
+
 def test_hold_down_blocks_with_the_time_left():
     v = eligibility.decide(facts(hold_left=1.26))
     assert (v.eligible, v.reason) == (False, "hold-down after giving it up (1.3s left)")

@@ -1,0 +1,130 @@
+"""Carrier of the VIPs' interfaces, from rtnetlink link events: a holder whose link is gone
+cannot serve, so it should release at once instead of waiting for its lease deadline.
+
+One thread reads RTM_NEWLINK / RTM_DELLINK from the kernel's link multicast group and reports
+a change of "up" (administratively up *and* carrier: IFF_UP and IFF_LOWER_UP) for the watched
+interfaces only. It decides nothing; the agent's core turns the report into eligibility.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("haagent.net")
+
+RTMGRP_LINK = 1
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+IFLA_IFNAME = 3
+IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
+_NLMSGHDR = struct.Struct("=IHHII")
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_RTA = struct.Struct("=HH")
+
+
+@dataclass(frozen=True)
+class LinkChanged:
+    ifname: str
+    up: bool  # administratively up and with carrier
+    reason: str  # "eth0 lost its carrier", for the log and the member record
+
+
+def link_up(ifname: str, sys_class_net: Path = Path("/sys/class/net")) -> bool | None:
+    """Is ``ifname`` up with carrier now (None: no such interface)? Read from sysfs, which
+    shows the calling process's network namespace."""
+    base = sys_class_net / ifname
+    try:
+        flags = int((base / "flags").read_text().strip(), 16)
+        carrier = (base / "carrier").read_text().strip() == "1" if flags & IFF_UP else False
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return False  # "carrier" is unreadable (EINVAL) while the interface is down
+    return bool(flags & IFF_UP) and carrier
+
+
+def parse_link_messages(data: bytes) -> list[tuple[str, bool]]:
+    """(interface name, up) of every RTM_NEWLINK / RTM_DELLINK in one netlink datagram."""
+    out: list[tuple[str, bool]] = []
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, kind, _, _, _ = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size or offset + length > len(data):
+            break
+        body = data[offset + _NLMSGHDR.size : offset + length]
+        offset += (length + 3) & ~3
+        if kind not in (RTM_NEWLINK, RTM_DELLINK) or len(body) < _IFINFOMSG.size:
+            continue
+        _, _, _, flags, _ = _IFINFOMSG.unpack_from(body)
+        name = None
+        pos = _IFINFOMSG.size
+        while pos + _RTA.size <= len(body):
+            rta_len, rta_type = _RTA.unpack_from(body, pos)
+            if rta_len < _RTA.size:
+                break
+            if rta_type == IFLA_IFNAME:
+                name = (
+                    body[pos + _RTA.size : pos + rta_len]
+                    .split(b"\0", 1)[0]
+                    .decode("utf-8", "replace")
+                )
+            pos += (rta_len + 3) & ~3
+        if name is not None:
+            up = kind == RTM_NEWLINK and bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
+            out.append((name, up))
+    return out
+
+
+class LinkWatcher:
+    """Reports :class:`LinkChanged` through ``sink`` when a watched interface goes up or down."""
+
+    def __init__(self, ifnames: Iterable[str], sink: Callable[[LinkChanged], None]) -> None:
+        self._sink = sink
+        self._state: dict[str, bool | None] = {n: link_up(n) for n in sorted(set(ifnames))}
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._sock.bind((0, RTMGRP_LINK))
+        self._sock.settimeout(0.25)  # stop() is seen within this
+        self._thread = threading.Thread(target=self._run, name="haagent-links", daemon=True)
+
+    def initial(self) -> dict[str, bool | None]:
+        return dict(self._state)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        self._sock.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if self._stop.is_set():
+                    return
+                # ENOBUFS: events were dropped; read the truth again instead of guessing.
+                log.warning("link events: %s; re-reading the interfaces", exc.strerror or exc)
+                for name in self._state:
+                    self._report(name, link_up(name))
+                continue
+            for name, up in parse_link_messages(data):
+                if name in self._state:
+                    self._report(name, up)
+
+    def _report(self, name: str, up: bool | None) -> None:
+        now = bool(up)
+        if self._state.get(name) == now:
+            return
+        self._state[name] = now
+        reason = f"{name} has its carrier back" if now else f"{name} lost its carrier"
+        self._sink(LinkChanged(name, now, reason))
