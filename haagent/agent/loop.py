@@ -645,9 +645,11 @@ class Agent:
         self.core.member_written(time.monotonic(), record)
 
     def _node_address(self, vip: VipConfig) -> str | None:
-        """The node's own address on the VIP's interface: what operators ssh to."""
+        """The node's own address on the VIP's interface: what operators ssh to (never one of
+        the VIPs, which this host may hold by the hundred)."""
+        vip_ips = {v.ip for v in self.vips.values()}
         for ip in sorted(self.net.bound_ips(vip.interface), key=str):
-            if ip.version == vip.family and not ip.is_link_local and ip != vip.ip:
+            if ip.version == vip.family and not ip.is_link_local and ip not in vip_ips:
                 return str(ip)
         return None
 
