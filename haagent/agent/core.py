@@ -613,10 +613,20 @@ class Core:
     # -- stop --------------------------------------------------------------------------
 
     def shutdown(self, revoked: bool) -> None:
-        """Release everything. With the lease revoked the keys are gone already: no resigns."""
+        """Release everything. With the lease revoked the keys are gone already: no resigns.
+
+        Only releases survive from what was queued: the loop removed every address before the
+        revoke, and a pending refresh, bind or fence update would put one back (a refresh binds
+        again what it finds missing).
+        """
         self.stopping = True
         self._normal.clear()
         self._wanted.clear()
+        self._prompt = deque(
+            q
+            for q in self._prompt
+            if isinstance(q.action, Unbind) or (isinstance(q.action, Resign) and not revoked)
+        )
         for rt in self.vips.values():
             actions = rt.election.shutdown("shutdown")
             if revoked:

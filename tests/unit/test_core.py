@@ -397,6 +397,21 @@ def test_carrier_loss_releases_at_once_and_carrier_back_campaigns_again():
     assert sim.placed == {"v0", "v1"}
 
 
+def test_shutdown_keeps_only_releases_of_what_was_queued():
+    """A refresh queued just before the stop would bind again the addresses the loop removed
+    before revoking (it re-binds what it finds missing)."""
+    sim = Sim.started(config(2))
+    sim.run()
+    sim.ack()  # queues a Refresh
+    sim.core.health_changed("v1", False, "check failed", sim.now)  # queues Unbind, Resign
+    sim.core.shutdown(revoked=True)
+    kinds = []
+    while (a := sim.core.next_action()) is not None:
+        kinds.append(type(a))
+    assert Refresh not in kinds and Bind not in kinds and Resign not in kinds
+    assert kinds.count(Unbind) == 2  # v1's pending one, v0's from the shutdown
+
+
 def test_stale_watch_changes_do_not_roll_the_view_back():
     sim = Sim.started(config(1))
     sim.run()
