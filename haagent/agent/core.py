@@ -641,7 +641,9 @@ class Core:
             yield self.vips[name].cfg
 
     def bound_vips(self) -> list[VipConfig]:
-        return [self.vips[n].cfg for n in sorted(self.bound)]
+        """VIPs bound here that this node still holds: the ones whose lifetimes a keepalive
+        extends (one being released keeps the lifetime it has until its unbind runs)."""
+        return [self.vips[n].cfg for n in sorted(self.bound) if n in self.held]
 
     def member_health(self) -> dict[str, Health]:
         return {name: rt.health for name, rt in self.vips.items()}

@@ -591,6 +591,8 @@ class Agent:
         per VIP, however many are held (haagent/net/addresses.py).
         """
         self._tell_fence()
+        if not self.core.lease_ok:
+            return  # the deadline passed since this was queued: nothing is extended now
         lifetime = self._lifetime()
         if lifetime is None:
             return

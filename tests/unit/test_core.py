@@ -412,6 +412,14 @@ def test_shutdown_keeps_only_releases_of_what_was_queued():
     assert kinds.count(Unbind) == 2  # v1's pending one, v0's from the shutdown
 
 
+def test_a_vip_being_released_gets_no_new_lifetime():
+    sim = Sim.started(config(2))
+    sim.run()
+    assert [v.name for v in sim.core.bound_vips()] == ["v0", "v1"]
+    sim.core.health_changed("v1", False, "check failed", sim.now)  # its unbind is queued
+    assert [v.name for v in sim.core.bound_vips()] == ["v0"]
+
+
 def test_stale_watch_changes_do_not_roll_the_view_back():
     sim = Sim.started(config(1))
     sim.run()
