@@ -20,15 +20,18 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import ip_address
 from pathlib import Path
 
 from haagent.lab.etcd import ETCDCTL
-from haagent.lab.history import AddressEvent, check_history
-from haagent.lab.topology import Lab, Node, pid_alive
+from haagent.lab.history import AddressEvent, IPAddress, check_history
+from haagent.lab.topology import Lab, Node, pid_alive, stat_fields
+from haagent.lab.wait import poll_until
 
-IPAddress = IPv4Address | IPv6Address
 PREFIX = "/haagent/v1"
+# What an agent (or its fence, which logs there too) writes when it lost a VIP it held or
+# could not prove its lease in time.
+LOG_MARKERS = ("lease deadline passed", "vanished from", "released vip")
 
 
 def cluster_prefix(cluster: str) -> str:
@@ -268,12 +271,12 @@ class HolderWatch:
     def caught_up(self, revision: int, timeout: float = 10.0) -> bool:
         """Wait until the watch has delivered everything up to ``revision`` (it may have
         nothing to deliver there: then a later event or the timeout ends the wait)."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def delivered() -> bool:
             events = self.events()
-            if (events and events[-1].revision >= revision) or time.monotonic() >= deadline:
-                return bool(events) and events[-1].revision >= revision
-            time.sleep(0.05)
+            return bool(events) and events[-1].revision >= revision
+
+        return poll_until(delivered, timeout)
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -307,6 +310,14 @@ class MoveReport:
     victim_unbound: dict[IPAddress, float]  # moving VIP -> its removal from the victim
     doubles: list[tuple[IPAddress, float, tuple[str, ...]]]  # VIP, s held twice, by whom
     collateral: list[Outage]
+
+
+def bound_elsewhere(events: Iterable[AddressEvent], victim: str, t_fail: float) -> set[IPAddress]:
+    """Addresses bound on a host other than ``victim`` at or after ``t_fail`` (the recorder's
+    initial snapshot aside): what of the victim's VIPs has moved so far."""
+    return {
+        e.ip for e in events if e.added and not e.initial and e.host != victim and e.at >= t_fail
+    }
 
 
 def judge_move(
@@ -374,11 +385,9 @@ def status_kb(pid: int, field: str) -> int | None:
 
 def cpu_seconds(pid: int) -> float | None:
     """utime + stime of the process (all its threads), in seconds; None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return None
-    fields = stat[stat.rfind(")") + 2 :].split()
     # After the command: state(3) ppid(4) … utime(14) stime(15) -> indexes 11 and 12.
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
@@ -388,10 +397,9 @@ def fence_pid(agent_pid: int) -> int | None:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
+        fields = stat_fields(int(entry.name))
         try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-            if ppid != agent_pid:
+            if fields is None or int(fields[1]) != agent_pid:  # fields[1]: ppid
                 continue
             if b"haagent.fence" in (entry / "cmdline").read_bytes():
                 return int(entry.name)
@@ -402,14 +410,7 @@ def fence_pid(agent_pid: int) -> int | None:
 
 def wait_gone(pid: int | None, timeout: float) -> bool:
     """Wait until the process has exited (a zombie counts as gone); False on timeout."""
-    if pid is None:
-        return True
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    return pid is None or poll_until(lambda: not pid_alive(pid), timeout, 0.02)
 
 
 # --------------------------------------------------------------------------- etcd metrics

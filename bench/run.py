@@ -211,7 +211,7 @@ class Runner:
                 )
             console.print(f"[red]aborted {driver.system} {driver.config}: {run.error}[/red]")
         finally:
-            with _interrupts_deferred():
+            with interrupts_deferred():
                 self._teardown(lab, driver, recorder, probes, run, workdir)
                 run.seconds = time.monotonic() - started
         return run
@@ -593,8 +593,33 @@ def _interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def cannot_run(target: str, binaries: Sequence[str]) -> bool:
+    """Say why ``make <target>`` cannot run here (not root, a binary missing); True if so."""
+    if os.geteuid() != 0:
+        console.print(f"[red]make {target} needs root (network namespaces)[/red]")
+        return True
+    missing = [b for b in binaries if shutil.which(b) is None]
+    if missing:
+        console.print(f"[red]missing {', '.join(missing)} (make {target} installs them)[/red]")
+        return True
+    return False
+
+
+def interrupt_on_signals() -> None:
+    """Ctrl-C and SIGTERM end a run the same way, as KeyboardInterrupt: tear down, then write
+    what we have. (SIGINT explicitly: a shell starting us in the background would have it
+    ignored.)"""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
+def other_labs() -> list[str]:
+    """Lab ids on this machine that are not ours (at the start of a run): they skew figures."""
+    return sorted({ns.split("-", 1)[0] for ns in find_leftovers()})
+
+
 @contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
+def interrupts_deferred() -> Iterator[None]:
     """Tear-down must finish: a second Ctrl-C (or SIGTERM) waits until it has."""
     pending: list[int] = []
 
@@ -666,24 +691,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        console.print("[red]make bench needs root (network namespaces)[/red]")
-        return 2
     systems = args.systems.split(",")
     needed = ["ip", "etcd", "etcdctl", "nft"] + (["keepalived"] if "keepalived" in systems else [])
-    missing = [b for b in needed if shutil.which(b) is None]
-    if missing:
-        console.print(f"[red]missing {', '.join(missing)} (make bench installs them)[/red]")
+    if cannot_run("bench", needed):
         return 2
-    # Ctrl-C and SIGTERM end the run the same way: tear down, then write what we have.
-    # (SIGINT explicitly: a shell starting us in the background would have it ignored.)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    interrupt_on_signals()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = args.out.resolve() / f"run-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (args.out / "failover-latest.png").unlink(missing_ok=True)  # never copy a stale picture
-    others = sorted({ns.split("-", 1)[0] for ns in find_leftovers()})
+    others = other_labs()
     meta: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "argv": sys.argv[1:] if argv is None else list(argv),

@@ -50,10 +50,11 @@ from rich.table import Table
 
 from bench.capture import KINDS, report_kind
 from bench.observe import (
+    LOG_MARKERS,
     HolderWatch,
-    IPAddress,
     KeyEvent,
     Snapshot,
+    bound_elsewhere,
     count_key_events,
     cpu_seconds,
     db_size,
@@ -67,9 +68,17 @@ from bench.observe import (
     status_kb,
     wait_gone,
 )
-from bench.run import _interrupt, _interrupts_deferred, leftovers, machine
-from haagent.lab.history import AddressEvent, start_address_recorder
-from haagent.lab.topology import Lab, LabError, Node, find_leftovers
+from bench.run import (
+    cannot_run,
+    interrupt_on_signals,
+    interrupts_deferred,
+    leftovers,
+    machine,
+    other_labs,
+)
+from haagent.lab.history import IPAddress, start_address_recorder
+from haagent.lab.topology import Lab, LabError, Node
+from haagent.lab.wait import poll_until
 
 HOSTS = 5
 TTL = 3
@@ -86,8 +95,6 @@ STOP_TIMEOUT = 15.0  # s an agent may take to exit on SIGTERM before its group i
 FENCE_TIMEOUT = 10.0  # s a fence may outlive its agent before it is killed
 REJOIN_TIMEOUT = 30.0  # s a restarted agent may take to hold a lease again
 UNSTEADY_WAIT = 10.0  # s to wait for convergence around failovers if the cold start never got it
-# What an agent logs when it lost a VIP it held or could not prove its lease in time.
-LOG_MARKERS = ("lease deadline passed", "vanished from", "released vip")
 
 console = Console(width=None if sys.stdout.isatty() else 170)
 
@@ -137,15 +144,15 @@ class Cluster:
     def wait_member(self, host: Node, timeout: float) -> bool:
         """Wait until the agent started last on ``host`` holds a lease (its member record,
         written by this run: ``started`` is its own start time, to the ms)."""
-        deadline = time.monotonic() + timeout
-        while True:
+        proc = self.procs[host.role]
+
+        def outcome() -> str | None:
             started = member_started(self.lab, self.name, host.role)
             if started is not None and started >= self.launched[host.role] - 0.001:
-                return True
-            proc = self.procs[host.role]
-            if proc.poll() is not None or time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
+                return "member"
+            return "exited" if proc.poll() is not None else None
+
+        return poll_until(outcome, timeout, 0.1) == "member"
 
     def fence(self, host: Node) -> int | None:
         proc = self.procs.get(host.role)
@@ -226,11 +233,10 @@ def member_puts(events: Sequence[KeyEvent], after: int, upto: int) -> tuple[int,
 def cold_start(cluster: Cluster, watch: HolderWatch, s: Settings) -> dict[str, Any]:
     lab = cluster.lab
     before = etcd_metrics(lab)
-    recorder = start_address_recorder(lab, lab.hosts, tag="cold")
-    events: list[AddressEvent] = []
     offsets = cluster.log_sizes()
+    rev0 = cluster.snapshot(hosts=[]).revision  # etcd only: no agent runs yet
+    recorder = start_address_recorder(lab, lab.hosts, tag="cold")
     try:
-        rev0 = cluster.snapshot().revision
         t0 = time.time()
         for h in lab.hosts:
             cluster.start(h)
@@ -465,7 +471,6 @@ def failover(cluster: Cluster, watch: HolderWatch, mode: str, s: Settings) -> di
         "fence_pid": fence,
     }
     recorder = start_address_recorder(lab, lab.hosts, tag=mode)
-    events: list[AddressEvent] = []
     moved_at: float | None = None
     try:
         rev0 = cluster.snapshot(hosts=[]).revision
@@ -473,22 +478,13 @@ def failover(cluster: Cluster, watch: HolderWatch, mode: str, s: Settings) -> di
         time.sleep(FAILOVER_PRE)
         t_fail = time.time()
         _inject(cluster, mode, victim, fence)
-        deadline = time.monotonic() + FAILOVER_WAIT[mode]
         # Waited for on the recorder's events, not on snapshots: reading new `ip monitor`
         # lines costs far less than asking the kernels, and the agents need the CPU now.
-        pending, seen = set(moving), 0
-        while True:
-            got = recorder.poll()
-            for e in got[seen:]:
-                if e.added and not e.initial and e.host != victim_role and e.at >= t_fail:
-                    pending.discard(e.ip)
-            seen = len(got)
-            if not pending:
-                moved_at = time.time()
-                break
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
+        if poll_until(
+            lambda: moving <= bound_elsewhere(recorder.poll(), victim_role, t_fail),
+            FAILOVER_WAIT[mode],
+        ):
+            moved_at = time.time()
         time.sleep(FAILOVER_SETTLE)
         until = time.time()
         rev1 = cluster.snapshot(hosts=[]).revision
@@ -632,7 +628,7 @@ def run_n(
         result["error"] = "interrupted"
         raise
     finally:
-        with _interrupts_deferred():
+        with interrupts_deferred():
             if watch is not None:
                 watch.stop()
             lab.down()
@@ -715,9 +711,17 @@ def _fmt(v: object, unit: str = "") -> str:
     return f"{v}{unit}"
 
 
+def _table(title: str, *columns: str, left: Sequence[str] = ()) -> Table:
+    """A console table with these columns, right-justified but those in ``left``."""
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, justify="left" if col in left else "right")
+    return t
+
+
 def print_tables(rows: Sequence[dict[str, Any]]) -> None:
-    t = Table(title="scale: cold start and footprint (per VIP count; RSS: max over hosts)")
-    for col in (
+    t = _table(
+        "scale: cold start and footprint (per VIP count; RSS: max over hosts)",
         "VIPs",
         "cold start s",
         "after last join s",
@@ -727,8 +731,7 @@ def print_tables(rows: Sequence[dict[str, Any]]) -> None:
         "agent RSS MB",
         "agent peak MB",
         "fence RSS MB",
-    ):
-        t.add_column(col, justify="right")
+    )
     for r in rows:
         cold = (
             _fmt(r["cold_s"])
@@ -748,8 +751,8 @@ def print_tables(rows: Sequence[dict[str, Any]]) -> None:
             _mb(r["fence_rss_kb"]),
         )
     console.print(t)
-    i = Table(title="scale: idle (CPU: max over agents; frames/s: mean sent per host)")
-    for col in (
+    i = _table(
+        "scale: idle (CPU: max over agents; frames/s: mean sent per host)",
         "VIPs",
         "window s",
         "held per host",
@@ -763,8 +766,8 @@ def print_tables(rows: Sequence[dict[str, Any]]) -> None:
         "deadline lines",
         "lost-VIP lines",
         *(f"{k} /s" for k in KINDS),
-    ):
-        i.add_column(col, justify="left" if col == "held per host" else "right")
+        left=("held per host",),
+    )
     for r in rows:
         fps = r["frames_fps"]
         i.add_row(
@@ -783,8 +786,8 @@ def print_tables(rows: Sequence[dict[str, Any]]) -> None:
             *(_fmt(fps.get(k)) for k in KINDS),
         )
     console.print(i)
-    f = Table(title="scale: mass failover of the busiest host (ms after the failure)")
-    for col in (
+    f = _table(
+        "scale: mass failover of the busiest host (ms after the failure)",
         "VIPs",
         "mode",
         "from steady",
@@ -796,8 +799,7 @@ def print_tables(rows: Sequence[dict[str, Any]]) -> None:
         "double holders",
         "collateral",
         "re-converged",
-    ):
-        f.add_column(col, justify="right")
+    )
     for r in rows:
         for mode, fo in r["failovers"].items():
             f.add_row(
@@ -1025,9 +1027,8 @@ def targets_markdown(items: Sequence[Target]) -> str:
 
 
 def print_targets(items: Sequence[Target]) -> None:
-    t = Table(title="scale: the issue's targets")
-    for col in ("target", "measured", "VIPs", "met?"):
-        t.add_column(col)
+    cols = ("target", "measured", "VIPs", "met?")
+    t = _table("scale: the issue's targets", *cols, left=cols)
     for target, measured, n, ok in items:
         met = "-" if ok is None else ("[green]yes[/green]" if ok else "[red]no[/red]")
         t.add_row(target, measured, n, met)
@@ -1095,15 +1096,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        console.print("[red]make bench-scale needs root (network namespaces)[/red]")
+    if cannot_run("bench-scale", ("ip", "etcd", "etcdctl", "nft")):
         return 2
-    missing = [b for b in ("ip", "etcd", "etcdctl", "nft") if shutil.which(b) is None]
-    if missing:
-        console.print(f"[red]missing {', '.join(missing)} (make bench-scale installs them)[/red]")
-        return 2
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    interrupt_on_signals()
     settings = Settings(
         vips=args.vip_counts,
         hosts=args.hosts,
@@ -1124,7 +1119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ttl": TTL,
         "margin": MARGIN,
         "machine": machine(),
-        "other_labs_at_start": sorted({ns.split("-", 1)[0] for ns in find_leftovers()}),
+        "other_labs_at_start": other_labs(),
     }
     results: list[dict[str, Any]] = []
     labs: list[str] = []

@@ -22,7 +22,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from haagent.lab.topology import Lab, Node, pid_alive
+from haagent.lab.topology import Lab, Node, pid_alive, stat_fields
+from haagent.lab.wait import poll_until
 
 KEEPALIVED_TEMPLATES = Path(__file__).resolve().parent / "keepalived"
 
@@ -70,16 +71,9 @@ KEEPALIVED_SCRIPT_TIMEOUT = 1
 
 
 def wait_for(pred: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
-    """Poll `pred` every `interval` s until it is true (True) or `timeout` s passed (False).
-
-    The one polling helper of the benchmark (tests/lab keeps its own: bench must not
-    import tests)."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
+    """Poll `pred` every `interval` s until it is true (True) or `timeout` s passed (False):
+    the lab's bounded wait (:func:`haagent.lab.wait.poll_until`) as a yes or no."""
+    return bool(poll_until(pred, timeout, interval))
 
 
 @dataclass(frozen=True)
@@ -525,12 +519,7 @@ def group_members(pgid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+        fields = stat_fields(int(entry.name))  # state(0) ppid(1) pgrp(2) ...
+        if fields and len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in "ZX":
             found.append(int(entry.name))
     return found

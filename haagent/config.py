@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from haagent.cluster.schema import NAME_RE
+from haagent.cluster.schema import NAME_RE, valid_name
 
 __all__ = [
     "CHECK_TYPES",
@@ -79,8 +79,8 @@ __all__ = [
     "program_problem",
 ]
 
-# Cluster, node and VIP names become etcd key segments (the rule lives with the schema).
-_NAME = re.compile(NAME_RE)
+# Cluster, node and VIP names become etcd key segments: the rule (NAME_RE, valid_name) lives
+# with the schema.
 _NAME_RULE = (
     "1-63 characters of a-z, 0-9, '.', '_' and '-', starting and ending with a letter or digit "
     "(it becomes part of etcd keys)"
@@ -512,6 +512,12 @@ def _int_text(v: int) -> str:
     return f"an integer of {digits} digits"
 
 
+def _port_problem(port: int) -> str | None:
+    """The port rule of tcp checks and check URLs (parse_endpoint words its own)."""
+    lo, hi = PORT_RANGE
+    return None if lo <= port <= hi else f"port {_int_text(port)} is out of range {lo}-{hi}"
+
+
 def _shown(value: object, limit: int = 60) -> str:
     """``repr(value)`` cut to ``limit`` characters: safe for any value a file can hold."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -641,8 +647,8 @@ class _Collector:
         text = self.string(value, key)
         if text is None:
             return None
-        if not _NAME.match(text):
-            hint = " (names are lower-case)" if _NAME.match(text.lower()) else ""
+        if not valid_name(text):
+            hint = " (names are lower-case)" if valid_name(text.lower()) else ""
             self.error(key, f"{_shown(text, 80)} is not a valid name{hint}: {_NAME_RULE}")
             return None
         return text
@@ -807,7 +813,6 @@ _CHECK_TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "interface": ("interface",),
 }
 _NOTIFY_KEYS = (*(f"on_{kind}" for kind in NOTIFY_KINDS), "timeout")
-MIN_CHECK_INTERVAL = CHECK_INTERVAL_RANGE[0]
 # VIPs that may use one per_vip exec check. Each costs a process every interval and up to
 # three threads, the cost that sharing removes; a per-VIP script (keepalived's way) serves a
 # handful of VIPs, 64 is plenty for that, and beyond it one run should go through HAAGENT_VIPS.
@@ -1170,8 +1175,8 @@ def _url_problem(url: str) -> str | None:
         return f"{shown}: the host is missing"
     if problem := _host_problem(parts.hostname):
         return f"{shown}: {problem}"
-    if port is not None and not 1 <= port <= 65535:
-        return f"{shown}: port {port} is out of range 1-65535"
+    if port is not None and (problem := _port_problem(port)):
+        return f"{shown}: {problem}"
     return None
 
 
@@ -1299,15 +1304,7 @@ def _parse_check(col: _Collector, name: str, value: object, path: str) -> CheckC
     if kind == "tcp":
         s.take("host", col.string, _host_problem)
         if required("port"):
-            s.take(
-                "port",
-                col.integer,
-                lambda v: (
-                    None
-                    if PORT_RANGE[0] <= v <= PORT_RANGE[1]
-                    else f"port {_int_text(v)} is out of range 1-65535"
-                ),
-            )
+            s.take("port", col.integer, _port_problem)
         if s.bad or "port" not in s.values:
             return None
         host = s.values.get("host", TcpCheckConfig.host)
@@ -1654,7 +1651,7 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
     node = top.values.get("node")
     if node is None and "node" not in top.bad:
         node = _default_node()
-        if not _NAME.match(node):
+        if not valid_name(node):
             col.error(
                 "node",
                 f"not set, and this host's name {node!r} is not a valid node name "

@@ -143,7 +143,6 @@ class Core:
         self.stopping = False
         self.held: set[str] = set()  # election state HOLDER
         self.bound: set[str] = set()  # the loop confirmed the address is placed
-        self.guard_gen = 0  # bumped whenever held or bound changes (what the fence guards)
         self.timers = Timers()
         self._prompt: deque[_Queued] = deque()
         self._normal: deque[_Queued] = deque()
@@ -220,15 +219,11 @@ class Core:
             else:
                 self._queue(action, e.gen)
         if e.state is State.HOLDER:
-            if rt.name not in self.held:
-                self.held.add(rt.name)
-                self.guard_gen += 1
+            self.held.add(rt.name)
             if e.holder is not None:
                 rt.held_revision = e.holder.create_revision
         else:
-            if rt.name in self.held:
-                self.held.discard(rt.name)
-                self.guard_gen += 1
+            self.held.discard(rt.name)
             rt.pending_bind = None
             if any(isinstance(a, Unbind) for a in actions):
                 self._confirm_release(rt, resigning=any(isinstance(a, Resign) for a in actions))
@@ -280,22 +275,19 @@ class Core:
     def lease_checked(self, vip: str, lease: int, alive: bool | None, now: float) -> None:
         """The loop asked etcd about an earlier holder's lease (None: no answer)."""
         self._checking.discard(lease)
-        waiting = [self.vips[n] for n in self._waiting.pop(lease, set())]
         if alive is False:
             self._gone_leases[lease] = None
             while len(self._gone_leases) > GONE_LEASES_KEPT:
                 self._gone_leases.popitem(last=False)
-            for rt in waiting:
-                self._regate(rt)
+            for name in self._waiting.pop(lease, set()):
+                self._regate(self.vips[name])
             return
         # Alive (or no answer): ask again shortly, unless release records come first.
-        self._alive_leases.add(lease)
-        still = [rt for rt in waiting if rt.pending_bind is not None]
-        for rt in still:
-            self._waiting.setdefault(lease, set()).add(rt.name)
-        if not still:
-            self._alive_leases.discard(lease)
+        waiting = {n for n in self._waiting.pop(lease, set()) if self.vips[n].pending_bind}
+        if not waiting:
             return
+        self._waiting[lease] = waiting
+        self._alive_leases.add(lease)
 
         def again() -> None:
             self._alive_leases.discard(lease)
@@ -344,7 +336,7 @@ class Core:
         ack = self.clock.last_ack
         ago = f"{now - ack:.1f}s ago" if ack is not None else "never"
         d = outage.at_deadline(
-            self.cfg.lease.when_etcd_unreachable, bool(self.held | self.bound), ago
+            self.cfg.lease.when_etcd_unreachable, bool(self.held or self.bound), ago
         )
         if d.yes:
             self._keep_through_outage(d.reason)
@@ -374,7 +366,7 @@ class Core:
         """Start-up: the lease is granted (or adopted) and ``view`` is etcd's picture."""
         self.clock.acknowledged(lease_id, sent, ttl)
         self._want(PublishMember())
-        self._load(view, now)
+        self.view_loaded(view, now)
         self._set_lease_ok(True, reason, now)
 
     def keepalive_acked(self, lease_id: int, sent: float, ttl: int, now: float) -> None:
@@ -410,7 +402,7 @@ class Core:
         self.timers.set("regrant", now + REGRANT_RETRY, lambda: self._want(Regrant()))
 
     def reread_done(self, view: ClusterView, reason: str, now: float) -> None:
-        self._load(view, now)
+        self.view_loaded(view, now)
         self._set_lease_ok(True, reason, now)
 
     def _set_lease_ok(self, ok: bool, reason: str, now: float) -> None:
@@ -429,15 +421,12 @@ class Core:
 
     # -- facts: etcd's picture ---------------------------------------------------------
 
-    def _load(self, view: ClusterView, now: float) -> None:
+    def view_loaded(self, view: ClusterView, now: float) -> None:
         """A whole new picture (start-up, re-read after a lease came back or a compaction)."""
         self.view = view
         for name, rt in self.vips.items():
             self._observe(rt, view.holders.get(name), view.revision)
-        self._refresh_all_eligibility(now)
-
-    def view_loaded(self, view: ClusterView, now: float) -> None:
-        self._load(view, now)
+        self._refresh_eligibility_of(self.vips.values(), now)
 
     def apply(self, changes: Iterable[Change], now: float) -> None:
         """Watch changes, in the order etcd sent them, decided on as one batch."""
@@ -459,8 +448,13 @@ class Core:
             elif isinstance(ch, MemberChange):
                 self._own_member_changed(ch.member, now)
         if peers_changed:
-            # A peer's health decides "keep" VIPs and the no-healthy-host warning.
-            self._refresh_all_eligibility(now)
+            # A peer's health matters only to VIPs unhealthy here: "keep" and the
+            # no-healthy-host warning (decide.eligibility); for every other VIP the verdict
+            # ignores peers, so a peer's write costs O(unhealthy VIPs), not O(VIPs).
+            self._refresh_eligibility_of(
+                (rt for rt in self.vips.values() if rt.health.state is HealthState.UNHEALTHY),
+                now,
+            )
 
     def _own_member_changed(self, member: MemberRecord | None, now: float) -> None:
         """Our member record was deleted or altered by someone else: write it again.
@@ -539,8 +533,8 @@ class Core:
             f"hold:{rt.name}", rt.hold_until, lambda: self._refresh_eligibility(rt, rt.hold_until)
         )
 
-    def _refresh_all_eligibility(self, now: float) -> None:
-        for rt in self.vips.values():
+    def _refresh_eligibility_of(self, runtimes: Iterable[VipRuntime], now: float) -> None:
+        for rt in runtimes:
             self._refresh_eligibility(rt, now)
 
     def _refresh_eligibility(self, rt: VipRuntime, now: float) -> None:
@@ -595,14 +589,10 @@ class Core:
         self.timers.set(f"resign:{action.vip}", now + CAMPAIGN_RETRY, again)
 
     def placed(self, vip: str) -> None:
-        if vip not in self.bound:
-            self.bound.add(vip)
-            self.guard_gen += 1
+        self.bound.add(vip)
 
     def removed(self, vip: str) -> None:
-        if vip in self.bound:
-            self.bound.discard(vip)
-            self.guard_gen += 1
+        self.bound.discard(vip)
 
     def bind_failed(self, vip: str, now: float) -> None:
         """Give the key up for a while (hold-down) so a host that can bind it takes over."""

@@ -24,7 +24,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from haagent import __version__, caps
 from haagent.agent.core import (
@@ -97,6 +96,7 @@ class Agent:
         self.store = Store(cfg.etcd, self.keys)
         self.core = Core(cfg)
         self.vips = {v.name: v for v in cfg.vips}
+        self._vip_ips = frozenset(v.ip for v in cfg.vips)
         self.events: queue.Queue[Event] = queue.Queue()
         self.started = time.time()
         self._timers = Timers()  # the loop's own: announcement schedules
@@ -110,7 +110,6 @@ class Agent:
         self.notifier = Notifier(self.node)
         self._stop_requested = threading.Event()
         self._lock_sock: socket.socket | None = None
-        self._guarded: tuple[int, tuple[tuple[str, Any], ...]] = (-1, ())
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -290,14 +289,16 @@ class Agent:
 
     def _reconcile_addresses(self, holders: Mapping[str, Holder], lease_id: int) -> None:
         """Remove VIP addresses left bound by an earlier run unless etcd says they are ours."""
+        placed = self.place.placed(self.vips.values())
         for name, vip in self.vips.items():
-            if not self.place.is_placed(vip):
+            if name not in placed:
                 if vip.vmac:
                     self.place.remove(vip)  # a vmac link left without its address
                 continue
             d = startup.keep_bound_address(holders.get(name), self.node, lease_id)
             if d.yes:
                 self.core.placed(name)
+                self._tell_fence(add=vip)
                 log.info("kept address of vip %s (%s): %s", name, vip.address, d.reason)
                 continue
             self.place.remove(vip)
@@ -440,13 +441,14 @@ class Agent:
         vip = self.vips[action.vip]
         # The fence learns of the address before it exists: if we die right after binding,
         # it still knows what to remove.
-        self._tell_fence()
+        self._tell_fence(add=vip)
         try:
             self.place.place(vip, self._lifetime())
         except NetError as exc:
             log.error(
                 "cannot bind vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, exc
             )
+            self._tell_fence(remove=vip)
             self.core.bind_failed(vip.name, time.monotonic())
             return
         self.core.placed(vip.name)
@@ -476,7 +478,7 @@ class Agent:
             )
         was_bound = vip.name in self.core.bound
         self.core.removed(vip.name)
-        self._tell_fence()
+        self._tell_fence(remove=vip)
         if not was_bound:
             log.info("gave up vip %s before binding it: %s", vip.name, action.reason)
             return
@@ -570,18 +572,22 @@ class Agent:
         lifetime = self.core.clock.address_lifetime(time.monotonic())
         return None if lifetime is None else lifetime + int(self._keep_slack)
 
-    def _tell_fence(self) -> None:
+    def _tell_fence(self, *, add: VipConfig | None = None, remove: VipConfig | None = None) -> None:
+        """The fence's deadline, lease and hold, and the one address a bind adds or an unbind
+        removes: O(1) per call however many VIPs are held (fence/client.py ``update``). The
+        fence guards exactly what the loop has bound, told before each bind."""
         core = self.core
         deadline = core.clock.deadline if core.lease_ok else None
         if deadline is not None:
             deadline += self._keep_slack
-        if self._guarded[0] != core.guard_gen:
-            # Rebuilt only when what we hold changed: the fence client then compares by
-            # identity, so a keepalive's update costs nothing per VIP (fence/client.py).
-            held = tuple(f for v in core.guarded() if (f := self.place.fenced(v)) is not None)
-            self._guarded = (core.guard_gen, held)
-        self._fence.tell(
-            deadline, self._guarded[1], hold=core.outage_keep, lease=core.clock.lease_id
+        added = self.place.fenced(add) if add is not None else None
+        gone = self.place.fenced(remove) if remove is not None else None
+        self._fence.update(
+            deadline,
+            add=() if added is None else (added,),
+            remove=() if gone is None else (gone,),
+            hold=core.outage_keep,
+            lease=core.clock.lease_id,
         )
 
     def _refresh(self) -> None:
@@ -632,16 +638,16 @@ class Agent:
             vips=tuple(self.vips),
             health=self.core.member_health(),
         )
-        if claim:
-            self.store.put_member(record, lease_id)
-            self.core.member_written(time.monotonic(), record)
-            return
         try:
             self.store.put_member(record, lease_id)
         except NodeNameTaken as exc:
+            if claim:
+                raise
             log.error("cannot publish member record: %s", exc)
             return
         except ETCD_ERRORS as exc:
+            if claim:
+                raise
             log.warning("cannot publish member record: %s", describe_error(exc))
             return
         self.core.member_written(time.monotonic(), record)
@@ -649,9 +655,8 @@ class Agent:
     def _node_address(self, vip: VipConfig) -> str | None:
         """The node's own address on the VIP's interface: what operators ssh to (never one of
         the VIPs, which this host may hold by the hundred)."""
-        vip_ips = {v.ip for v in self.vips.values()}
         for ip in sorted(self.net.bound_ips(vip.interface), key=str):
-            if ip.version == vip.family and not ip.is_link_local and ip not in vip_ips:
+            if ip.version == vip.family and not ip.is_link_local and ip not in self._vip_ips:
                 return str(ip)
         return None
 

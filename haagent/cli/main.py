@@ -22,14 +22,6 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
-def _print_config_errors(exc: Exception) -> None:
-    from haagent.config import ConfigErrors
-
-    errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
-    for err in errors:
-        print(f"error: {err}", file=sys.stderr)
-
-
 def _load(path: Path) -> Config | None:
     """The config, or None after printing every error in it."""
     from haagent.config import ConfigErrors, load_config
@@ -37,7 +29,8 @@ def _load(path: Path) -> Config | None:
     try:
         return load_config(path)
     except ConfigErrors as exc:
-        _print_config_errors(exc)
+        for err in exc.errors:
+            print(f"error: {err}", file=sys.stderr)
         return None
 
 
@@ -157,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--state-dir",
         default="/run/haagent",
-        help="where the per-node lock and lease files live (default: %(default)s)",
+        help="where the per-node lease file lives (default: %(default)s)",
     )
     run.set_defaults(func=cmd_run)
 
@@ -167,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Validate a config file: syntax, every key and value, and, unless --no-host-checks, "
             "what only this host can tell (interfaces exist, the programs of exec checks and "
-            "notify hooks can start, TLS files readable); warn about secret files open to group "
-            "or others."
+            "notify hooks can start, TLS files readable) and secret files open to group or "
+            "others (a warning, not an error). --json prints one JSON object whatever happened."
         ),
     )
     check.add_argument("file", type=Path)

@@ -1,6 +1,6 @@
 """One immutable picture of a cluster: members, holders and operator requests at a revision.
 
-Built from one range read of the prefix (:meth:`ClusterView.empty` plus the store's decoding),
+Built from one range read of the prefix (:meth:`ClusterView.of`, from the store's decoding),
 then moved forward by watch events with :meth:`ClusterView.apply`. The agent's decisions, the
 read-only CLI and the tests all read this one type; nobody mutates it.
 

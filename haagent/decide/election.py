@@ -28,7 +28,9 @@ class State(enum.Enum):
     IDLE = "idle"  # may not hold: no valid lease, not eligible, or shutting down
     CANDIDATE = "candidate"  # may hold, someone else has the key (or a retry is pending)
     CAMPAIGNING = "campaigning"  # create-if-absent transaction in flight
-    HOLDER = "holder"  # etcd says this node holds the key on its live lease; address bound
+    # etcd says this node holds the key on its live lease; the address is bound, or will be
+    # once decide.handover allows (the agent's core gates the Bind)
+    HOLDER = "holder"
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,10 @@ class FenceClient:
         self._setup = b"" if setup is None else encode(setup)
         self._command = list(command or (sys.executable, "-m", "haagent.fence"))
         self._write_timeout = write_timeout
-        self._known = Known()
+        self._known = Known()  # what the running fence has been told
+        # What it should guard: the agent's truth, kept across a restart of the fence (a new
+        # fence is sent all of it). tell() replaces it, update() changes it in place.
+        self._desired: dict[Address, None] = {}
         # The last address collection told, when it was a tuple: the same tuple again
         # cannot have changed, which spares a keepalive the comparison.
         self._told: tuple[Address, ...] | None = None
@@ -152,7 +155,57 @@ class FenceClient:
                     log.error("cannot reach the new fence process either: %s", error)
                     return
         self._known = Known(deadline, hold, lease, wanted)
+        self._desired = wanted
         self._told = addresses if isinstance(addresses, tuple) else None
+
+    def update(
+        self,
+        deadline: float | None,
+        *,
+        add: Iterable[Address] = (),
+        remove: Iterable[Address] = (),
+        hold: bool = False,
+        lease: int | None = None,
+    ) -> None:
+        """Tell only what changed: the scalars, and addresses to ``add`` or ``remove``.
+
+        O(len(add) + len(remove)) however many addresses the fence guards: what the agent
+        calls per bind, unbind and keepalive (:meth:`tell` compares whole lists). A fence that
+        died or cannot be reached is replaced and sent the whole state.
+        """
+        desired = self._desired
+        new = [a for a in add if a not in desired]
+        gone = [a for a in remove if a in desired]
+        for a in gone:
+            del desired[a]
+        for a in new:
+            desired[a] = None
+        if not self._running():
+            if self._restart("fence process is gone"):
+                self._send_all(deadline, hold, lease)
+            return
+        message = self._known.diff(deadline, None, hold, lease)
+        if gone:
+            message["remove"] = [[i, str(a)] for i, a in gone]
+        if new:
+            message["add"] = [[i, str(a)] for i, a in new]
+        if message:
+            error = self._write(encode(message))
+            if error is not None:
+                if self._restart(f"cannot reach the fence process ({error})"):
+                    self._send_all(deadline, hold, lease)
+                return
+        self._known = Known(deadline, hold, lease, desired)
+        self._told = None
+
+    def _send_all(self, deadline: float | None, hold: bool, lease: int | None) -> None:
+        """A new fence knows nothing: send it the whole desired state."""
+        error = self._write(encode(Known().diff(deadline, self._desired, hold, lease)))
+        if error is not None:
+            log.error("cannot reach the new fence process either: %s", error)
+            return
+        self._known = Known(deadline, hold, lease, self._desired)
+        self._told = None
 
     def stop(self, timeout: float = 1.0) -> None:
         """Graceful: the agent unbound everything itself; the fence exits without acting."""

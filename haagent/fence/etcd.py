@@ -44,6 +44,9 @@ AUTHENTICATE = "/etcdserverpb.Auth/Authenticate"
 INVALID_ARGUMENT, FAILED_PRECONDITION = 3, 9
 IDLE_WAKE = 30.0  # s: how often an idle, connected thread looks up (a wake-up ends it sooner)
 
+# What every "cannot use etcd" line ends with: the fence's revoke is best effort.
+EXPIRES_BY_ITSELF = "a dead agent's lease expires by itself"
+
 # How a revoke ended.
 REVOKED, GONE, FAILED, UNREACHABLE = "revoked", "gone", "failed", "unreachable"
 
@@ -89,7 +92,6 @@ class LeaseRevoker:
         self._first = 0  # index of the endpoint to try first: the last one that worked
         self._failures = 0
         self._reported: str | None = None  # the connection failure logged last
-        self._last_reason = "not connected yet"
         self._thread = threading.Thread(target=self._run, name="fence-etcd", daemon=True)
         self._thread.start()
 
@@ -160,7 +162,7 @@ class LeaseRevoker:
                     continue
                 now = time.monotonic()
                 if self._conn is None and self._fatal is None and now >= retry_at:
-                    if self._connect(now + self.timeout * len(self.settings.endpoints)):
+                    if self._connect(now + self.timeout * len(self.settings.endpoints)) is None:
                         self._failures = 0
                     else:
                         self._failures += 1
@@ -171,7 +173,7 @@ class LeaseRevoker:
                     self._idle(max(0.0, retry_at - time.monotonic()))
         except Exception as exc:  # a bug here must not kill the fence with a traceback
             self._fatal = f"internal error: {type(exc).__name__}: {exc}"
-            log.error("fence stopped using etcd (%s): a dead agent's lease expires by itself", exc)
+            log.error("fence stopped using etcd (%s): %s", exc, EXPIRES_BY_ITSELF)
             with self._lock:
                 job, self._job = self._job, None
             if job is not None:
@@ -197,11 +199,11 @@ class LeaseRevoker:
         if conn is not None and (sock in ready or conn.buffered()):
             try:
                 conn.service()
+                lost = conn.closed  # a GOAWAY: leave politely
             except ConnectionLost as exc:
-                log.info("fence lost its etcd connection (%s); reconnecting", exc)
-                self._drop()
-            if conn.closed is not None and self._conn is conn:  # a GOAWAY: leave politely
-                log.info("fence lost its etcd connection (%s); reconnecting", conn.closed)
+                lost = str(exc)
+            if lost is not None:
+                log.info("fence lost its etcd connection (%s); reconnecting", lost)
                 self._drop()
 
     def _drop(self) -> None:
@@ -220,22 +222,24 @@ class LeaseRevoker:
                     context.load_cert_chain(s.cert, s.key)
             except (OSError, ValueError) as exc:
                 reason = getattr(exc, "strerror", None) or str(exc)
-                self._fatal = f"cannot load etcd.tls files: {reason}"
-                log.warning(  # the agent, with the same settings, says so as its error
-                    "fence cannot use etcd (%s): a dead agent's lease expires by itself",
-                    self._fatal,
-                )
+                self._give_up(f"cannot load etcd.tls files: {reason}")
                 return None
             context.set_alpn_protocols(["h2"])
             self._context = context
         return self._context
 
-    def _connect(self, until: float) -> bool:
-        """Connect to the first member that answers (and log in); False if none did."""
+    def _give_up(self, reason: str) -> None:
+        """No retry can fix ``reason`` (the settings): stop trying, say so once."""
+        self._fatal = reason
+        # The agent, with the same settings, says so as its error.
+        log.warning("fence cannot use etcd (%s): %s", reason, EXPIRES_BY_ITSELF)
+
+    def _connect(self, until: float) -> str | None:
+        """Connect to the first member that answers (and log in); why not, if none did."""
         endpoints = self.settings.endpoints
         context = self._tls()
         if self._fatal is not None:
-            return False
+            return self._fatal
         reasons: list[str] = []
         for k in range(len(endpoints)):
             i = (self._first + k) % len(endpoints)
@@ -263,7 +267,7 @@ class LeaseRevoker:
             except CallError as exc:
                 conn.close()
                 if self._fatal is not None:
-                    return False
+                    return self._fatal
                 reasons.append(describe(exc, endpoint))
                 continue
             self._first = i
@@ -271,13 +275,12 @@ class LeaseRevoker:
             if self._reported is not None or self._failures:
                 log.info("fence connected to etcd %s", endpoint)
             self._reported = None
-            return True
+            return None
         reason = "; ".join(reasons)
         if reason != self._reported:
             log.warning("fence cannot reach etcd yet (%s); it keeps trying", reason)
             self._reported = reason
-        self._last_reason = reason
-        return False
+        return reason
 
     def _login(self, conn: Connection) -> None:
         """Get a token for a password user (nothing to do for a certificate identity)."""
@@ -292,11 +295,7 @@ class LeaseRevoker:
                 self._token = None  # auth was switched off: calls need no token now
                 return
             if exc.status == INVALID_ARGUMENT and "authentication failed" in exc.message:
-                self._fatal = f"authentication failed: wrong etcd.username or password ({exc})"
-                log.warning(  # the agent, with the same settings, says so as its error
-                    "fence cannot use etcd (%s): a dead agent's lease expires by itself",
-                    self._fatal,
-                )
+                self._give_up(f"authentication failed: wrong etcd.username or password ({exc})")
             raise
         try:
             token = pb_fields(answer).get(2)
@@ -320,8 +319,9 @@ class LeaseRevoker:
                     break
                 if time.monotonic() >= job.connect_by:
                     break
-                if not self._connect(job.connect_by):
-                    reason = self._fatal or self._last_reason
+                failure = self._connect(job.connect_by)
+                if failure is not None:
+                    reason = failure
                     # A member restarting refuses for a moment: try again shortly.
                     self._idle(min(0.1, max(0.0, job.connect_by - time.monotonic())))
                     continue

@@ -65,15 +65,30 @@ def _attr(kind: int, data: bytes) -> bytes:
     return raw + b"\0" * (_align(len(raw)) - len(raw))
 
 
+def _records(
+    data: bytes, header: struct.Struct, offset: int = 0
+) -> Iterator[tuple[tuple[int, ...], bytes]]:
+    """(header fields, payload) of each length-led, 4-byte-aligned record from ``offset``:
+    the messages of a datagram (nlmsghdr) and the attributes of a message (rtattr) alike.
+    A truncated record ends the walk."""
+    while offset + header.size <= len(data):
+        fields = header.unpack_from(data, offset)
+        length = fields[0]
+        if length < header.size or offset + length > len(data):
+            return
+        yield fields, data[offset + header.size : offset + length]
+        offset += _align(length)
+
+
 def _messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
     """(type, sequence, payload) of each netlink message in one datagram."""
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _, seq, _ = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size or offset + length > len(data):
-            return  # a truncated message: the datagram ends here for us
-        yield kind, seq, data[offset + _HEADER.size : offset + length]
-        offset += _align(length)
+    for (_, kind, _, seq, _), payload in _records(data, _HEADER):
+        yield kind, seq, payload
+
+
+def _errno(payload: bytes) -> int | None:
+    """The errno of an NLMSG_ERROR (0: an ack); None if it is too short to say."""
+    return -int(_ERRNO.unpack_from(payload)[0]) if len(payload) >= _ERRNO.size else None
 
 
 def _entry(payload: bytes) -> tuple[int, int, bytes] | None:
@@ -81,14 +96,7 @@ def _entry(payload: bytes) -> tuple[int, int, bytes] | None:
     if len(payload) < _IFADDRMSG.size:
         return None
     _, prefixlen, _, _, index = _IFADDRMSG.unpack_from(payload)
-    attrs: dict[int, bytes] = {}
-    offset = _IFADDRMSG.size
-    while offset + _ATTR.size <= len(payload):
-        length, kind = _ATTR.unpack_from(payload, offset)
-        if length < _ATTR.size:
-            break
-        attrs[kind] = payload[offset + _ATTR.size : offset + length]
-        offset += _align(length)
+    attrs = {kind: value for (_, kind), value in _records(payload, _ATTR, _IFADDRMSG.size)}
     # IPv4 keeps the host's own address in IFA_LOCAL (IFA_ADDRESS is the peer on
     # point-to-point links); IPv6 sends IFA_LOCAL only for a peer address.
     ip = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
@@ -167,8 +175,7 @@ class AddressRemover:
             found = wanted.get((index, packed))
             if found is None:
                 continue
-            address = found
-            ip: IPv4Address | IPv6Address = address[1].ip
+            ip: IPv4Address | IPv6Address = found[1].ip
             try:
                 removed = self._delete(index, ip, prefixlen)
             except NetlinkError as exc:
@@ -176,8 +183,8 @@ class AddressRemover:
                 removed = False
             else:
                 error = None
-            done = outcomes[address]
-            outcomes[address] = Outcome(address, done.removed or removed, done.error or error)
+            done = outcomes[found]
+            outcomes[found] = Outcome(found, done.removed or removed, done.error or error)
 
     def _delete(self, index: int, ip: IPv4Address | IPv6Address, prefixlen: int) -> bool:
         """True if the kernel deleted the entry, False if it was not there."""
@@ -216,8 +223,8 @@ class AddressRemover:
         seq = self._send(kind, NLM_F_REQUEST | NLM_F_ACK, payload)
         for _ in range(16):  # answers to earlier requests that timed out may come first
             for mtype, mseq, body in _messages(self._recv()):
-                if mseq == seq and mtype == NLMSG_ERROR and len(body) >= _ERRNO.size:
-                    return -int(_ERRNO.unpack_from(body)[0])
+                if mseq == seq and mtype == NLMSG_ERROR and (error := _errno(body)) is not None:
+                    return error
         raise NetlinkError("the kernel's answer did not come")
 
     def _dump(self) -> list[tuple[int, int, bytes]]:
@@ -231,8 +238,8 @@ class AddressRemover:
                     continue
                 if mtype == NLMSG_DONE:
                     return entries
-                if mtype == NLMSG_ERROR and len(body) >= _ERRNO.size:
-                    raise NetlinkError(os.strerror(-int(_ERRNO.unpack_from(body)[0])))
+                if mtype == NLMSG_ERROR and (error := _errno(body)) is not None:
+                    raise NetlinkError(os.strerror(error))
                 if mtype == RTM_NEWADDR and (entry := _entry(body)) is not None:
                     entries.append(entry)
         raise NetlinkError("the kernel's address list did not end within 5 s")

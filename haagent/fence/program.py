@@ -16,8 +16,8 @@ holds::
 ``deadline`` and ``lease`` may be ``null`` (no valid lease; nothing to revoke). A fence starts
 knowing nothing (no deadline, no hold, no lease, no address), and the agent's end
 (``haagent.fence.client``) starts every new fence with the setup and then the whole state as
-one difference from that. ``addresses`` (a full list that replaces the fence's, with every
-other field given too) is what agents before this protocol sent; it is still understood.
+one difference from that. Agent and fence ship in one package, and the full-list messages
+before this protocol were never released, so nothing else is understood.
 
 The deadline is on the system-wide monotonic clock, shared by both processes. The fence removes
 every listed address
@@ -46,9 +46,9 @@ keeps its VIPs past the deadline; the pipe closing still removes them.
 It ignores SIGTERM and SIGINT: a service manager that signals every process of the service at
 once must not make it exit before the agent has handed its VIPs over; it leaves when the agent
 closes the pipe. The third line of defence, for when both are killed, is the address lifetime
-the agent sets on every bind (see ``haagent/lease.py``).
+the agent sets on every bind (see ``haagent/decide/lease.py``).
 
-It stays small (17 MB of RSS, 23 MB with TLS, measured; 55 MB before) and quick to start: it
+It stays small (17 MiB of RSS, 23 MiB with TLS, measured; 55 MB before) and quick to start: it
 imports neither the agent's etcd client nor pyroute2 but speaks the little of gRPC
 (``etcd``, ``h2``) and rtnetlink (``netlink``) it needs itself.
 """
@@ -64,7 +64,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from haagent.fence.etcd import LeaseRevoker
+from haagent.fence.etcd import EXPIRES_BY_ITSELF, LeaseRevoker
 from haagent.fence.netlink import AddressRemover, NetlinkError
 from haagent.fence.setup import EtcdSettings
 from haagent.fence.state import Address, Fence
@@ -76,14 +76,33 @@ READ = 1 << 16
 
 
 def remove(net: AddressRemover, addresses: Sequence[Address], reason: str) -> None:
-    if not addresses:
-        return
     for outcome in net.remove(addresses):
         ifname, address = outcome.address
         if outcome.removed:
             log.warning("fence removed %s from %s: %s", address, ifname, reason)
         if outcome.error is not None:
             log.error("fence could not remove %s from %s: %s", address, ifname, outcome.error)
+
+
+def parse(line: bytes) -> dict[str, object] | None:
+    """One line of the pipe as a message; None (logged) if it is not a JSON object."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        message = None
+    if isinstance(message, dict):
+        return message
+    log.error("fence ignored a malformed message (%d bytes)", len(line))
+    return None
+
+
+def start_revoker(setup: dict[str, object]) -> LeaseRevoker | None:
+    """The revoker for the agent's etcd settings; None (logged) if they cannot be used."""
+    try:
+        return LeaseRevoker(EtcdSettings.from_setup(setup))
+    except (ValueError, OSError, RuntimeError) as exc:
+        log.error("fence cannot use etcd (%s): %s", exc, EXPIRES_BY_ITSELF)
+        return None
 
 
 def serve(stdin_fd: int, net: AddressRemover) -> int:
@@ -115,27 +134,14 @@ def serve(stdin_fd: int, net: AddressRemover) -> int:
                 if b"\n" in chunk:  # a long line comes in many chunks: split once it ends
                     *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    if not line.strip():
-                        continue
-                    try:
-                        message = json.loads(line)
-                    except ValueError:
-                        message = None
-                    if not isinstance(message, dict):
-                        log.error("fence ignored a malformed message (%d bytes)", len(line))
+                    message = parse(line) if line.strip() else None
+                    if message is None:
                         continue
                     if not fence.update(message):
                         return 0
                     if fence.setup is not None and not etcd_known:
                         etcd_known = True
-                        try:
-                            revoker = LeaseRevoker(EtcdSettings.from_setup(fence.setup))
-                        except (ValueError, OSError, RuntimeError) as exc:
-                            log.error(
-                                "fence cannot use etcd (%s): a dead agent's lease expires by "
-                                "itself",
-                                exc,
-                            )
+                        revoker = start_revoker(fence.setup)
             # Also after a message: it may carry a deadline that has already passed.
             addresses, reason = fence.due(time.monotonic())
             remove(net, addresses, reason)

@@ -34,6 +34,8 @@ import h2.exceptions
 import h2.settings
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
+from haagent.fence.setup import Endpoint
+
 if TYPE_CHECKING:
     import ssl
 
@@ -152,7 +154,7 @@ class Connection:
         Raises OSError (TCP, TLS) or ConnectionLost (HTTP/2).
         """
         deadline = time.monotonic() + timeout
-        self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.authority = Endpoint(host, port, context is not None).authority
         self.scheme = "http" if context is None else "https"
         self._timeout = timeout
         raw = socket.create_connection((host, port), timeout=timeout)

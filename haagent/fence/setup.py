@@ -1,8 +1,8 @@
 """The first message on the fence's pipe: how to reach etcd (both ends use it).
 
 The fence reads it as :class:`EtcdSettings`, which needs nothing beyond the standard library:
-importing ``haagent.config`` (and with it PyYAML) would cost the fence ~80 ms of start-up and
-~2 MB of RSS for settings the agent has validated already.
+importing ``haagent.config`` (and with it PyYAML) would cost the fence ~60 ms of start-up and
+8 MB of RSS (measured) for settings the agent has validated already.
 """
 
 from __future__ import annotations
@@ -30,28 +30,8 @@ def setup_message(cluster: str, etcd: EtcdConfig) -> dict[str, object]:
             "username": etcd.username,
             "password": etcd.password,
             "timeout": etcd.timeout,
-            "retry_interval": etcd.retry_interval,
         }
     }
-
-
-def etcd_from_setup(setup: Mapping[str, Any]) -> tuple[str, EtcdConfig]:
-    """The inverse of :func:`setup_message` (its ``setup`` part): (cluster, etcd settings)."""
-    from pathlib import Path
-
-    from haagent.config import EtcdConfig, TLSConfig  # the agent's side: already imported
-
-    tls = setup.get("tls")
-    return str(setup["cluster"]), EtcdConfig(
-        endpoints=tuple(str(e) for e in setup["endpoints"]),
-        tls=None
-        if not isinstance(tls, dict)
-        else TLSConfig(**{k: None if v is None else Path(v) for k, v in tls.items()}),
-        username=setup.get("username"),
-        password=setup.get("password"),
-        timeout=float(setup.get("timeout", 1.0)),
-        retry_interval=float(setup.get("retry_interval", 1.0)),
-    )
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,7 @@ class Fence:
     def update(self, message: dict[str, object]) -> bool:
         """Apply one message; False when the agent said it is exiting.
 
-        A field that is absent keeps its value; ``add`` and ``remove`` change the list;
-        ``addresses`` (what agents before the incremental protocol send) replaces it.
+        A field that is absent keeps its value; ``add`` and ``remove`` change the list.
         """
         if message.get("exit"):
             return False
@@ -94,9 +93,6 @@ class Fence:
             hold = bool(message["hold"])
             rearm = rearm or hold != self.hold
             self.hold = hold
-        if "addresses" in message:
-            self._guarded = dict.fromkeys(parse_addresses(message["addresses"]))
-            self._removed = {}
         for address in parse_addresses(message.get("remove")):
             self._guarded.pop(address, None)
             self._removed.pop(address, None)

@@ -8,6 +8,7 @@ the client keep reaching it. Tears everything down unless --keep is given.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from haagent.lab.topology import Lab, Node
+from haagent.lab.wait import poll_until
 
 PORT = 7000
 console = Console()
@@ -29,16 +31,21 @@ def _holder(lab: Lab, ip: IPv4Address | IPv6Address) -> Node | None:
     return held[0] if len(held) == 1 else None
 
 
-def _wait_holder(lab: Lab, ip: IPv4Address | IPv6Address, timeout: float = 15) -> Node:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _wait_holder(
+    lab: Lab, ip: IPv4Address | IPv6Address, timeout: float = 15, *, not_on: Node | None = None
+) -> Node:
+    """The single host that has ``ip`` bound, once there is one (and it is not ``not_on``)."""
+
+    def holder() -> Node | None:
         h = _holder(lab, ip)
-        if h is not None:
-            return h
-        time.sleep(0.1)
-    raise SystemExit(
-        f"no single holder of {ip} after {timeout}s; see the agent logs in {lab.workdir}"
-    )
+        return h if h != not_on else None
+
+    found = poll_until(holder, timeout, 0.1)
+    if found is None:
+        raise SystemExit(
+            f"no single holder of {ip} after {timeout}s; see the agent logs in {lab.workdir}"
+        )
+    return found
 
 
 def _show(lab: Lab, vips: dict[str, IPv4Address | IPv6Address], title: str) -> None:
@@ -61,24 +68,7 @@ def _show(lab: Lab, vips: dict[str, IPv4Address | IPv6Address], title: str) -> N
 
 def _probe(lab: Lab, ip: IPv4Address | IPv6Address, seconds: float) -> subprocess.Popen[bytes]:
     out = lab.workdir / f"probe-{ip.version}.jsonl"
-    return lab.popen(
-        lab.client,
-        [
-            sys.executable,
-            "-m",
-            "haagent.lab.probe",
-            "--target",
-            str(ip),
-            "--port",
-            str(PORT),
-            "--interval",
-            "0.005",
-            "--duration",
-            str(seconds),
-            "--out",
-            str(out),
-        ],
-    )
+    return lab.start_probe(ip, out, port=PORT, interval=0.005, duration=seconds)
 
 
 def _summarise(lab: Lab, ip: IPv4Address | IPv6Address) -> None:
@@ -122,8 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         probes = [_probe(lab, ip, 4.0) for ip in vips.values()]
         time.sleep(1.0)
         agents[holder4.role].send_signal(signal.SIGTERM)
-        time.sleep(1.0)
-        new4 = _wait_holder(lab, vips["web4"])
+        new4 = _wait_holder(lab, vips["web4"], not_on=holder4)
         console.print(f"web4 moved: {holder4.role} → [bold green]{new4.role}[/]")
         for proc in probes:
             proc.wait(timeout=15)
@@ -133,10 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"agent logs: {lab.workdir}/<host>.agent.log")
         if args.keep:
             console.rule("lab left running")
-            console.print(f"  ip netns exec {lab.client.netns} ping -c1 {vips['web4']}")
-            console.print(f"  ip -n {new4.netns} addr show eth0")
-            console.print(f"  haagent lab status --id {lab.lab_id}")
-            console.print(f"  haagent lab down --id {lab.lab_id}")
+            # As `haagent lab up` prints them: neither iputils' ping nor a `haagent` on PATH
+            # can be assumed, and commands must stay on one line to be copy-pasted.
+            py = shlex.quote(sys.executable)
+            hints = [
+                f"ip netns exec {lab.client.netns} {py} -m haagent.lab.probe --ping"
+                f" --target {vips['web4']}",
+                f"ip -n {new4.netns} addr show eth0",
+                f"{py} -m haagent lab status --id {lab.lab_id}",
+                f"{py} -m haagent lab down --id {lab.lab_id}",
+            ]
+            print("\n".join(f"  {h}" for h in hints))
             return 0
     except BaseException:
         lab.down()

@@ -119,14 +119,21 @@ def netns_pids(netns: str) -> list[int]:
     return [int(tok) for tok in proc.stdout.split() if tok.isdigit()]
 
 
-def _proc_state(pid: int) -> str | None:
-    """The one-letter state of a process, None if it does not exist."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command: state, ppid, pgrp, … (field 3 of
+    proc(5) at index 0); None if the process does not exist."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
+    except OSError:
         return None
     # comm may contain spaces and parentheses; the state follows the last ')'
-    return stat[stat.rfind(")") + 2 :].split(" ", 1)[0]
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def _proc_state(pid: int) -> str | None:
+    """The one-letter state of a process, None if it does not exist."""
+    fields = stat_fields(pid)
+    return fields[0] if fields else None
 
 
 def pid_alive(pid: int) -> bool:

@@ -8,7 +8,7 @@ Every method is synchronous and serialised by a lock. The socket belongs to the 
 namespace the manager was made in, while interface names are looked up in the calling
 thread's: use a manager from the thread that made it.
 
-``NetlinkOwner`` (pyroute2's ``IPRoute``) stays the base of ``VirtualMac``, whose links,
+Standard library only: pyroute2 is left to ``VirtualMac`` (haagent/net/vmac.py), whose links,
 routes and rules are no hot path.
 """
 
@@ -25,10 +25,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from socket import AF_INET, AF_INET6
-from typing import Any, Generic, Self, TypeVar
+from typing import Generic, Self, TypeVar
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from haagent.net.frames import ARPHRD_ETHER, mac_str
 
 IPAddress = IPv4Address | IPv6Address
 IPInterface = IPv4Interface | IPv6Interface
@@ -46,7 +45,6 @@ LIFETIME_FOREVER = 0xFFFFFFFF
 SIOCGIFHWADDR = 0x8927  # linux/sockios.h
 SIOCGIFFLAGS = 0x8913
 IFF_UP = 0x1
-ARPHRD_ETHER = 1
 IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h; not in every Python's socket module
 
 # linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h, linux/if_link.h
@@ -63,6 +61,7 @@ RTM_NEWLINK, RTM_GETLINK = 16, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 IFA_ADDRESS, IFA_LOCAL, IFA_CACHEINFO, IFA_FLAGS, IFA_RT_PRIORITY, IFA_PROTO = 1, 2, 6, 8, 9, 11
 IFLA_ADDRESS = 1
+RT_SCOPE_LINK = 253
 # Attributes of a dumped address that a refresh sends back unchanged: IPv4 matches the entry to
 # update by local address, prefix and peer, and resets metric and protocol to what it is sent.
 _ECHOED = (IFA_ADDRESS, IFA_LOCAL, IFA_RT_PRIORITY, IFA_PROTO)
@@ -93,17 +92,12 @@ class RefreshError(NetError, Generic[T]):
         self.missing: list[T] = list(missing)
 
 
-def _reason(exc: BaseException) -> str:
-    """The kernel's reason: its extended-ack text when it sent one, else strerror(errno)."""
-    if isinstance(exc, NetlinkError):
-        text = exc.args[1] if len(exc.args) > 1 and exc.args[1] else ""
-        return _kernel_reason(exc.code, text)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def _kernel_reason(code: int, text: str) -> str:
+    """The kernel's reason for ``code``: its extended-ack text when it sent one, else strerror."""
     base = os.strerror(code) if code else "netlink error"
     return f"{text} ({base})" if text and text != base else base
 
@@ -118,60 +112,6 @@ def _ifindex(ifname: str, what: str, *, missing_ok: bool = False) -> int | None:
         if missing_ok:
             return None
         raise NetError(f"{what}: no such interface") from exc
-
-
-class NetlinkOwner:
-    """One pyroute2 rtnetlink socket, kept open for the owner's lifetime and closed once.
-
-    pyroute2 0.9 keeps its netlink socket and event loop per *thread*: an owner used from a
-    second thread quietly opens a second socket there (in that thread's network namespace), so
-    keep one owner per thread.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        try:
-            # ext_ack: the kernel explains EINVAL & co. in words ("ipv4: Invalid prefix length").
-            self._ipr: Any = IPRoute(ext_ack=True)
-        except (OSError, NetlinkError) as exc:
-            raise NetError(f"cannot open an rtnetlink socket: {_reason(exc)}") from exc
-
-    def close(self) -> None:
-        with self._lock:
-            ipr, self._ipr = self._ipr, None
-            if ipr is not None:
-                ipr.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- helpers for subclasses (the netlink ones: caller holds the lock) ---------------
-
-    def _netlink(self, what: str = "netlink request") -> Any:
-        if self._ipr is None:
-            raise NetError(f"{what}: the {type(self).__name__} is closed")
-        return self._ipr
-
-    def _link(self, ifname: str, what: str, *, missing_ok: bool = False) -> Any:
-        """The RTM_NEWLINK message of ``ifname``; None if it does not exist and missing_ok.
-
-        ``what`` opens the error message ("cannot bind 198.51.100.10/32 on eth0").
-        """
-        try:
-            links = self._netlink(what).link("get", ifname=ifname)
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
-                if missing_ok:
-                    return None
-                raise NetError(f"{what}: no such interface") from exc
-            raise NetError(f"{what}: {_reason(exc)}") from exc
-        return links[0]
-
-    def _index(self, ifname: str, what: str, *, missing_ok: bool = False) -> int | None:
-        return _ifindex(ifname, what, missing_ok=missing_ok)
 
 
 # -- bare rtnetlink ------------------------------------------------------------------------
@@ -198,8 +138,8 @@ def _messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
     offset = 0
     while offset + _NLMSGHDR.size <= len(data):
         size, kind, flags, seq, _ = _NLMSGHDR.unpack_from(data, offset)
-        if size < _NLMSGHDR.size:
-            break
+        if size < _NLMSGHDR.size or offset + size > len(data):
+            break  # a truncated message: the datagram ends here for us
         yield kind, flags, seq, data[offset + _NLMSGHDR.size : offset + size]
         offset += (size + 3) & ~3
 
@@ -405,7 +345,7 @@ class AddressManager:
             res = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, req)
             family = struct.unpack_from("=H", res, 16)[0]
             if family == ARPHRD_ETHER:
-                return ":".join(f"{b:02x}" for b in res[18:24])
+                return mac_str(res[18:24])
         what = f"cannot read the MAC address of {ifname}"
         with self._lock:
             index = _ifindex(ifname, what)
@@ -420,7 +360,7 @@ class AddressManager:
                 mac = _attrs(answer.replies[0], _IFINFOMSG.size).get(IFLA_ADDRESS, b"")
             if not mac:
                 raise NetError(f"{what}: it has none")
-            return ":".join(f"{b:02x}" for b in mac)
+            return mac_str(mac)
 
     def is_bound(self, ifname: str, address: IPInterface) -> bool:
         """True if the IP of ``address`` is on ``ifname`` with any prefix length.
@@ -443,6 +383,28 @@ class AddressManager:
             if index is None:
                 return set()
             return {e.ip for e in self._dump(index, None, what) or ()}
+
+    def ipv6_flags(self, ifname: str, ip: IPv6Address) -> int | None:
+        """The IFA_F_* flags of ``ip`` on ``ifname``; None if it is not there (or no interface).
+
+        Cost: one RTM_GETADDR, however many addresses the host has.
+        """
+        what = f"cannot look up {ip} on {ifname}"
+        with self._lock:
+            index = _ifindex(ifname, what, missing_ok=True)
+            entries = [] if index is None else self._entries_of(index, ip, what)
+            return entries[0].flags if entries else None
+
+    def link_local_flags(self, ifname: str) -> dict[IPv6Address, int]:
+        """IFA_F_* flags of each IPv6 link-local address of ``ifname``; empty if it is gone.
+
+        Cost: one dump of the interface's IPv6 addresses; only the link-scope ones are parsed.
+        """
+        what = f"cannot list the link-local addresses of {ifname}"
+        with self._lock:
+            index = _ifindex(ifname, what, missing_ok=True)
+            entries = None if index is None else self._dump(index, 6, what, RT_SCOPE_LINK)
+            return {e.ip: e.flags for e in entries or () if isinstance(e.ip, IPv6Address)}
 
     # -- changes ------------------------------------------------------------------------
 
@@ -496,13 +458,6 @@ class AddressManager:
                     self._renew(present, lifetime, what)
                     return False
             return False
-
-    def refresh(self, ifname: str, address: IPInterface, lifetime: int) -> bool:
-        """Reset the lifetime of a bound address; False (and nothing added) if it is absent.
-
-        One address: ``refresh_many`` with a list of one.
-        """
-        return not self.refresh_many(ifname, [address], lifetime)
 
     def refresh_many(
         self, ifname: str, addresses: Sequence[IPInterface], lifetime: int
@@ -636,8 +591,11 @@ class AddressManager:
         for answer in self._ask(what, [self._renew_request(e, lifetime) for e in entries]):
             answer.check(what)
 
-    def _dump(self, index: int, version: int | None, what: str) -> list[_Entry] | None:
-        """Every address entry of interface ``index``; None if the interface is gone."""
+    def _dump(
+        self, index: int, version: int | None, what: str, scope: int | None = None
+    ) -> list[_Entry] | None:
+        """Every address entry of interface ``index`` (of ``scope`` only, if given: the others
+        are not parsed); None if the interface is gone."""
         family = socket.AF_UNSPEC if version is None else _family(version)
         request = (RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(family, 0, 0, 0, index))
         for attempt in range(_DUMP_ATTEMPTS):
@@ -649,7 +607,10 @@ class AddressManager:
             # entry missed or seen twice): once more, unless that keeps happening.
             if not answer.interrupted or attempt == _DUMP_ATTEMPTS - 1:
                 break
-        entries = (_Entry.parse(p) for p in answer.replies)
+        replies = answer.replies
+        if scope is not None:  # byte 3 of the ifaddrmsg
+            replies = [p for p in replies if len(p) > 3 and p[3] == scope]
+        entries = (_Entry.parse(p) for p in replies)
         # The kernel filters by index only with strict checking; a kernel without it sends all.
         return [e for e in entries if e is not None and e.index == index]
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from ipaddress import IPv4Address, IPv6Address
 
 from haagent.net import frames
-from haagent.net.addresses import NetError
+from haagent.net.addresses import AddressManager, NetError
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -35,25 +35,7 @@ IPAddress = IPv4Address | IPv6Address
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
 
-# Per-thread view of the network namespace: a thread that setns()'d elsewhere reads its own.
-IF_INET6 = "/proc/thread-self/net/if_inet6"
-
-
-def ipv6_addresses(ifname: str) -> dict[IPv6Address, int]:
-    """IPv6 addresses on ``ifname`` with their IFA_F_* flags, from /proc/net/if_inet6."""
-    out: dict[IPv6Address, int] = {}
-    try:
-        with open(IF_INET6) as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:  # IPv6 disabled in this kernel
-        return out
-    for line in lines:
-        # "20010db8000000000000000000000010 03 80 00 80       eth0"
-        # address, ifindex, prefix length, scope, flags (all hex), name
-        fields = line.split()
-        if len(fields) == 6 and fields[5] == ifname:
-            out[IPv6Address(int(fields[0], 16))] = int(fields[4], 16)
-    return out
+_UNUSABLE = IFA_F_TENTATIVE | IFA_F_DADFAILED
 
 
 def ipv6_source(ifname: str, vip: IPv6Address) -> IPv6Address:
@@ -68,15 +50,19 @@ def ipv6_source(ifname: str, vip: IPv6Address) -> IPv6Address:
     interface. Tentative or DAD-failed addresses are not assigned in RFC 4862's sense and
     are skipped. Without a usable address we refuse rather than send from "::", which
     RFC 4861 does not allow as the source of an advertisement.
+
+    Asked of the kernel on a netlink socket opened for the call, so the answer is that of
+    the calling thread's network namespace: one RTM_GETADDR for the VIP, whatever the
+    number of addresses on the host, and a dump of the interface's IPv6 addresses (only its
+    link-local ones parsed) only when the VIP is not usable there.
     """
-    usable = {
-        ip
-        for ip, flags in ipv6_addresses(ifname).items()
-        if not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)
-    }
-    if vip in usable:
-        return vip
-    link_local = sorted(ip for ip in usable if ip.is_link_local)
+    with AddressManager() as net:
+        flags = net.ipv6_flags(ifname, vip)
+        if flags is not None and not flags & _UNUSABLE:
+            return vip
+        link_local = sorted(
+            ip for ip, f in net.link_local_flags(ifname).items() if not f & _UNUSABLE
+        )
     if link_local:
         return link_local[0]
     raise NetError(

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from haagent.net.addresses import _IFINFOMSG, IFF_UP, RTM_NEWLINK, _attrs, _messages
+
 log = logging.getLogger("haagent.net")
 
 RTMGRP_LINK = 1
-RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_DELLINK = 17
 IFLA_IFNAME = 3
-IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
-_NLMSGHDR = struct.Struct("=IHHII")
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_RTA = struct.Struct("=HH")
+IFF_LOWER_UP = 0x10000
 
 
 @dataclass(frozen=True)
@@ -51,32 +49,14 @@ def link_up(ifname: str, sys_class_net: Path = Path("/sys/class/net")) -> bool |
 def parse_link_messages(data: bytes) -> list[tuple[str, bool]]:
     """(interface name, up) of every RTM_NEWLINK / RTM_DELLINK in one netlink datagram."""
     out: list[tuple[str, bool]] = []
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, kind, _, _, _ = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size or offset + length > len(data):
-            break
-        body = data[offset + _NLMSGHDR.size : offset + length]
-        offset += (length + 3) & ~3
+    for kind, _, _, body in _messages(data):
         if kind not in (RTM_NEWLINK, RTM_DELLINK) or len(body) < _IFINFOMSG.size:
             continue
-        _, _, _, flags, _ = _IFINFOMSG.unpack_from(body)
-        name = None
-        pos = _IFINFOMSG.size
-        while pos + _RTA.size <= len(body):
-            rta_len, rta_type = _RTA.unpack_from(body, pos)
-            if rta_len < _RTA.size:
-                break
-            if rta_type == IFLA_IFNAME:
-                name = (
-                    body[pos + _RTA.size : pos + rta_len]
-                    .split(b"\0", 1)[0]
-                    .decode("utf-8", "replace")
-                )
-            pos += (rta_len + 3) & ~3
+        flags = _IFINFOMSG.unpack_from(body)[3]
+        name = _attrs(body, _IFINFOMSG.size).get(IFLA_IFNAME)
         if name is not None:
             up = kind == RTM_NEWLINK and bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
-            out.append((name, up))
+            out.append((name.split(b"\0", 1)[0].decode("utf-8", "replace"), up))
     return out
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterable
-from ipaddress import IPv4Interface, IPv6Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
 from haagent.config import VipConfig
 from haagent.net.addresses import AddressManager, NetError, RefreshError
@@ -95,12 +95,6 @@ class Placement:
         while self._retiring:
             self.vmac.down(self._retiring.pop())
 
-    def refresh(self, vip: VipConfig, lifetime: int) -> bool:
-        """Renew the address lifetime; False if the address vanished (announce-only: True)."""
-        if not vip.bind:
-            return True
-        return self.net.refresh(self.where(vip), vip.address, lifetime)
-
     def refresh_all(self, vips: Iterable[VipConfig], lifetime: int) -> list[VipConfig]:
         """Renew the address lifetime of every VIP of ``vips``; return those that vanished.
 
@@ -133,9 +127,22 @@ class Placement:
             raise RefreshError("; ".join(errors), vanished)
         return vanished
 
-    def is_placed(self, vip: VipConfig) -> bool:
-        """Is the VIP bound here (announce-only VIPs never survive their process)?"""
-        return vip.bind and self.net.is_bound(self.where(vip), vip.address)
+    def placed(self, vips: Iterable[VipConfig]) -> set[str]:
+        """Names of the VIPs bound here (announce-only VIPs never survive their process).
+
+        One address dump per interface, however many VIPs: start-up looks at all of them.
+        """
+        on: dict[str, set[IPv4Address | IPv6Address]] = {}
+        out: set[str] = set()
+        for vip in vips:
+            if not vip.bind:
+                continue
+            where = self.where(vip)
+            if where not in on:
+                on[where] = self.net.bound_ips(where)
+            if vip.ip in on[where]:
+                out.add(vip.name)
+        return out
 
     def fenced(self, vip: VipConfig) -> tuple[str, IPv4Interface | IPv6Interface] | None:
         """What the fence process must remove if the agent dies; None for announce-only VIPs,

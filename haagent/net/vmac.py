@@ -39,15 +39,17 @@ import contextlib
 import errno
 import re
 import socket
+import threading
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6
-from typing import Any
+from typing import Any, Self
 
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from haagent.net import sysctl
-from haagent.net.addresses import NetError, NetlinkOwner, _reason
+from haagent.net.addresses import NetError, _ifindex, _kernel_reason
 from haagent.net.responder import who_answers
 
 IPAddress = IPv4Address | IPv6Address
@@ -63,6 +65,16 @@ RTN_UNICAST = 1
 RTPROT_STATIC = 4
 RTNH_F_ONLINK = 4
 _NAME = re.compile(r"^vmac([46])\.(\d{1,3})$")
+
+
+def _reason(exc: BaseException) -> str:
+    """The kernel's reason: its extended-ack text when it sent one, else strerror(errno)."""
+    if isinstance(exc, NetlinkError):
+        text = exc.args[1] if len(exc.args) > 1 and exc.args[1] else ""
+        return _kernel_reason(exc.code, text)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def _check(vrid: int, family: int) -> None:
@@ -139,19 +151,37 @@ def vmac_in_use(parent: str, ip: IPAddress, vrid: int, *, timeout: float = 0.1) 
     return mac in who_answers(parent, ip, eth_dst=mac, timeout=timeout, first=True)
 
 
-class VirtualMac(NetlinkOwner):
+class VirtualMac:
     """Creates and removes vmac interfaces, their sysctls and source routing.
 
-    One rtnetlink socket, opened at construction and kept until ``close()`` (like
-    ``AddressManager``: pyroute2 keeps its socket per thread, so use it from the thread
-    that made it). Methods are serialised by a lock.
+    One pyroute2 ``IPRoute`` socket, opened at construction and kept until ``close()``.
+    pyroute2 0.9 keeps its netlink socket and event loop per *thread*: used from a second
+    thread it quietly opens a second socket there (in that thread's network namespace), so
+    use it from the thread that made it. Methods are serialised by a lock.
     """
 
     def __init__(self, *, rule_priority: int = RULE_PRIORITY) -> None:
         if not 0 < rule_priority < 32766:
             raise ValueError("rule priority must be between local (0) and main (32766)")
         self.rule_priority = rule_priority
-        super().__init__()
+        self._lock = threading.Lock()
+        try:
+            # ext_ack: the kernel explains EINVAL & co. in words ("ipv4: Invalid prefix length").
+            self._ipr: Any = IPRoute(ext_ack=True)
+        except (OSError, NetlinkError) as exc:
+            raise NetError(f"cannot open an rtnetlink socket: {_reason(exc)}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            ipr, self._ipr = self._ipr, None
+            if ipr is not None:
+                ipr.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- public API ------------------------------------------------------------------------
 
@@ -175,7 +205,7 @@ class VirtualMac(NetlinkOwner):
         )
         what = f"cannot bring up {name} on {parent}"
         with self._lock:
-            parent_index = self._index(parent, what, missing_ok=True)
+            parent_index = _ifindex(parent, what, missing_ok=True)
             if parent_index is None:
                 raise NetError(f"{what}: no such interface {parent}")
             link = self._link(name, what, missing_ok=True)
@@ -193,7 +223,7 @@ class VirtualMac(NetlinkOwner):
                 except NetlinkError as exc:
                     raise NetError(f"{what}: {_reason(exc)}") from exc
                 # Only its index is needed: an ioctl, not a second netlink link message.
-                index = self._index(name, what)
+                index = _ifindex(name, what)
                 assert index is not None
             else:
                 self._check_existing(link, name, parent_index, mac, what)
@@ -293,6 +323,26 @@ class VirtualMac(NetlinkOwner):
         return sorted((i for i in found if i is not None), key=lambda i: i.ifname)
 
     # -- internals (caller holds the lock) -----------------------------------------------
+
+    def _netlink(self, what: str = "netlink request") -> Any:
+        if self._ipr is None:
+            raise NetError(f"{what}: the {type(self).__name__} is closed")
+        return self._ipr
+
+    def _link(self, ifname: str, what: str, *, missing_ok: bool = False) -> Any:
+        """The RTM_NEWLINK message of ``ifname``; None if it does not exist and missing_ok.
+
+        ``what`` opens the error message ("cannot bring up vmac4.12 on eth0").
+        """
+        try:
+            links = self._netlink(what).link("get", ifname=ifname)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                if missing_ok:
+                    return None
+                raise NetError(f"{what}: no such interface") from exc
+            raise NetError(f"{what}: {_reason(exc)}") from exc
+        return links[0]
 
     def _info(self, link: Any) -> VmacInfo | None:
         """VmacInfo of an RTM_NEWLINK message; None if it is not a macvlan."""
@@ -427,7 +477,7 @@ class VirtualMac(NetlinkOwner):
             self._del_rules(table, family)
             for r in self._netlink(what).route("dump", family=family, table=table):
                 self._del_route(r, table, family)
-            index = self._index(name, what, missing_ok=True)
+            index = _ifindex(name, what, missing_ok=True)
             if index is not None:
                 self._netlink(what).link("del", index=index)
         except NetlinkError as exc:

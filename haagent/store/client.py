@@ -1,9 +1,10 @@
 """The Store: the only module that talks to etcd.
 
-It owns the client, the agent's lease keepalive thread and the prefix watch, and turns what it
-reads into the typed events of ``haagent.store.events``. Values it cannot decode are logged once and
-ignored (or, for holder keys, reported as held by ``UNREADABLE``, which the agent deletes: see
-docs/keys.md) — never raised into the agent.
+It owns the client and the prefix watch (the lease keepalive thread is
+:mod:`haagent.store.keeper`), and turns what it reads into the typed events of
+:mod:`haagent.store.events`. Values it cannot decode are logged once and ignored (or, for
+holder keys, reported as held by ``UNREADABLE``, which the agent deletes: see docs/keys.md) —
+never raised into the agent.
 
 Facts about the client that shaped this code (measured against etcd 3.4 and etcd-sdk-python):
 
@@ -76,8 +77,6 @@ class NodeNameTaken(StoreError):
             f"node name {node!r} is already used by another running agent{at} (its member "
             f"record hangs on lease {lease:x}); give every host its own node name"
         )
-        self.node = node
-        self.lease = lease
 
 
 class _LeaseOf(etcd_transactions.BaseCompare):  # type: ignore[misc]
@@ -88,7 +87,8 @@ class _LeaseOf(etcd_transactions.BaseCompare):  # type: ignore[misc]
         compare.lease = int(self.value)
 
 
-# (key, revision) pairs remembered so that each foreign value is logged once.
+# (key, revision) pairs remembered so that each foreign value is logged once (its key by hash:
+# a key may be as long as etcd allows, and what is remembered must not grow with it).
 WARNED_LIMIT = 10_000
 
 # Campaigns per transaction: etcd refuses more than --max-txn-ops (default 128) per level.
@@ -136,7 +136,7 @@ class Store:
         self.cfg = cfg
         self.keys = keys
         self._client: Any = None
-        self._warned: set[tuple[str, int]] = set()
+        self._warned: set[tuple[int, int]] = set()  # (hash of the key, revision)
         self._watch_thread: threading.Thread | None = None
         self._watch_stop = threading.Event()
         self._rewatch = threading.Event()
@@ -271,10 +271,11 @@ class Store:
     # -- decoding ------------------------------------------------------------------------
 
     def _warn_once(self, key: str, revision: int, why: str) -> None:
-        if (key, revision) not in self._warned:
+        seen = (hash(key), revision)
+        if seen not in self._warned:
             if len(self._warned) >= WARNED_LIMIT:  # a flood of junk keys costs bounded memory
                 self._warned.clear()
-            self._warned.add((key, revision))
+            self._warned.add(seen)
             log.warning("ignoring %s (revision %d): %s", printable(key), revision, printable(why))
 
     def _holder_from_kv(
@@ -476,19 +477,18 @@ class Store:
         if not records:
             return []
         tx = self.client.transactions
-        ops = []
-        for vip, holder in records:
-            key = self.keys.holder(vip)
-            ops.append(
-                tx.txn(
-                    compare=[tx.create(key) == 0],
-                    success=[tx.put(key, holder.to_json(), lease=holder.lease), tx.get(key)],
-                    failure=[tx.get(key)],
-                )
+        keys = [self.keys.holder(vip) for vip, _ in records]
+        ops = [
+            tx.txn(
+                compare=[tx.create(key) == 0],
+                success=[tx.put(key, holder.to_json(), lease=holder.lease), tx.get(key)],
+                failure=[tx.get(key)],
             )
+            for key, (_, holder) in zip(keys, records, strict=True)
+        ]
         _, responses = self.client.transaction(compare=[], success=ops, failure=[])
         results: list[tuple[bool, Holder | None, int]] = []
-        for (vip, _), resp in zip(records, responses, strict=True):
+        for key, resp in zip(keys, responses, strict=True):
             inner = resp.response_txn
             kvs = inner.responses[-1].response_range.kvs
             if not kvs:
@@ -497,7 +497,7 @@ class Store:
                 continue
             kv = kvs[0]
             holder = self._holder_from_kv(
-                self.keys.holder(vip), kv.value, kv.lease, kv.create_revision, kv.mod_revision
+                key, kv.value, kv.lease, kv.create_revision, kv.mod_revision
             )
             results.append((bool(inner.succeeded), holder, int(kv.mod_revision)))
         return results

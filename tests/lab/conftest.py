@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
@@ -260,12 +260,14 @@ class Agents:
         names; that host per VIP."""
 
         def settled() -> dict[str, str] | None:
+            # Each kernel once per poll, then etcd per VIP (stopping at the first miss).
+            bound = {h.role: self.lab.bound(h, all_interfaces=True) for h in self.lab.hosts}
             found: dict[str, str] = {}
             for name, address in self.vips:
-                bound = self.holders(ip_address(address))
-                if len(bound) != 1 or etcd_holder(self.lab, self.cluster, name) != bound[0]:
+                on = [role for role, ips in bound.items() if ip_address(address) in ips]
+                if len(on) != 1 or etcd_holder(self.lab, self.cluster, name) != on[0]:
                     return None
-                found[name] = bound[0]
+                found[name] = on[0]
             return found
 
         return wait_until(
@@ -281,6 +283,17 @@ class Agents:
             if h.role in self.procs:
                 parts.append(f"--- {h.role} agent log ---\n{self.log(h)[-4000:]}")
         return "\n".join(parts)
+
+
+def remove_addresses(lab: Lab, addresses: Iterable[IPv4Address | IPv6Address]) -> None:
+    """Delete these addresses from eth0 of every host, wherever they are bound (one `ip`
+    batch per host): a SIGKILLed or stuck agent cannot clean up, and none may reach the
+    next test."""
+    batch = "".join(
+        f"address del {ip}/{32 if ip.version == 4 else 128} dev eth0\n" for ip in addresses
+    )
+    for h in lab.hosts:
+        lab.run(h, ["ip", "-force", "-batch", "-"], input=batch, check=False, timeout=30)
 
 
 _TEST_NUMBER = itertools.count(1)
@@ -304,13 +317,7 @@ def agents(lab: Lab) -> Iterator[Agents]:
         yield a
     finally:
         a.stop_all()
+        remove_addresses(lab, (lab.vip4(0), lab.vip6(0)))
         for h in lab.hosts:
-            # Leave no VIP behind for the next test (a SIGKILLed agent cannot clean up).
-            for ip in (lab.vip4(0), lab.vip6(0)):
-                lab.run(
-                    h,
-                    ["ip", "addr", "del", f"{ip}/{32 if ip.version == 4 else 128}", "dev", "eth0"],
-                    check=False,
-                )
             lab.restore_link(h)
             lab.unblock_etcd(h)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from ipaddress import IPv4Interface, IPv6Interface, ip_interface
 from pathlib import Path
@@ -101,12 +102,33 @@ def start_fence(lab: Lab, host: Node, etcd: EtcdConfig, name: str) -> tuple[Fenc
 
 
 def die(client: FenceClient) -> subprocess.Popen[bytes]:
-    """The agent dies: its end of the pipe closes without an exit message."""
+    """The agent dies: its end of the pipe closes without an exit message.
+
+    The client keeps the process, so that its ``stop()`` (after the wait, or when the test
+    failed first) kills a fence that is still running rather than leaving it behind."""
     proc = client._proc
     assert proc is not None and proc.stdin is not None
     proc.stdin.close()
-    client._proc = None
     return proc
+
+
+@contextmanager
+def guarding_one(
+    lab: Lab, name: str, *, password: bool
+) -> Iterator[tuple[FenceClient, Path, str, int, list[Address]]]:
+    """A fence that guards one bound address and knows a lease that holds a key: (client,
+    its log, the key, the lease, the address). The client is stopped at the end."""
+    host = lab.hosts[0]
+    key = f"/haagent/v1/{lab.lab_id}/members/{name}"
+    lease = grant(lab, key)
+    client, log = start_fence(lab, host, etcd_settings(lab, password=password), name)
+    held = addresses(1)
+    try:
+        client.tell(time.monotonic() + 60, held, lease=lease)
+        bind(lab, host, held)
+        yield client, log, key, lease, held
+    finally:
+        client.stop()
 
 
 def grant(lab: Lab, key: str) -> int:
@@ -199,20 +221,13 @@ def test_a_mass_takeover_costs_bytes_per_change_and_a_death_removes_everything(l
 
 def test_a_password_fence_logs_in_again_after_its_token_expired(lab: Lab) -> None:
     host = lab.hosts[0]
-    key = f"/haagent/v1/{lab.lab_id}/members/password"
-    lease = grant(lab, key)
-    client, log = start_fence(lab, host, etcd_settings(lab, password=True), "password")
-    held = addresses(1)
-    try:
-        client.tell(time.monotonic() + 60, held, lease=lease)
-        bind(lab, host, held)
-        # Past --auth-token-ttl 2: the token the fence got when it connected is gone.
-        # Letting it expire is the point of this wait.
+    with guarding_one(lab, "password", password=True) as (client, log, key, lease, _):
+        wait_until(lambda: connected(lab, host), 5, what="the fence to connect and log in")
+        # Past --auth-token-ttl 2 (etcd checks every second): the token the fence got when
+        # it connected is gone. etcd says nothing when it drops a token, so this is a sleep.
         time.sleep(3.5)
         proc = die(client)
         assert proc.wait(timeout=10) == 0
-    finally:
-        client.stop()
     text = log.read_text()
     assert "Traceback" not in text, text
     assert "fence logs in to etcd again: UNAUTHENTICATED: etcdserver: invalid auth token" in text
@@ -225,19 +240,11 @@ def test_a_silent_agent_loses_its_address_at_the_deadline_and_its_lease_after_th
     lab: Lab,
 ) -> None:
     host = lab.hosts[0]
-    key = f"/haagent/v1/{lab.lab_id}/members/frozen"
-    lease = grant(lab, key)
-    client, log = start_fence(lab, host, etcd_settings(lab, password=False), "frozen")
-    held = addresses(1)
-    try:
-        client.tell(time.monotonic() + 60, held, lease=lease)
-        bind(lab, host, held)
+    with guarding_one(lab, "frozen", password=False) as (client, log, key, lease, held):
         client.tell(time.monotonic() + 0.5, held, lease=lease)  # then nothing: "frozen"
         wait_until(lambda: not bound(lab, host), 3, 0.01, what="the deadline removal")
         wait_until(lambda: not exists(lab, key), 5, what="the revoke after the grace")
         client.stop()  # the agent comes back and stops: the fence exits without acting
-    finally:
-        client.stop()
     text = log.read_text()
     assert "Traceback" not in text, text
     removed = logged_at(text, f"fence removed {held[0][1]} from {IFNAME}: lease deadline passed")

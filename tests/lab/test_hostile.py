@@ -4,18 +4,47 @@ cost a VIP its holder, and each refusal is one line naming the cause."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from haagent.lab.history import check_history, start_address_recorder
-from haagent.lab.topology import Lab
+from haagent.lab.topology import Lab, Node
 from haagent.lab.wait import wait_until
 from tests.lab.conftest import Agents, etcd_holder, holder_record, member_record
 
 pytestmark = pytest.mark.lab
+
+
+REFUSE_TIMEOUT = 20.0  # s an agent that is to refuse to start may take to exit
+_REFUSED = itertools.count(1)
+
+
+def _run_refused(
+    lab: Lab, host: Node, cfg: Path, state_dir: str, *, wrap: Sequence[str] = ()
+) -> tuple[int, str]:
+    """Run an agent on ``host`` that is expected to refuse to start (``wrap``: a command it
+    runs under); its exit code and output. Should it start after all, it is stopped
+    (SIGTERM: it lets go of what it took, its fence with it) before the test fails."""
+    log = lab.workdir / f"{host.role}.refused.{next(_REFUSED)}.log"
+    argv = [*wrap, sys.executable, "-m", "haagent", "run", "-c", str(cfg)]
+    proc = lab.popen(host, [*argv, "--state-dir", state_dir], log=log)
+    try:
+        code: int | None = proc.wait(REFUSE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        Lab.stop(proc)
+    out = log.read_text(errors="replace")
+    assert code is not None, f"still running after {REFUSE_TIMEOUT:g} s, not refused:\n{out}"
+    assert "Traceback" not in out, out
+    return code, out
 
 
 def _start_raw(
@@ -26,23 +55,20 @@ def _start_raw(
     host = lab.hosts[host_index]
     cfg = lab.write_agent_config(host, agents.vips, extra={"cluster": agents.cluster, "node": node})
     state = state_dir or str(lab.workdir / f"state-{host.role}-{node}-dup")
-    r = lab.run(
-        host,
-        [sys.executable, "-m", "haagent", "run", "-c", str(cfg), "--state-dir", state],
-        check=False,
-        timeout=20,
-    )
-    out = r.stdout + r.stderr
-    assert "Traceback" not in out, out
-    return r.returncode, out
+    return _run_refused(lab, host, cfg, state)
+
+
+def _h1_holds_web4(lab: Lab, agents: Agents) -> Node:
+    h1 = lab.hosts[0]
+    agents.start(h1)
+    assert agents.wait_single_holder(lab.vip4(0)) == "h1"
+    return h1
 
 
 def test_a_second_host_with_a_taken_node_name_stops_before_touching_anything(
     lab: Lab, agents: Agents
 ) -> None:
-    h1 = lab.hosts[0]
-    agents.start(h1)
-    assert agents.wait_single_holder(lab.vip4(0)) == "h1"
+    _h1_holds_web4(lab, agents)
     lease = member_record(lab, agents.cluster, "h1")["lease"]  # type: ignore[index]
     code, out = _start_raw(lab, agents, 1, node="h1")
     assert code == 1
@@ -58,9 +84,7 @@ def test_a_second_host_with_a_taken_node_name_stops_before_touching_anything(
 def test_a_second_agent_on_the_same_host_is_refused_whatever_its_state_dir(
     lab: Lab, agents: Agents
 ) -> None:
-    h1 = lab.hosts[0]
-    agents.start(h1)
-    assert agents.wait_single_holder(lab.vip4(0)) == "h1"
+    h1 = _h1_holds_web4(lab, agents)
     code, out = _start_raw(lab, agents, 0, node="h1", state_dir=str(lab.workdir / "other"))
     assert code == 1
     assert "another haagent already runs for cluster" in out and "on this host" in out
@@ -126,19 +150,9 @@ def test_key_names_from_etcd_never_forge_log_lines(lab: Lab, agents: Agents) -> 
 def test_missing_capability_is_one_line_and_no_campaign(lab: Lab, agents: Agents) -> None:
     host = lab.hosts[2]
     cfg = lab.write_agent_config(host, agents.vips, extra={"cluster": agents.cluster})
-    r = lab.run(
-        host,
-        [
-            *("setpriv", "--bounding-set", "-net_raw", "--inh-caps", "-net_raw"),
-            *(sys.executable, "-m", "haagent", "run", "-c", str(cfg)),
-            *("--state-dir", str(lab.workdir / "state-nocap")),
-        ],
-        check=False,
-        timeout=20,
-    )
-    out = r.stdout + r.stderr
-    assert r.returncode == 1, out
-    assert "Traceback" not in out
+    no_raw = ("setpriv", "--bounding-set", "-net_raw", "--inh-caps", "-net_raw")
+    code, out = _run_refused(lab, host, cfg, str(lab.workdir / "state-nocap"), wrap=no_raw)
+    assert code == 1, out
     assert "missing capability CAP_NET_RAW" in out and "AmbientCapabilities" in out
     assert etcd_holder(lab, agents.cluster, "web4") is None
 

@@ -31,9 +31,10 @@ import pytest
 
 from bench.capture import classify, report_kind
 from bench.observe import (
+    LOG_MARKERS,
     HolderWatch,
-    IPAddress,
     Snapshot,
+    bound_elsewhere,
     count_key_events,
     judge_move,
     parse_vips,
@@ -43,7 +44,7 @@ from bench.observe import (
 from haagent.lab.history import AddressEvent, start_address_recorder
 from haagent.lab.topology import Lab
 from haagent.lab.wait import poll_until
-from tests.lab.conftest import Agents
+from tests.lab.conftest import Agents, remove_addresses
 
 N_VIPS = 300
 CONVERGE_TIMEOUT = 30.0  # s; the target is 10 s for 1000 VIPs on five hosts
@@ -61,13 +62,7 @@ def scale(lab: Lab) -> Iterator[Agents]:
         yield agents
     finally:
         agents.stop_all()
-        # A killed or stuck agent leaves addresses behind: none may reach the next test.
-        batch = "".join(
-            f"address del {a}/{32 if ip_address(a).version == 4 else 128} dev eth0\n"
-            for _, a in agents.vips
-        )
-        for h in lab.hosts:
-            lab.run(h, ["ip", "-force", "-batch", "-"], input=batch, check=False, timeout=30)
+        remove_addresses(lab, parse_vips(agents.vips).values())
 
 
 def converged(agents: Agents, timeout: float) -> Snapshot:
@@ -93,8 +88,7 @@ def converged(agents: Agents, timeout: float) -> Snapshot:
 
 def log_lines(agents: Agents) -> str:
     """Per host, how often the agent (and its fence) logged a lost VIP or a missed deadline."""
-    markers = ("vanished from", "lease deadline passed", "released vip")
-    counts = {h.role: {m: agents.log(h).count(m) for m in markers} for h in agents.lab.hosts}
+    counts = {h.role: {m: agents.log(h).count(m) for m in LOG_MARKERS} for h in agents.lab.hosts}
     return f"log lines: {counts}"
 
 
@@ -152,16 +146,8 @@ def test_sigterm_of_busiest_host_moves_its_vips_without_collateral(lab: Lab, sca
         t_fail = time.time()
         scale.signal(lab.host(victim), signal.SIGTERM)
 
-        def moved() -> bool:
-            # From the recorder, not the kernels: cheap while the agents need the CPU.
-            elsewhere: set[IPAddress] = {
-                e.ip
-                for e in recorder.poll()
-                if e.added and not e.initial and e.host != victim and e.at >= t_fail
-            }
-            return moving <= elsewhere
-
-        poll_until(moved, MOVE_TIMEOUT, 0.05)
+        # From the recorder, not the kernels: cheap while the agents need the CPU.
+        poll_until(lambda: moving <= bound_elsewhere(recorder.poll(), victim, t_fail), MOVE_TIMEOUT)
         time.sleep(1.0)  # whatever the handover disturbs shows within a second
         until = time.time()
     finally:

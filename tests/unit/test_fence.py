@@ -2,14 +2,14 @@
 gRPC call over h2 and the netlink it speaks itself. The lab tests show it removing real
 addresses and revoking real leases (tests/lab/test_fence_process.py)."""
 
+import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from ipaddress import ip_interface
+from ipaddress import IPv4Interface, ip_interface
 from pathlib import Path
 
 import h2.config
@@ -23,8 +23,9 @@ from haagent.config import EtcdConfig, TLSConfig
 from haagent.fence import netlink, rpc
 from haagent.fence.client import FenceClient, Known, encode
 from haagent.fence.etcd import LeaseRevoker
-from haagent.fence.setup import Endpoint, EtcdSettings, etcd_from_setup, setup_message
+from haagent.fence.setup import Endpoint, EtcdSettings, setup_message
 from haagent.fence.state import Address, Fence, parse_addresses
+from haagent.lab.wait import wait_until
 
 V4 = ("eth0", ip_interface("198.51.100.200/32"))
 V6 = ("eth0", ip_interface("2001:db8::200/128"))
@@ -131,14 +132,6 @@ def test_malformed_items_are_skipped_not_fatal():
     f.update({"deadline": "soon"})
     assert f.deadline is None
     assert parse_addresses("nonsense") == []
-
-
-def test_full_list_from_an_older_agent_replaces_the_list():
-    f = Fence()
-    f.update({"deadline": 5.0, "hold": False, "lease": 3, "add": WIRE})
-    f.update({"deadline": 6.0, "hold": False, "lease": 3, "addresses": WIRE[1:]})
-    assert f.addresses == [V6]
-    assert f.due(6.0)[0] == [V6]
 
 
 def test_setup_message_changes_nothing_else():
@@ -260,12 +253,13 @@ while chunk := os.read(0, 65536):
     out.write(chunk)
     out.flush()
 """
-# A fence whose first incarnation is alive but has closed its end of the pipe.
+# A fence whose first incarnation is alive but has closed its end of the pipe (the marker
+# file says it has).
 BROKEN_ONCE = """
 import os, sys, time
 if not os.path.exists(sys.argv[2]):
-    open(sys.argv[2], "w").close()
     os.close(0)
+    open(sys.argv[2], "w").close()
     time.sleep(30)
 out = open(sys.argv[1], "ab")
 while chunk := os.read(0, 65536):
@@ -285,13 +279,30 @@ def _lines(path: Path, count: int, timeout: float = 10.0) -> list[dict[str, obje
     raise AssertionError(f"{path} has {text!r}, not {count} lines")
 
 
-SETUP = {"setup": {"cluster": "t", "endpoints": ["http://127.0.0.1:1"], "timeout": 0.2}}
+SETUP: dict[str, object] = {
+    "setup": {"cluster": "t", "endpoints": ["http://127.0.0.1:1"], "timeout": 0.2}
+}
+
+
+def copying(out: Path, setup: dict[str, object] | None = SETUP) -> FenceClient:
+    """A started client whose "fence" appends all it reads to ``out``."""
+    client = FenceClient(setup, command=[sys.executable, "-c", COPY, str(out)])
+    client.start()
+    return client
+
+
+def kill(client: FenceClient) -> int:
+    """SIGKILL the client's fence and reap it; its pid."""
+    proc = client._proc
+    assert proc is not None
+    proc.kill()
+    proc.wait(timeout=10)
+    return proc.pid
 
 
 def test_client_sends_the_setup_then_differences(tmp_path: Path):
     out = tmp_path / "got"
-    client = FenceClient(SETUP, command=[sys.executable, "-c", COPY, str(out)])
-    client.start()
+    client = copying(out)
     try:
         client.tell(50.0, [V4], lease=9)
         client.tell(51.0, [V4], lease=9)  # a keepalive
@@ -308,19 +319,36 @@ def test_client_sends_the_setup_then_differences(tmp_path: Path):
         client.stop()
 
 
+def test_update_sends_only_the_change_and_a_new_fence_everything(tmp_path: Path):
+    """What the agent calls per bind, unbind and keepalive: no whole-list comparison."""
+    out = tmp_path / "got"
+    client = copying(out)
+    try:
+        client.update(50.0, add=[V4], lease=9)  # a bind
+        client.update(51.0, lease=9)  # a keepalive
+        client.update(51.0, add=[V4], lease=9)  # already guarded: nothing sent
+        client.update(51.0, add=[V6], remove=[V4], lease=9)
+        assert _lines(out, 4) == [
+            SETUP,
+            {"deadline": 50.0, "lease": 9, "add": [WIRE[0]]},
+            {"deadline": 51.0},
+            {"remove": [WIRE[0]], "add": [WIRE[1]]},
+        ]
+        kill(client)
+        out.unlink()
+        client.update(52.0, lease=9)  # the new fence learns the whole state
+        assert _lines(out, 2) == [SETUP, {"deadline": 52.0, "lease": 9, "add": [WIRE[1]]}]
+    finally:
+        client.stop()
+
+
 def test_a_dead_fence_is_replaced_even_when_nothing_changed(tmp_path: Path, caplog):
     out = tmp_path / "got"
-    client = FenceClient(SETUP, command=[sys.executable, "-c", COPY, str(out)])
-    client.start()
+    client = copying(out)
     try:
         client.tell(50.0, [V4, V6], lease=9)
         _lines(out, 2)
-        first = client.pid
-        assert first is not None
-        os.kill(first, 9)
-        deadline = time.monotonic() + 10
-        while client._running() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        first = kill(client)
         out.unlink()
         client.tell(50.0, [V4, V6], lease=9)  # the same state: the new fence still learns it
         assert client.pid != first
@@ -336,10 +364,7 @@ def test_a_failed_write_restarts_the_fence_and_sends_it_everything(tmp_path: Pat
     client = FenceClient(None, command=command)
     client.start()
     try:
-        deadline = time.monotonic() + 10
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.05)  # let it close stdin after making the marker
+        wait_until(marker.exists, 10, 0.01, what="the first fence to close its stdin")
         broken = client.pid
         client.tell(50.0, [V4], lease=9)  # alive, but the write fails: EPIPE
         assert client.pid != broken
@@ -350,19 +375,14 @@ def test_a_failed_write_restarts_the_fence_and_sends_it_everything(tmp_path: Pat
 
 
 def test_a_fence_that_cannot_be_restarted_is_logged_not_raised(tmp_path: Path, caplog):
-    out = tmp_path / "got"
-    client = FenceClient(None, command=[sys.executable, "-c", COPY, str(out)])
-    client.start()
-    pid = client.pid
-    assert pid is not None
-    client._command = [str(tmp_path / "no-such-program")]
-    os.kill(pid, 9)
-    deadline = time.monotonic() + 10
-    while client._running() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    client.tell(50.0, [V4], lease=9)  # must not raise
-    assert "cannot start a new fence process: No such file or directory" in caplog.text
-    client.stop()
+    client = copying(tmp_path / "got", None)
+    try:
+        client._command = [str(tmp_path / "no-such-program")]
+        kill(client)
+        client.tell(50.0, [V4], lease=9)  # must not raise
+        assert "cannot start a new fence process: No such file or directory" in caplog.text
+    finally:
+        client.stop()
 
 
 def test_a_stuck_fence_costs_a_bounded_wait_and_is_replaced(tmp_path: Path, caplog):
@@ -380,14 +400,25 @@ def test_a_stuck_fence_costs_a_bounded_wait_and_is_replaced(tmp_path: Path, capl
         client.stop()
 
 
+class CountedInterface(IPv4Interface):
+    """An address that counts how often it is hashed: each comparison of lists hashes it."""
+
+    hashed = 0
+
+    def __hash__(self) -> int:
+        CountedInterface.hashed += 1
+        return super().__hash__()
+
+
 def test_the_same_tuple_again_is_not_compared(tmp_path: Path):
     out = tmp_path / "got"
-    client = FenceClient(None, command=[sys.executable, "-c", COPY, str(out)])
-    client.start()
+    client = copying(out, None)
     try:
-        held = tuple(many(10))
+        held = tuple(("eth0", CountedInterface(f"203.0.113.{i}/32")) for i in range(1, 11))
         client.tell(50.0, held)
+        before = CountedInterface.hashed
         client.tell(51.0, held)
+        assert CountedInterface.hashed == before
         lines = _lines(out, 2)
         assert lines[1] == {"deadline": 51.0}
         assert client._known.addresses == dict.fromkeys(held)
@@ -416,15 +447,18 @@ def test_the_fence_process_is_light_and_exits_cleanly_when_its_agent_dies():
     )
     assert probe.stdout.strip() == "[]", probe
 
-    proc = subprocess.Popen(
+    absent = many(200, ("hxnone0", "hxnone1"))  # interfaces of no namespace
+    state = Known().diff(time.monotonic() + 60, dict.fromkeys(absent), False, 0x1234)
+    with subprocess.Popen(
         [sys.executable, "-m", "haagent.fence"],
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    absent = many(200, ("hxnone0", "hxnone1"))  # interfaces of no namespace
-    state = Known().diff(time.monotonic() + 60, dict.fromkeys(absent), False, 0x1234)
-    # Then end-of-file, as when the agent dies.
-    _, err = proc.communicate(encode(SETUP) + encode(state) + b"[1]\n", timeout=30)
+    ) as proc:
+        try:
+            # Then end-of-file, as when the agent dies.
+            _, err = proc.communicate(encode(SETUP) + encode(state) + b"[1]\n", timeout=30)
+        finally:
+            proc.kill()  # a no-op once it exited; a fence that hangs is not left behind
     text = err.decode()
     assert proc.returncode == 0, text
     assert "Traceback" not in text
@@ -446,10 +480,6 @@ def test_etcd_settings_survive_the_pipe():
         retry_interval=2.0,
     )
     setup = json.loads(json.dumps(setup_message("db", etcd)))["setup"]
-    assert etcd_from_setup(setup) == ("db", etcd)
-    plain = EtcdConfig()
-    assert etcd_from_setup(setup_message("x", plain)["setup"]) == ("x", plain)  # type: ignore[arg-type]
-
     settings = EtcdSettings.from_setup(setup)
     assert settings.endpoints == (
         Endpoint("198.51.100.2", 2379, True),
@@ -517,10 +547,22 @@ class FakeEtcd:
         self.connections = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        self._socks: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
 
     def close(self) -> None:
+        """Stop listening, end every connection and join every thread, so that nothing
+        outlives the test (closing a socket wakes neither accept() nor recv() elsewhere)."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self._threads[0].join(5)  # the accepting one
+        for sock in self._socks:  # complete: nothing is accepted any more
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(5)
+            assert not thread.is_alive(), "a thread of the fake etcd did not end"
         self.listener.close()
 
     def _accept(self) -> None:
@@ -530,41 +572,41 @@ class FakeEtcd:
             except OSError:
                 return
             self.connections += 1
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+            self._socks.append(sock)
+            self._threads.append(threading.Thread(target=self._serve, args=(sock,), daemon=True))
+            self._threads[-1].start()
 
     def _serve(self, sock: socket.socket) -> None:
+        with sock, contextlib.suppress(OSError):  # OSError: the client or close() ended it
+            self._converse(sock)
+
+    def _converse(self, sock: socket.socket) -> None:
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         )
         conn.initiate_connection()
         sock.sendall(conn.data_to_send())
         requests: dict[int, tuple[dict[str, str], bytearray]] = {}
-        with sock:
-            while True:
-                try:
-                    chunk = sock.recv(65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                for event in conn.receive_data(chunk):
-                    if isinstance(event, h2.events.RequestReceived):
-                        fields = {str(n): str(v) for n, v in event.headers or ()}
-                        requests[event.stream_id] = (fields, bytearray())
-                    elif isinstance(event, h2.events.DataReceived):
-                        requests[event.stream_id][1].extend(event.data)
-                        conn.acknowledge_received_data(
-                            event.flow_controlled_length, event.stream_id
-                        )
-                    elif isinstance(event, h2.events.StreamEnded):
-                        headers, body = requests.pop(event.stream_id)
-                        self.calls.append((headers[":path"], bytes(body[5:]), headers))
-                        if self._answer(conn, sock, event.stream_id) == "close":
-                            sock.sendall(conn.data_to_send())
-                            return
-                sock.sendall(conn.data_to_send())
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.RequestReceived):
+                    fields = {str(n): str(v) for n, v in event.headers or ()}
+                    requests[event.stream_id] = (fields, bytearray())
+                elif isinstance(event, h2.events.DataReceived):
+                    requests[event.stream_id][1].extend(event.data)
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    headers, body = requests.pop(event.stream_id)
+                    self.calls.append((headers[":path"], bytes(body[5:]), headers))
+                    if self._answer(conn, event.stream_id) == "close":
+                        sock.sendall(conn.data_to_send())
+                        return
+            sock.sendall(conn.data_to_send())
 
-    def _answer(self, conn: h2.connection.H2Connection, sock: socket.socket, stream: int) -> str:
+    def _answer(self, conn: h2.connection.H2Connection, stream: int) -> str:
         answer = self.answers.pop(0) if self.answers else (0, "", b"")
         if answer == "ping":
             conn.ping(b"12345678")

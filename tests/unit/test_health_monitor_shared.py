@@ -65,6 +65,12 @@ class Sink:
             return [e for e in self.events if e.healthy is healthy]
 
 
+def _dump(what: str, path: str) -> str:
+    """Shell text writing ``what``'s output to ``path`` whole: read while later runs go on (or
+    after stop() killed one mid-write), the file is never seen empty or half written."""
+    return f"{what} > {path}.$$ && mv {path}.$$ {path}"
+
+
 def _env(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines())
 
@@ -91,9 +97,9 @@ NAMES = [f"v{i:03d}" for i in range(200)]
 def test_200_vips_sharing_an_exec_check_run_it_once_per_interval(tmp_path, monitors):
     runs, flag = tmp_path / "runs", tmp_path / "broken"
     command = (
-        f'echo "$HAAGENT_VIPS" > {tmp_path}/vips; '
+        _dump('echo "$HAAGENT_VIPS"', f"{tmp_path}/vips")
         # The count of HAAGENT_ variables shows whether per-VIP ones slipped into a shared run.
-        f'echo "$HAAGENT_HOLDING|$(env | grep -c ^HAAGENT_)" >> {runs}; '
+        + f'; echo "$HAAGENT_HOLDING|$(env | grep -c ^HAAGENT_)" >> {runs}; '
         f"test ! -e {flag}"
     )
     cfg = parse_config(
@@ -164,8 +170,8 @@ def test_a_check_with_one_vip_keeps_the_per_vip_environment(tmp_path, monitors):
         {
             "node": "n1",
             "checks": {
-                "solo": _exec(f"env | grep ^HAAGENT_ > {tmp_path}/solo"),
-                "pair": _exec(f"env | grep ^HAAGENT_ > {tmp_path}/pair"),
+                "solo": _exec(_dump("env | grep ^HAAGENT_", f"{tmp_path}/solo")),
+                "pair": _exec(_dump("env | grep ^HAAGENT_", f"{tmp_path}/pair")),
             },
             "vips": [
                 *_vips(["db"], ["solo", "pair"]),
@@ -208,7 +214,8 @@ def test_a_check_with_one_vip_keeps_the_per_vip_environment(tmp_path, monitors):
 def test_per_vip_runs_once_per_vip_with_that_vips_environment(tmp_path, monitors):
     # Each run dumps its environment, then appends a line to its VIP's own counter.
     command = (
-        f"env | grep ^HAAGENT_ > {tmp_path}/env-$HAAGENT_VIP; echo >> {tmp_path}/runs-$HAAGENT_VIP"
+        _dump("env | grep ^HAAGENT_", f"{tmp_path}/env-$HAAGENT_VIP")
+        + f"; echo >> {tmp_path}/runs-$HAAGENT_VIP"
     )
     names = ["a", "b", "c"]
     cfg = parse_config(

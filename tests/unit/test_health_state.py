@@ -297,11 +297,12 @@ def test_a_check_shared_by_two_vips_moves_both():
 def test_close_kills_hooks_that_would_outlive_the_agent(tmp_path):
     """A hook with a long timeout still running at close is killed, not left behind."""
     import time
+    from pathlib import Path
 
     from haagent.config import parse_config
     from haagent.health.notify import Notifier
 
-    marker = tmp_path / "survived"
+    marker, pid_file = tmp_path / "survived", tmp_path / "pid"
     cfg = parse_config(
         {
             "node": "h1",
@@ -312,7 +313,12 @@ def test_close_kills_hooks_that_would_outlive_the_agent(tmp_path):
                     "address": "198.51.100.200",
                     "interface": "eth0",
                     "notify": {
-                        "on_acquire": ["/bin/sh", "-c", f"sleep 2; touch {marker}"],
+                        "on_acquire": [
+                            "/bin/sh",
+                            "-c",
+                            f"echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file}; "
+                            f"sleep 2; touch {marker}",
+                        ],
                         "timeout": 3600,
                     },
                 }
@@ -320,11 +326,28 @@ def test_close_kills_hooks_that_would_outlive_the_agent(tmp_path):
         },
         "t.yaml",
     )
+
+    def wait_for(cond, what: str) -> None:
+        deadline = time.monotonic() + 5
+        while not cond():
+            assert time.monotonic() < deadline, f"not within 5 s: {what}"
+            time.sleep(0.01)
+
+    def gone(pid: int) -> bool:
+        """No such process any more, or only its zombie: it can touch nothing."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):  # gone before, or while, reading
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
     n = Notifier("h1")
     n.fire("acquire", cfg.vips[0], "test")
-    time.sleep(0.3)
+    wait_for(pid_file.exists, "the hook to start")  # it is running, not only queued
+    pid = int(pid_file.read_text())
     started = time.monotonic()
     assert n.close(timeout=0.2) is False
     assert time.monotonic() - started < 2
-    time.sleep(2.5)
+    # Killed with its group: the shell that would touch the marker after its sleep is gone.
+    wait_for(lambda: gone(pid), f"the hook (pid {pid}) to be killed")
     assert not marker.exists()

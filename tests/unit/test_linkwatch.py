@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import struct
 
-from haagent.net.linkwatch import (
-    IFF_LOWER_UP,
-    IFF_UP,
-    IFLA_IFNAME,
-    RTM_DELLINK,
-    RTM_NEWLINK,
-    parse_link_messages,
-)
+from haagent.net.addresses import IFF_UP, RTM_NEWLINK
+from haagent.net.linkwatch import IFF_LOWER_UP, IFLA_IFNAME, RTM_DELLINK, parse_link_messages
 
 
 def link_message(kind: int, name: str, flags: int) -> bytes:
@@ -34,5 +28,6 @@ def test_up_needs_both_admin_up_and_carrier():
 def test_garbage_and_truncation_never_raise():
     good = link_message(RTM_NEWLINK, "eth0", IFF_UP | IFF_LOWER_UP)
     for cut in range(len(good)):
-        parse_link_messages(good[:cut])
+        # A truncated message is dropped whole, never reported under a cut-off name.
+        assert parse_link_messages(good[:cut]) == [], cut
     assert parse_link_messages(b"\xff" * 64) == []
