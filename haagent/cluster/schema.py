@@ -33,7 +33,8 @@ _NAME = re.compile(NAME_RE)
 
 
 def valid_name(text: str) -> bool:
-    return _NAME.match(text) is not None
+    # fullmatch: "$" alone would also match before a trailing newline ("db\n").
+    return _NAME.fullmatch(text) is not None
 
 
 class SchemaError(ValueError):

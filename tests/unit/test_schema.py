@@ -140,6 +140,7 @@ def test_member_with_wrong_schema_is_refused():
         "/haagent/v1/db/vips/UPPER/holder",
         "/haagent/v1/db/vips/a\x1b[31m/holder",
         "/haagent/v1/db/members/" + "x" * 64,
+        "/haagent/v1/db/vips/v\n/holder",  # a trailing newline, which "$" would let through
     ],
 )
 def test_keys_with_names_haagent_never_writes_are_not_ours(key):
@@ -169,3 +170,9 @@ def test_a_newer_schema_of_the_same_record_is_told_apart_from_garbage(schema, ne
         Holder.from_json(raw)
     assert err.value.newer is newer
     assert Holder.from_kv(raw, 5, 1).newer is newer
+
+
+def test_a_name_with_a_trailing_newline_is_not_a_name():
+    from haagent.cluster.schema import valid_name
+
+    assert valid_name("db") and not valid_name("db\n") and not valid_name("db\n\n")
