@@ -2005,6 +2005,7 @@ def check_host(cfg: Config) -> list[ConfigError]:
             command = vip.notify.command(kind)
             if command is not None and (problem := program_problem(command)):
                 errors.append(ConfigError(source, f"vips[{i}].notify.on_{kind}", problem))
+    errors += _foreign_vips(cfg, source)
     tls = cfg.etcd.tls
     if tls is not None:
         for name in ("ca", "cert", "key"):
@@ -2012,6 +2013,26 @@ def check_host(cfg: Config) -> list[ConfigError]:
             if p is not None and (err := _check_readable(p, f"etcd.tls.{name}", source)):
                 errors.append(err)
     return errors
+
+
+def _foreign_vips(cfg: Config, source: str) -> list[ConfigError]:
+    """VIPs whose address this host already has, configured outside haagent."""
+    # Lazy: placement imports this module, and only host checks need netlink.
+    from haagent.net.addresses import AddressManager, NetError
+    from haagent.net.placement import Placement, foreign_problem
+
+    index = {vip.name: i for i, vip in enumerate(cfg.vips)}
+    try:
+        with AddressManager() as net:
+            place = Placement(net)
+            found = place.foreign(cfg.vips)
+    except NetError as exc:
+        return [ConfigError(source, "vips", f"cannot list this host's addresses: {exc}")]
+    vips = {vip.name: vip for vip in cfg.vips}
+    return [
+        ConfigError(source, f"vips[{index[name]}].address", foreign_problem(name, vips[name], what))
+        for name, what in found.items()
+    ]
 
 
 def _secs(v: float) -> str:

@@ -61,7 +61,7 @@ from haagent.health.notify import Notifier
 from haagent.net.addresses import LIFETIME_FOREVER, AddressManager, NetError, RefreshError
 from haagent.net.announce import Announcer
 from haagent.net.linkwatch import LinkChanged, LinkWatcher
-from haagent.net.placement import Placement
+from haagent.net.placement import Placement, foreign_problem
 from haagent.store import ETCD_ERRORS, STORE_ERRORS, LeaseKeeper, Store, StoreError, describe_error
 from haagent.store.client import CAMPAIGN_BATCH, NodeNameTaken
 from haagent.store.events import (
@@ -124,6 +124,7 @@ class Agent:
             self._lock()
             self._net = AddressManager()
             self._place = Placement(self._net)
+            self._refuse_foreign()
             try:
                 self._fence.start()
             except OSError as exc:
@@ -153,6 +154,18 @@ class Agent:
             self._shutdown()
             for s, h in previous.items():
                 signal.signal(s, h)
+
+    def _refuse_foreign(self) -> None:
+        """Refuse to start with a VIP this host has configured outside haagent (issue: a VIP
+        equal to the host's own address): its release would cut the host off."""
+        try:
+            found = self.place.foreign(self.vips.values())
+        except NetError as exc:
+            raise AgentError(f"cannot list this host's addresses: {exc}") from None
+        if found:
+            raise AgentError(
+                "; ".join(foreign_problem(n, self.vips[n], w) for n, w in found.items())
+            )
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Never raise from here: the signal can land anywhere, even inside an import. Start-up
@@ -470,13 +483,14 @@ class Agent:
         vip = self.vips[action.vip]
         self._timers.cancel(f"announce:{vip.name}")
         removed = True
+        was_bound = vip.name in self.core.bound
         try:
-            removed = self.place.remove(vip, link_later=True)
+            # Our own bind, seen to succeed: no need to look at the mark before deleting.
+            removed = self.place.remove(vip, link_later=True, verify=not was_bound)
         except NetError as exc:
             log.error(
                 "cannot unbind vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, exc
             )
-        was_bound = vip.name in self.core.bound
         self.core.removed(vip.name)
         self._tell_fence(remove=vip)
         if not was_bound:
@@ -738,7 +752,8 @@ class Agent:
         if self._place is not None:
             for vip in list(self.core.guarded()):
                 with contextlib.suppress(NetError):
-                    self._place.remove(vip, link_later=True)
+                    verify = vip.name not in self.core.bound  # a bind we did not see succeed
+                    self._place.remove(vip, link_later=True, verify=verify)
         lease_id = self.core.clock.lease_id
         revoked = False
         if lease_id is not None and self.store.connected:

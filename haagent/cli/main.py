@@ -111,14 +111,21 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     status = EXIT_OK
     with AddressManager() as net, contextlib.closing(Placement(net)) as place:
+        try:
+            foreign = place.foreign(cfg.vips)
+        except NetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
         for vip in cfg.vips:
             try:
-                removed = place.remove(vip)
+                removed = place.remove(vip)  # haagent's own entry only, never the host's
             except NetError as exc:
                 print(f"error: vip {vip.name}: {exc}", file=sys.stderr)
                 status = EXIT_ERROR
                 continue
             state = "removed" if removed else "not bound"
+            if vip.name in foreign:
+                state += f"; left alone: {foreign[vip.name]}, configured outside haagent"
             print(f"vip {vip.name} ({vip.address} on {place.where(vip)}): {state}")
     return status
 
@@ -175,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cleanup",
         help="remove every configured VIP address from this host",
         description=(
-            "Remove every VIP address of the config from this host, whoever holds it. Meant "
+            "Remove every VIP address of the config that haagent bound (exact address and "
+            "prefix, marked as haagent's: docs/net.md) from this host, whoever holds it. Meant "
             "for the service manager after the agent stopped or died (systemd: "
             "ExecStopPost=haagent cleanup -c FILE): an agent that is not running holds nothing. "
             "Do not run it while the agent runs."

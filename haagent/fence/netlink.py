@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Self
 
+from haagent.addrmark import IFA_PROTO, kernel_marks, owned
 from haagent.fence.state import Address
 
 # linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h
@@ -91,22 +92,32 @@ def _errno(payload: bytes) -> int | None:
     return -int(_ERRNO.unpack_from(payload)[0]) if len(payload) >= _ERRNO.size else None
 
 
-def _entry(payload: bytes) -> tuple[int, int, bytes] | None:
-    """(interface index, prefix length, packed IP) of one RTM_NEWADDR dump entry."""
+@dataclass(frozen=True)
+class _Entry:
+    index: int
+    prefixlen: int
+    packed: bytes  # the IP
+    proto: int  # IFA_PROTO: who added it (haagent/addrmark.py)
+
+
+def _entry(payload: bytes) -> _Entry | None:
+    """One RTM_NEWADDR dump entry."""
     if len(payload) < _IFADDRMSG.size:
         return None
     _, prefixlen, _, _, index = _IFADDRMSG.unpack_from(payload)
-    attrs = {kind: value for (_, kind), value in _records(payload, _ATTR, _IFADDRMSG.size)}
+    attrs = {kind & 0x3FFF: value for (_, kind), value in _records(payload, _ATTR, _IFADDRMSG.size)}
     # IPv4 keeps the host's own address in IFA_LOCAL (IFA_ADDRESS is the peer on
     # point-to-point links); IPv6 sends IFA_LOCAL only for a peer address.
     ip = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
-    return None if ip is None else (index, prefixlen, ip)
+    proto = attrs.get(IFA_PROTO) or b"\0"
+    return None if ip is None else _Entry(index, prefixlen, ip, proto[0])
 
 
 class AddressRemover:
     """Removes addresses through one rtnetlink socket, kept open for the fence's lifetime."""
 
-    def __init__(self, timeout: float = 1.0) -> None:
+    def __init__(self, timeout: float = 1.0, *, marks: bool | None = None) -> None:
+        self.marks = kernel_marks() if marks is None else marks
         try:
             sock = socket.socket(
                 socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE
@@ -128,12 +139,15 @@ class AddressRemover:
         self.close()
 
     def remove(self, addresses: Sequence[Address]) -> list[Outcome]:
-        """Remove each address's IP from its interface, whatever prefix length it has there.
+        """Remove haagent's entry of each address from its interface: the exact address and
+        prefix, carrying haagent's mark (haagent/addrmark.py), never the host's own entry of
+        the same IP.
 
-        First the prefix the agent bound, one message per address, so that every address
-        is gone as early as possible; then one dump of the host's addresses for entries of
-        the same IPs with another prefix length, which ``haagent.net.addresses`` counts as
-        bound too. An interface that no longer exists has nothing to remove.
+        One dump of the host's addresses finds the entries, then one RTM_DELADDR each. The
+        agent tells the fence only what it binds itself, so if the dump fails the exact-prefix
+        entries are deleted unseen: an address left on a host whose agent is gone is a
+        second holder, worse than that small risk. An interface that no longer exists has
+        nothing to remove.
         """
         outcomes: dict[Address, Outcome] = {}
         indexes: dict[str, int | None] = {}
@@ -146,45 +160,30 @@ class AddressRemover:
                 except (OSError, ValueError):
                     indexes[ifname] = None
             index = indexes[ifname]
-            if index is None:
-                outcomes[address] = Outcome(address, False)
-                continue
-            wanted[(index, interface.ip.packed)] = address
-            try:
-                removed = self._delete(index, interface.ip, interface.network.prefixlen)
-            except NetlinkError as exc:
-                outcomes[address] = Outcome(address, False, str(exc))
-                continue
-            outcomes[address] = Outcome(address, removed)
-        if wanted:
-            self._remove_other_prefixes(wanted, outcomes)
+            outcomes[address] = Outcome(address, False)
+            if index is not None:
+                wanted[(index, interface.ip.packed)] = address
+        try:
+            entries = self._dump() if wanted else []
+        except NetlinkError as exc:
+            for (index, _), address in wanted.items():
+                outcomes[address] = self._delete_one(index, address, f"address list unread: {exc}")
+        else:
+            for entry in entries:
+                found = wanted.get((entry.index, entry.packed))
+                if found is not None and owned(
+                    entry.prefixlen, entry.proto, found[1].network.prefixlen, marks=self.marks
+                ):
+                    outcomes[found] = self._delete_one(entry.index, found)
         return [outcomes[a] for a in dict.fromkeys(addresses)]
 
-    def _remove_other_prefixes(
-        self, wanted: dict[tuple[int, bytes], Address], outcomes: dict[Address, Outcome]
-    ) -> None:
+    def _delete_one(self, index: int, address: Address, note: str | None = None) -> Outcome:
+        interface = address[1]
         try:
-            entries = self._dump()
+            removed = self._delete(index, interface.ip, interface.network.prefixlen)
         except NetlinkError as exc:
-            for address in wanted.values():
-                done = outcomes[address]
-                reason = f"other prefix lengths unknown: {exc}"
-                outcomes[address] = Outcome(address, done.removed, done.error or reason)
-            return
-        for index, prefixlen, packed in entries:
-            found = wanted.get((index, packed))
-            if found is None:
-                continue
-            ip: IPv4Address | IPv6Address = found[1].ip
-            try:
-                removed = self._delete(index, ip, prefixlen)
-            except NetlinkError as exc:
-                error: str | None = f"{ip}/{prefixlen}: {exc}"
-                removed = False
-            else:
-                error = None
-            done = outcomes[found]
-            outcomes[found] = Outcome(found, done.removed or removed, done.error or error)
+            return Outcome(address, False, str(exc) if note is None else f"{note}; {exc}")
+        return Outcome(address, removed, note)
 
     def _delete(self, index: int, ip: IPv4Address | IPv6Address, prefixlen: int) -> bool:
         """True if the kernel deleted the entry, False if it was not there."""
@@ -227,10 +226,10 @@ class AddressRemover:
                     return error
         raise NetlinkError("the kernel's answer did not come")
 
-    def _dump(self) -> list[tuple[int, int, bytes]]:
-        """Every address on the host: (interface index, prefix length, packed IP)."""
+    def _dump(self) -> list[_Entry]:
+        """Every address on the host."""
         seq = self._send(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, _IFADDRMSG.pack(0, 0, 0, 0, 0))
-        entries: list[tuple[int, int, bytes]] = []
+        entries: list[_Entry] = []
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             for mtype, mseq, body in _messages(self._recv()):

@@ -770,13 +770,20 @@ table inet {NFT_TABLE} {{
                 result.add(addr)
         return result
 
-    def add_address(self, node: Node, address: IPv4Address | IPv6Address) -> None:
-        """Bind an extra /32 or /128 (nodad) on the node's interface, as an agent would."""
-        if isinstance(address, IPv4Address):
-            argv = ["addr", "add", f"{address}/32", "dev", node.ifname]
-        else:
-            argv = ["addr", "add", f"{address}/128", "dev", node.ifname, "nodad"]
-        _cmd(["ip", "-n", node.netns, *argv])
+    def add_address(
+        self, node: Node, address: IPv4Address | IPv6Address, *, marked: bool = True
+    ) -> None:
+        """Bind an extra /32 or /128 on the node's interface: as an agent would (marked as
+        haagent's, haagent/lab/bind.py), or ``marked=False`` as an operator would by hand."""
+        plen = 32 if isinstance(address, IPv4Address) else 128
+        if marked:
+            bind = [sys.executable, "-m", "haagent.lab.bind", node.ifname, f"{address}/{plen}"]
+            _cmd(["ip", "netns", "exec", node.netns, *bind])
+            return
+        nodad = ["nodad"] if plen == 128 else []
+        _cmd(
+            ["ip", "-n", node.netns, "addr", "add", f"{address}/{plen}", "dev", node.ifname, *nodad]
+        )
 
     def del_address(self, node: Node, address: IPv4Address | IPv6Address) -> None:
         plen = 32 if isinstance(address, IPv4Address) else 128

@@ -21,12 +21,20 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv6Address,
+    IPv6Interface,
+    ip_address,
+    ip_interface,
+)
 from socket import AF_INET, AF_INET6
 from typing import Generic, Self, TypeVar
 
+from haagent.addrmark import PROTO, kernel_marks, owned
 from haagent.net.frames import ARPHRD_ETHER, mac_str
 
 IPAddress = IPv4Address | IPv6Address
@@ -78,6 +86,12 @@ _DUMP_ATTEMPTS = 3
 
 class NetError(Exception):
     """A netlink operation failed; the message names the interface, the address and why."""
+
+
+class ForeignAddress(NetError):
+    """The VIP's IP is on the interface already, and not as haagent binds it
+    (haagent/addrmark.py): the host's own address, or one another tool added. haagent neither
+    takes it over nor ever removes it."""
 
 
 class RefreshError(NetError, Generic[T]):
@@ -266,6 +280,15 @@ class _Entry:
     attrs: dict[int, bytes]  # the _ECHOED attributes it came with
 
     @property
+    def proto(self) -> int:
+        raw = self.attrs.get(IFA_PROTO)
+        return raw[0] if raw else 0
+
+    @property
+    def interface(self) -> IPInterface:
+        return ip_interface((self.ip, self.prefixlen))
+
+    @property
     def ip(self) -> IPAddress:
         # IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on
         # point-to-point links and equal to IFA_LOCAL (or alone) everywhere else.
@@ -296,15 +319,19 @@ def _cacheinfo(lifetime: int) -> bytes:
 class AddressManager:
     """Idempotent bind/unbind of VIPs, with address lifetimes, in O(1) messages per call.
 
-    An IP counts as bound on an interface whatever its prefix length there: ``bind`` of
-    198.51.100.10/32 returns False when 198.51.100.10/24 is already on the interface,
-    ``unbind`` removes every entry of that IP, whatever prefix it was added with, and a
-    refresh renews every entry of it. ``requests_sent`` and ``replies_received`` count the
-    netlink messages (a dump is one request and one reply per address).
+    Only what haagent bound is its own (haagent/addrmark.py): an entry with the VIP's exact
+    address and prefix that carries haagent's ``IFA_PROTO`` mark. ``bind`` sets the mark and
+    refuses (:class:`ForeignAddress`) an IP the interface has in any other form, such as the
+    host's own 198.51.100.10/24 for a VIP 198.51.100.10/32; ``unbind`` and the refresh touch
+    only haagent's entry, never another of the same IP. ``requests_sent`` and
+    ``replies_received`` count the netlink messages (a dump is one request and one reply per
+    address).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, marks: bool | None = None) -> None:
         self._lock = threading.Lock()
+        # Whether the kernel keeps IFA_PROTO; tests may pass False to get an old kernel's rule.
+        self.marks = kernel_marks() if marks is None else marks
         try:
             self._rtnl = _Rtnl()
         except OSError as exc:
@@ -363,17 +390,59 @@ class AddressManager:
             return mac_str(mac)
 
     def is_bound(self, ifname: str, address: IPInterface) -> bool:
-        """True if the IP of ``address`` is on ``ifname`` with any prefix length.
+        """True if ``address`` is on ``ifname`` as haagent binds it (exact prefix, marked).
 
         An interface that does not exist has nothing bound: False, not an error. IPv6: one
         RTM_GETADDR for that address; IPv4 has no such request, so one dump of the
         interface's IPv4 addresses.
         """
-        ip = address.ip
-        what = f"cannot check {ip} on {ifname}"
+        what = f"cannot check {address.ip} on {ifname}"
         with self._lock:
             index = _ifindex(ifname, what, missing_ok=True)
-            return index is not None and bool(self._entries_of(index, ip, what))
+            if index is None:
+                return False
+            return any(self._ours(e, address) for e in self._entries_of(index, address.ip, what))
+
+    def owned(self, ifname: str) -> set[IPInterface]:
+        """Every address on ``ifname`` that haagent bound (marked); empty if it is gone.
+
+        Cost: one dump of the interface's addresses.
+        """
+        what = f"cannot list addresses of {ifname}"
+        with self._lock:
+            index = _ifindex(ifname, what, missing_ok=True)
+            entries = None if index is None else self._dump(index, None, what)
+            return {e.interface for e in entries or () if e.proto == PROTO or not self.marks}
+
+    def foreign(self, wanted: Mapping[IPAddress, tuple[str, int]]) -> dict[IPAddress, list[str]]:
+        """The IPs of ``wanted`` (IP -> the interface and prefix length haagent binds it with)
+        that this host has in a form haagent did not bind, each with what was found
+        ("198.51.100.11/24 on eth0"): on another interface, with another prefix, or unmarked.
+
+        Cost: one dump of every address of the host, however many IPs are asked about.
+        """
+        what = "cannot list the host's addresses"
+        if not wanted:
+            return {}
+        found: dict[IPAddress, list[str]] = {}
+        names: dict[int, str] = {}
+        with self._lock:
+            for entry in self._dump(0, None, what) or ():
+                want = wanted.get(entry.ip)
+                if want is None:
+                    continue
+                if entry.index not in names:
+                    try:
+                        names[entry.index] = socket.if_indextoname(entry.index)
+                    except OSError:
+                        names[entry.index] = f"interface {entry.index}"
+                ifname = names[entry.index]
+                if ifname == want[0] and owned(
+                    entry.prefixlen, entry.proto, want[1], marks=self.marks
+                ):
+                    continue
+                found.setdefault(entry.ip, []).append(f"{entry.interface} on {ifname}")
+        return found
 
     def bound_ips(self, ifname: str) -> set[IPAddress]:
         """Every IPv4 and IPv6 address on ``ifname`` (link-local included); empty if it is gone."""
@@ -409,7 +478,9 @@ class AddressManager:
     # -- changes ------------------------------------------------------------------------
 
     def bind(self, ifname: str, address: IPInterface, *, lifetime: int | None = None) -> bool:
-        """Add ``address`` to ``ifname``; True if added, False if its IP was already there.
+        """Add ``address`` to ``ifname``, marked as haagent's; True if added, False if haagent's
+        entry was there already. Raises :class:`ForeignAddress` if the IP is on the interface
+        in any other form (unmarked, or with another prefix), NetError for other failures.
 
         IPv6 is added with IFA_F_NODAD: it is usable at once instead of tentative for DAD's
         ~1-2 s, and it does not go "dadfailed" when the old holder still answers for it (a
@@ -421,8 +492,8 @@ class AddressManager:
 
         With ``lifetime`` (whole seconds, >= 1) the address gets that valid and preferred
         lifetime and the kernel deletes it by itself when it runs out (see ``refresh_many``);
-        an IP already bound gets the new lifetime on each of its entries, which otherwise
-        stay as they are (prefix, flags, metric).
+        an address already bound gets the new lifetime, and otherwise stays as it is (flags,
+        metric).
 
         Cost: one RTM_NEWADDR. The kernel itself refuses a second entry of an IPv6 address
         on an interface, whatever its prefix (EEXIST), but accepts 198.51.100.10/32 next to
@@ -431,8 +502,7 @@ class AddressManager:
         interface's IPv4 addresses decide. The test can say "not local" for an IPv4 address
         on this interface only when its local route is gone while the interface is up (say,
         deleted by hand, or hidden by ignore_routes_with_linkdown on a link without carrier);
-        a /32 VIP then gains a second entry next to the wider one, which unbind and the
-        refresh treat like any other entry of that IP.
+        a /32 VIP then gains its own entry next to the wider one, and unbind removes only that.
         """
         ip = address.ip
         what = f"cannot bind {address} on {ifname}"
@@ -444,25 +514,21 @@ class AddressManager:
                 if ip.version == 4 and self._maybe_local(ifname, ip):
                     present = self._entries_of(index, ip, what)
                     if present:
-                        if lifetime is not None:
-                            self._renew(present, lifetime, what)
-                        return False
+                        return self._bound_already(present, address, ifname, lifetime, what)
                 (answer,) = self._ask(what, [request])
                 if answer.error != errno.EEXIST:
                     answer.check(what)
                     return True
-                if lifetime is None:
-                    return False
                 present = self._entries_of(index, ip, what)
                 if present:
-                    self._renew(present, lifetime, what)
-                    return False
+                    return self._bound_already(present, address, ifname, lifetime, what)
             return False
 
     def refresh_many(
         self, ifname: str, addresses: Sequence[IPInterface], lifetime: int
     ) -> list[IPInterface]:
-        """Reset the lifetime of every bound address of ``addresses``; return the absent ones.
+        """Reset the lifetime of every address of ``addresses`` that haagent's entry is there
+        for; return the others (absent, or there only in a form haagent did not bind).
 
         The kernel removes an address whose valid lifetime ran out on its own, 0-0.35 s late
         as measured (it checks on whole-second ticks). An agent that refreshes the lifetime
@@ -474,9 +540,10 @@ class AddressManager:
         of one), then one RTM_NEWADDR replace per entry of a present IP, 64 per sendmsg():
         N + 1 requests and about 2N + 2 replies for N addresses. Each entry keeps its
         prefix, flags, metric and protocol; only its lifetimes change. Absent addresses get
-        nothing (the caller binds them again); an interface that does not exist has every
-        address absent. An address removed between the dump and its replace is added back by
-        the replace, as the caller would have done.
+        nothing (the caller binds them again, and a bind refuses a foreign entry); an
+        interface that does not exist has every address absent. An address removed between
+        the dump and its replace is added back by the replace, mark included, as the caller
+        would have done.
 
         IPv6: every RTM_NEWADDR, also a failed one, makes this kernel report all multicast
         groups of the interface again (two MLDv2 reports, the second within ~1 s), whatever
@@ -498,20 +565,19 @@ class AddressManager:
             entries = self._dump(index, versions.pop() if len(versions) == 1 else None, what)
             if entries is None:
                 return list(addresses)
-            found: dict[IPAddress, list[_Entry]] = {}
-            for entry in entries:
-                found.setdefault(entry.ip, []).append(entry)
+            found = {e.interface: e for e in entries if e.proto == PROTO or not self.marks}
             missing: list[IPInterface] = []
             todo: list[tuple[IPInterface, _Entry]] = []
-            queued: set[IPAddress] = set()  # an IP listed twice is renewed once
+            queued: set[IPInterface] = set()  # an address listed twice is renewed once
             for address in addresses:
-                if address.ip in queued:
+                if address in queued:
                     continue
-                if address.ip not in found:
+                entry = found.get(address)
+                if entry is None:
                     missing.append(address)
                     continue
-                queued.add(address.ip)
-                todo.extend((address, e) for e in found[address.ip])
+                queued.add(address)
+                todo.append((address, entry))
             answers = self._ask(what, [self._renew_request(e, lifetime) for _, e in todo])
             failed = [
                 f"{address}: {answer.reason()}"
@@ -522,28 +588,38 @@ class AddressManager:
                 raise RefreshError(f"{what}: {'; '.join(failed)}", missing)
             return missing
 
-    def unbind(self, ifname: str, address: IPInterface) -> bool:
-        """Remove the IP of ``address`` from ``ifname``; True if removed, False if absent.
+    def unbind(self, ifname: str, address: IPInterface, *, verify: bool = True) -> bool:
+        """Remove haagent's entry of ``address`` from ``ifname``; True if removed, False if it
+        was not there (an interface that no longer exists has nothing to remove).
 
-        Every entry of that IP goes, whatever its prefix length: the VIP is this IP, and an
-        entry left with another prefix would still answer for it. An interface that no
-        longer exists has nothing to remove: False.
+        Only the entry with the exact prefix goes, and only if it carries haagent's mark: an
+        entry of the same IP in any other form is the host's or another tool's. ``verify``
+        False skips the look at the mark, for an address the caller bound itself in this
+        process and has not seen go since: the kernel holds one entry per IP and prefix, so
+        the exact-prefix entry is the one it added.
 
-        Cost, without any dump: IPv4 deletes by local address alone, which matches an entry of
-        any prefix, until the kernel finds none (EADDRNOTAVAIL): two RTM_DELADDR for a bound
-        VIP, one for an absent one. IPv6 has at most one entry per IP and interface but
-        deletes only with its exact prefix: one RTM_DELADDR with the VIP's prefix, and only if
-        that finds nothing one RTM_GETADDR for the entry's real prefix (and its delete).
+        Cost: one RTM_DELADDR, after one RTM_GETADDR (IPv6) or a dump of the interface's IPv4
+        addresses (IPv4) when ``verify``.
         """
         ip = address.ip
-        what = f"cannot unbind {ip} from {ifname}"
+        what = f"cannot unbind {address} from {ifname}"
         with self._lock:
             index = _ifindex(ifname, what, missing_ok=True)
             if index is None:
                 return False
+            if verify and not any(
+                self._ours(e, address) for e in self._entries_of(index, ip, what)
+            ):
+                return False
+            payload = _IFADDRMSG.pack(_family(ip.version), address.network.prefixlen, 0, 0, index)
             if ip.version == 4:
-                return self._unbind4(index, ip, what)
-            return self._unbind6(index, address, what)
+                payload += _attr(IFA_LOCAL, ip.packed)
+            # With IFA_ADDRESS the kernel matches the prefix length too, not the IP alone.
+            (answer,) = self._ask(what, [(RTM_DELADDR, 0, payload + _attr(IFA_ADDRESS, ip.packed))])
+            if answer.error in (errno.EADDRNOTAVAIL, errno.ENODEV):
+                return False
+            answer.check(what)
+            return True
 
     # -- helpers (caller holds the lock) ------------------------------------------------
 
@@ -562,6 +638,34 @@ class AddressManager:
             flags |= IFA_F_NOPREFIXROUTE
         return flags
 
+    def _ours(self, entry: _Entry, address: IPInterface) -> bool:
+        return entry.ip == address.ip and owned(
+            entry.prefixlen, entry.proto, address.network.prefixlen, marks=self.marks
+        )
+
+    def _bound_already(
+        self,
+        present: Sequence[_Entry],
+        address: IPInterface,
+        ifname: str,
+        lifetime: int | None,
+        what: str,
+    ) -> bool:
+        """A bind found the IP there: renew haagent's entry (False), or refuse a foreign one."""
+        mine = [e for e in present if self._ours(e, address)]
+        others = [e for e in present if e not in mine]
+        if others:
+            shown = ", ".join(
+                f"{e.interface}" + ("" if e.proto == PROTO else f" proto {e.proto}") for e in others
+            )
+            raise ForeignAddress(
+                f"{what}: {address.ip} is already on {ifname} as {shown}, not added by "
+                "haagent; it neither takes over nor removes an address configured outside it"
+            )
+        if lifetime is not None:
+            self._renew(mine, lifetime, what)
+        return False
+
     @staticmethod
     def _new_request(
         index: int, address: IPInterface, flags: int, lifetime: int | None
@@ -573,6 +677,7 @@ class AddressManager:
         if ip.version == 4:
             payload += _attr(IFA_LOCAL, ip.packed)
         payload += _attr(IFA_ADDRESS, ip.packed) + _attr(IFA_FLAGS, struct.pack("=I", flags))
+        payload += _attr(IFA_PROTO, bytes([PROTO]))
         if lifetime is not None:
             payload += _cacheinfo(lifetime)
         return RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, payload
@@ -594,8 +699,8 @@ class AddressManager:
     def _dump(
         self, index: int, version: int | None, what: str, scope: int | None = None
     ) -> list[_Entry] | None:
-        """Every address entry of interface ``index`` (of ``scope`` only, if given: the others
-        are not parsed); None if the interface is gone."""
+        """Every address entry of interface ``index`` (0: of every interface; of ``scope``
+        only, if given: the others are not parsed); None if the interface is gone."""
         family = socket.AF_UNSPEC if version is None else _family(version)
         request = (RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(family, 0, 0, 0, index))
         for attempt in range(_DUMP_ATTEMPTS):
@@ -612,7 +717,7 @@ class AddressManager:
             replies = [p for p in replies if len(p) > 3 and p[3] == scope]
         entries = (_Entry.parse(p) for p in replies)
         # The kernel filters by index only with strict checking; a kernel without it sends all.
-        return [e for e in entries if e is not None and e.index == index]
+        return [e for e in entries if e is not None and index in (0, e.index)]
 
     def _entries_of(self, index: int, ip: IPAddress, what: str) -> list[_Entry]:
         """The entries of ``ip`` on interface ``index`` (usually none or one)."""
@@ -647,33 +752,3 @@ class AddressManager:
         except OSError as exc:
             return exc.errno != errno.EADDRNOTAVAIL
         return True  # local, or ip_nonlocal_bind lets any address pass
-
-    def _unbind4(self, index: int, ip: IPv4Address, what: str) -> bool:
-        # Without IFA_ADDRESS the kernel matches the local address alone, any prefix.
-        payload = _IFADDRMSG.pack(AF_INET, 0, 0, 0, index) + _attr(IFA_LOCAL, ip.packed)
-        removed = False
-        for _ in range(256):  # each round removes an entry; bounded against a racing writer
-            (answer,) = self._ask(what, [(RTM_DELADDR, 0, payload)])
-            # ENODEV: the interface went away under us, and everything on it
-            if answer.error in (errno.EADDRNOTAVAIL, errno.ENODEV):
-                return removed
-            answer.check(what)
-            removed = True
-        raise NetError(f"{what}: entries of {ip} keep coming back")
-
-    def _unbind6(self, index: int, address: IPInterface, what: str) -> bool:
-        ip = address.ip
-        prefixlen = address.network.prefixlen
-        for _ in range(2):  # the VIP's own prefix, then the one the entry really has
-            payload = _IFADDRMSG.pack(AF_INET6, prefixlen, 0, 0, index)
-            (answer,) = self._ask(what, [(RTM_DELADDR, 0, payload + _attr(IFA_ADDRESS, ip.packed))])
-            if answer.error == errno.ENODEV:
-                return False
-            if answer.error != errno.EADDRNOTAVAIL:
-                answer.check(what)
-                return True
-            present = self._entries_of(index, ip, what)
-            if not present or present[0].prefixlen == prefixlen:
-                return False  # absent (or removed by someone else just now)
-            prefixlen = present[0].prefixlen
-        return False

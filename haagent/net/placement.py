@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
+from ipaddress import IPv4Interface, IPv6Interface
 
 from haagent.config import VipConfig
 from haagent.net.addresses import AddressManager, NetError, RefreshError
@@ -67,8 +67,11 @@ class Placement:
         else:
             self.net.bind(vip.interface, vip.address, lifetime=lifetime)
 
-    def remove(self, vip: VipConfig, *, link_later: bool = False) -> bool:
+    def remove(self, vip: VipConfig, *, link_later: bool = False, verify: bool = True) -> bool:
         """Stop answering for the VIP here; True if anything was there to remove.
+
+        Only haagent's own entry of the address goes (AddressManager.unbind); ``verify``
+        False is for a VIP the caller bound itself and still holds (no look at the mark).
 
         A vmac VIP's link goes too (one VIP per vmac: VRIDs are unique per family in a
         config), so a standby never has the virtual MAC up. Deleting a macvlan takes 15-45 ms
@@ -78,7 +81,7 @@ class Placement:
         """
         if vip.vmac:
             name = self.where(vip)
-            removed = self.net.unbind(name, vip.address)
+            removed = self.net.unbind(name, vip.address, verify=verify)
             if link_later:
                 if self.net.exists(name):
                     self._retiring.add(name)
@@ -88,7 +91,7 @@ class Placement:
             return self.vmac.down(name) or removed
         if not vip.bind:
             return self._responder is not None and self._responder.release(vip.interface, vip.ip)
-        return self.net.unbind(vip.interface, vip.address)
+        return self.net.unbind(vip.interface, vip.address, verify=verify)
 
     def tidy(self) -> None:
         """Delete the vmac links left by ``remove(..., link_later=True)``."""
@@ -128,21 +131,35 @@ class Placement:
         return vanished
 
     def placed(self, vips: Iterable[VipConfig]) -> set[str]:
-        """Names of the VIPs bound here (announce-only VIPs never survive their process).
+        """Names of the VIPs haagent's own entry is bound here for (announce-only VIPs never
+        survive their process).
 
         One address dump per interface, however many VIPs: start-up looks at all of them.
         """
-        on: dict[str, set[IPv4Address | IPv6Address]] = {}
+        on: dict[str, set[IPv4Interface | IPv6Interface]] = {}
         out: set[str] = set()
         for vip in vips:
             if not vip.bind:
                 continue
             where = self.where(vip)
             if where not in on:
-                on[where] = self.net.bound_ips(where)
-            if vip.ip in on[where]:
+                on[where] = self.net.owned(where)
+            if vip.address in on[where]:
                 out.add(vip.name)
         return out
+
+    def foreign(self, vips: Iterable[VipConfig]) -> dict[str, str]:
+        """VIP name -> what this host has of its IP outside haagent ("198.51.100.11/24 on
+        eth0"), for the VIPs haagent binds: such a VIP would take over, and on its release
+        remove, an address that is not haagent's. One dump of the host's addresses.
+
+        Announce-only VIPs are not asked about: their address may well be on the host on
+        purpose (a dummy interface for IPVS), since haagent never binds it.
+        """
+        bound = [v for v in vips if v.bind]
+        wanted = {v.ip: (self.where(v), v.address.network.prefixlen) for v in bound}
+        found = self.net.foreign(wanted)
+        return {v.name: ", ".join(found[v.ip]) for v in bound if v.ip in found}
 
     def fenced(self, vip: VipConfig) -> tuple[str, IPv4Interface | IPv6Interface] | None:
         """What the fence process must remove if the agent dies; None for announce-only VIPs,
@@ -157,3 +174,12 @@ class Placement:
                 self.tidy()
         if self._vmac is not None:
             self._vmac.close()
+
+
+def foreign_problem(name: str, vip: VipConfig, found: str) -> str:
+    """One line for a VIP found configured outside haagent (``Placement.foreign``)."""
+    return (
+        f"vip {name}: {vip.ip} is already configured on this host outside haagent ({found}); "
+        "haagent would take it over and remove it on release: give the VIP an address no "
+        "host has configured, or remove that address from the interface"
+    )

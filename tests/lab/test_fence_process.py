@@ -59,8 +59,31 @@ def addresses(n: int) -> list[Address]:
 
 
 def bind(lab: Lab, host: Node, held: list[Address]) -> None:
-    batch = "".join(f"addr add {a} dev {i}{' nodad' * (a.version == 6)}\n" for i, a in held)
-    lab.run(host, ["ip", "-b", "-"], input=batch, timeout=60)
+    """As the agent binds: marked as haagent's, or the fence would leave them alone."""
+    ifnames = {i for i, _ in held}
+    assert len(ifnames) == 1, ifnames
+    batch = "".join(f"{a}\n" for _, a in held)
+    lab.run(host, [sys.executable, "-m", "haagent.lab.bind", *ifnames], input=batch, timeout=60)
+
+
+def test_an_address_configured_outside_haagent_survives_the_fence(lab: Lab) -> None:
+    """The fence removes only haagent's entries (exact prefix, marked): an agent told it of
+    an address the host has by hand, then died. The hand-made entry stays."""
+    host = lab.hosts[0]
+    client, log = start_fence(lab, host, etcd_settings(lab, password=False), "foreign")
+    own, held = addresses(2)
+    try:
+        lab.run(host, ["ip", "addr", "add", str(own[1]), "dev", own[0]])
+        bind(lab, host, [held])
+        client.tell(time.monotonic() + 60, [own, held])
+        proc = die(client)
+        wait_until(lambda: str(held[1]) not in bound(lab, host), 15, what="the fence to remove it")
+        assert proc.wait(10) is not None
+        assert str(own[1]) in bound(lab, host), log.read_text()
+    finally:
+        client.stop()
+        lab.run(host, ["ip", "addr", "del", str(own[1]), "dev", own[0]], check=False)
+        lab.run(host, ["ip", "addr", "del", str(held[1]), "dev", held[0]], check=False)
 
 
 def bound(lab: Lab, host: Node) -> set[str]:

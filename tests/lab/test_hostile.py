@@ -216,3 +216,29 @@ def test_a_holder_that_loses_its_carrier_releases_at_once_and_can_hold_again(
     # by exactly one host (the old one may win it back: it is eligible again).
     agents.wait_single_holder(ip, timeout=agents.ttl + 5)
     assert "has its carrier back" in agents.log(host)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_vip_equal_to_the_hosts_own_address_is_refused_and_never_removed(
+    lab: Lab, agents: Agents, family: int
+) -> None:
+    """The data-loss defect: ``address:`` equal to eth0's own address. check-config and run
+    refuse it with one line, and neither run nor cleanup removes the host's address, which
+    carries haagent's etcd traffic."""
+    h2 = lab.hosts[1]
+    own = str(h2.ipv4 if family == 4 else h2.ipv6)
+    cfg = lab.write_agent_config(h2, [("own", own)], extra={"cluster": agents.cluster})
+    check = lab.run(h2, [sys.executable, "-m", "haagent", "check-config", str(cfg)], check=False)
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "Traceback" not in check.stderr
+    [line] = check.stderr.splitlines()
+    assert f"vips[0].address: vip own: {own} is already configured on this host outside" in line
+    assert f"/{24 if family == 4 else 64} on {h2.ifname}" in line, line
+    code, out = _run_refused(lab, h2, cfg, str(lab.workdir / "state-own"))
+    assert code == 1
+    [line] = [ln for ln in out.splitlines() if "ERROR" in ln]
+    assert f"{own} is already configured on this host outside haagent" in line, out
+    cleanup = lab.run(h2, [sys.executable, "-m", "haagent", "cleanup", "-c", str(cfg)])
+    assert "not bound; left alone:" in cleanup.stdout, cleanup.stdout
+    addrs = lab.run(h2, ["ip", "-o", "addr", "show", "dev", h2.ifname]).stdout
+    assert f" {own}/" in addrs, addrs

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from haagent.net.addresses import AddressManager, NetError
+from haagent.net.addresses import AddressManager, ForeignAddress, NetError
 from haagent.net.announce import Announcer
 from tests.lab.conftest import wait_until as wait_for
 from tests.lab.nsutil import Segment, ip, run_in_ns, segment, start_in_ns, sysctl
@@ -284,19 +284,25 @@ def test_wider_prefix_bind_unbind_leaves_nothing(net: Segment, vip: str, route: 
         ip("addr", "del", vip, "dev", dev, ns=ns, check=False)
 
 
-def test_any_prefix_length_counts_as_bound(net: Segment) -> None:
+def do_bind_error(dev: str, addr: str) -> str:
+    with AddressManager() as m:
+        try:
+            m.bind(dev, ip_interface(addr))
+        except ForeignAddress as exc:
+            return str(exc)
+    return "bound"
+
+
+def test_the_hosts_own_address_is_never_haagents(net: Segment) -> None:
+    """A VIP equal to the node's own address, with its own prefix or a host-length one: not
+    bound as haagent's, refused by bind, untouched by unbind."""
     ns, dev = net.ns("b"), net.ifname("b")
-    ip("addr", "add", "198.51.100.13/24", "dev", dev, ns=ns)
-    try:
-        q = run_in_ns(ns, do_query, dev, "198.51.100.13/32")
-        assert q["is_bound"] is True
-        assert run_in_ns(ns, do_bind, dev, "198.51.100.13/32") == [False]
-        assert len(addr_lines(ns, dev, IPv4Address("198.51.100.13"))) == 1
-        assert run_in_ns(ns, do_unbind, dev, "198.51.100.13/32") == [True]
-        assert addr_lines(ns, dev, IPv4Address("198.51.100.13")) == []
-        assert run_in_ns(ns, do_query, dev, "198.51.100.13/32")["is_bound"] is False
-    finally:
-        ip("addr", "del", "198.51.100.13/24", "dev", dev, ns=ns, check=False)
+    for vip in ("198.51.100.2/32", "198.51.100.2/24", "2001:db8::2/128", "2001:db8::2/64"):
+        assert run_in_ns(ns, do_query, dev, vip)["is_bound"] is False
+        assert "not added by haagent" in run_in_ns(ns, do_bind_error, dev, vip)
+        assert run_in_ns(ns, do_unbind, dev, vip) == [False]
+    assert len(addr_lines(ns, dev, IPv4Address("198.51.100.2"))) == 1
+    assert len(addr_lines(ns, dev, IPv6Address("2001:db8::2"))) == 1
 
 
 def test_queries_report_the_kernel_view(net: Segment) -> None:
@@ -304,7 +310,7 @@ def test_queries_report_the_kernel_view(net: Segment) -> None:
     q = run_in_ns(ns, do_query, dev, "198.51.100.2/24")
     assert q["exists"] is True
     assert q["mac"] == net.mac("b")
-    assert q["is_bound"] is True
+    assert q["is_bound"] is False  # the node's own address: there, but not haagent's
     assert q["bound_ips"] == {
         IPv4Address("198.51.100.2"),
         IPv6Address("2001:db8::2"),

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from haagent.addrmark import IFA_PROTO, PROTO
 from haagent.config import EtcdConfig, TLSConfig
 from haagent.fence import netlink, rpc
 from haagent.fence.client import FenceClient, Known, encode
@@ -756,9 +757,11 @@ def test_netlink_messages_and_address_entries_parse():
     done = netlink._HEADER.pack(20, netlink.NLMSG_DONE, 2, 5, 0) + b"\0" * 4
     messages = list(netlink._messages(header + entry + done + b"\x01\x02"))
     assert [(kind, seq) for kind, seq, _ in messages] == [(netlink.RTM_NEWADDR, 5), (3, 5)]
-    assert netlink._entry(messages[0][2]) == (7, 24, packed)
+    assert netlink._entry(messages[0][2]) == netlink._Entry(7, 24, packed, 0)
     six = netlink._IFADDRMSG.pack(10, 64, 0, 0, 3) + netlink._attr(netlink.IFA_ADDRESS, b"\1" * 16)
-    assert netlink._entry(six) == (3, 64, b"\1" * 16)
+    assert netlink._entry(six) == netlink._Entry(3, 64, b"\1" * 16, 0)
+    marked = six + netlink._attr(IFA_PROTO, bytes([PROTO]))
+    assert netlink._entry(marked) == netlink._Entry(3, 64, b"\1" * 16, PROTO)
 
 
 def test_removing_from_an_interface_that_does_not_exist_is_nothing_to_do():
