@@ -18,7 +18,7 @@ later fact already decided again. Releases are never dropped.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -32,6 +32,8 @@ from haagent.decide import eligibility, handover, outage, purge, rank
 from haagent.decide.election import Action as ElectionAction
 from haagent.decide.election import Bind, Campaign, Resign, State, Unbind
 from haagent.decide.lease import LeaseClock
+from haagent.decide.reload import VipDiff
+from haagent.logs import fields
 
 log = logging.getLogger("haagent.agent")
 
@@ -158,6 +160,10 @@ class Core:
         # What our last writes put, as etcd holds it (the JSON rounds times, so records are
         # compared encoded): the watch echoes each, possibly after a newer write.
         self._member_records: deque[bytes] = deque(maxlen=8)
+        # Per VIP, how many of its actions are queued: a VIP a reload takes away is dropped
+        # only once nothing of it is left to carry out (see take_retired).
+        self._queued_for: Counter[str] = Counter()
+        self._retiring: set[str] = set()
         for rt in self.vips.values():
             if not rt.health.known:
                 self._feed(rt, rt.election.set_eligible(False, rt.health.reason))
@@ -169,12 +175,19 @@ class Core:
         while self._prompt or self._normal:
             item = (self._prompt or self._normal).popleft()
             action = item.action
+            self._dequeued(action)
             if isinstance(action, _COALESCED):
                 self._wanted.discard(type(action))
             if isinstance(action, Campaign | Bind):
                 rt = self.vips.get(action.vip)
                 if rt is None or rt.election.gen != item.gen or not self.lease_ok:
                     continue
+            elif isinstance(action, Resign) and self._serving(action.vip):
+                # Held (and bound, or about to be) again since the resign was queued: a link
+                # that came back before a failed resign went through. Deleting the key now
+                # would write a release record while the address is up: two holders.
+                log.info("dropped the resign of vip %s: it is held here again", action.vip)
+                continue
             return action
         return None
 
@@ -191,6 +204,7 @@ class Core:
             if not isinstance(action, Campaign):
                 break
             self._normal.popleft()
+            self._dequeued(action)
             rt = self.vips.get(action.vip)
             if rt is not None and rt.election.gen == item.gen and self.lease_ok:
                 out.append(action)
@@ -203,6 +217,14 @@ class Core:
     def _queue(self, action: Action, gen: int = -1) -> None:
         q = self._prompt if isinstance(action, _PROMPT) else self._normal
         q.append(_Queued(action, gen))
+        if (vip := getattr(action, "vip", None)) is not None:
+            self._queued_for[vip] += 1
+
+    def _dequeued(self, action: Action) -> None:
+        if (vip := getattr(action, "vip", None)) is not None:
+            self._queued_for[vip] -= 1
+            if self._queued_for[vip] <= 0:
+                del self._queued_for[vip]
 
     def _want(self, action: Action) -> None:
         if type(action) not in self._wanted:
@@ -253,7 +275,12 @@ class Core:
             self._queue(Bind(bind.vip, bind.reason), rt.election.gen)
             return
         if rt.pending_bind is None:
-            log.info("vip %s won; not binding yet: %s", rt.name, d.reason)
+            log.info(
+                "vip %s won; not binding yet: %s",
+                rt.name,
+                d.reason,
+                extra=fields("bind-waits", rt.name, d.reason),
+            )
         rt.pending_bind = bind
         for h in doubt:
             self._waiting.setdefault(h.lease, set()).add(rt.name)
@@ -280,10 +307,11 @@ class Core:
             while len(self._gone_leases) > GONE_LEASES_KEPT:
                 self._gone_leases.popitem(last=False)
             for name in self._waiting.pop(lease, set()):
-                self._regate(self.vips[name])
+                if (rt := self.vips.get(name)) is not None:
+                    self._regate(rt)
             return
         # Alive (or no answer): ask again shortly, unless release records come first.
-        waiting = {n for n in self._waiting.pop(lease, set()) if self.vips[n].pending_bind}
+        waiting = {n for n in self._waiting.pop(lease, set()) if self._binding(n)}
         if not waiting:
             return
         self._waiting[lease] = waiting
@@ -291,11 +319,19 @@ class Core:
 
         def again() -> None:
             self._alive_leases.discard(lease)
-            names = [n for n in self._waiting.get(lease, set()) if self.vips[n].pending_bind]
+            names = [n for n in self._waiting.get(lease, set()) if self._binding(n)]
             if names:
                 self._ask_lease(names[0], lease)
 
         self.timers.set(f"lease?:{lease:x}", now + LEASE_RECHECK, again)
+
+    def _serving(self, name: str) -> bool:
+        rt = self.vips.get(name)
+        return rt is not None and rt.state is State.HOLDER
+
+    def _binding(self, name: str) -> bool:
+        rt = self.vips.get(name)
+        return rt is not None and rt.pending_bind is not None
 
     def _confirm_release(self, rt: VipRuntime, *, resigning: bool) -> None:
         """We unbound a VIP whose key someone else took: say so, for the next holder.
@@ -491,9 +527,16 @@ class Core:
         was = rt.health
         rt.health = Health(HealthState.HEALTHY if healthy else HealthState.UNHEALTHY, reason)
         if healthy:
-            log.info("vip %s healthy on this node: %s", vip, reason)
+            log.info(
+                "vip %s healthy on this node: %s", vip, reason, extra=fields("healthy", vip, reason)
+            )
         else:
-            log.warning("vip %s unhealthy on this node: %s", vip, reason)
+            log.warning(
+                "vip %s unhealthy on this node: %s",
+                vip,
+                reason,
+                extra=fields("unhealthy", vip, reason),
+            )
             if was.state is not HealthState.UNHEALTHY:
                 self._queue(Notify("fault", vip, reason))
             hold = eligibility.hold_down_on_failure(rt.holding, rt.cfg.hold_down)
@@ -523,9 +566,15 @@ class Core:
             rt.link_down = None if up else reason
             self._refresh_eligibility(rt, now)
         if up:
-            log.info("%s: vips on it may be held again once healthy", reason)
+            log.info(
+                "%s: vips on it may be held again once healthy",
+                reason,
+                extra=fields("link-up", reason=reason),
+            )
         else:
-            log.warning("%s: releasing the vips on it now", reason)
+            log.warning(
+                "%s: releasing the vips on it now", reason, extra=fields("link-down", reason=reason)
+            )
 
     def _hold_down(self, rt: VipRuntime, seconds: float, now: float) -> None:
         rt.hold_until = now + seconds
@@ -547,10 +596,16 @@ class Core:
                 healthy_peers=rank.candidates(self.view, rt.name, exclude={self.node}),
                 when_all_unhealthy=rt.cfg.when_all_unhealthy,
                 link_down=rt.link_down,
+                retiring=rt.retiring,
             )
         )
         if verdict.keeping and not rt.keeping:
-            log.warning("vip %s kept while unhealthy: %s", rt.name, verdict.reason)
+            log.warning(
+                "vip %s kept while unhealthy: %s",
+                rt.name,
+                verdict.reason,
+                extra=fields("kept-unhealthy", rt.name, verdict.reason),
+            )
         rt.keeping = verdict.keeping
         if verdict.eligible != e.eligible:
             if verdict.nobody:
@@ -583,7 +638,9 @@ class Core:
 
         def again() -> None:
             h = rt.election.holder
-            if h is not None and h.create_revision == action.create_revision:
+            # Not if held again meanwhile (the link came back): that key is served again.
+            same = h is not None and h.create_revision == action.create_revision
+            if same and not self._serving(action.vip):
                 self._queue(action)
 
         self.timers.set(f"resign:{action.vip}", now + CAMPAIGN_RETRY, again)
@@ -599,6 +656,87 @@ class Core:
         rt = self.vips[vip]
         self._hold_down(rt, eligibility.BIND_FAILURE_HOLD_DOWN, now)
         self._refresh_eligibility(rt, now)
+
+    # -- reload ------------------------------------------------------------------------
+
+    def reload(self, cfg: Config, diff: VipDiff, now: float) -> None:
+        """A new config is in force (decide.reload): VIPs join, take new settings in place,
+        or are released to be dropped (removed) or elected anew (moved); unchanged VIPs are
+        not touched. Dropping waits for the release: see :meth:`take_retired`."""
+        self.cfg = cfg
+        new = {v.name: v for v in cfg.vips}
+        for name, rt in list(self.vips.items()):
+            if rt.retiring is not None:  # a reload before: whatever comes next replaces it
+                rt.replacement = new.get(name)
+            elif name in diff.removed:
+                self._retire(rt, "removed from the config by a reload", None, now)
+            elif name in diff.moved:
+                v = new[name]
+                where = f"{v.address} on {v.interface}"
+                self._retire(rt, f"a reload moves it to {where}: released first", v, now)
+            elif name in diff.updated:
+                rt.cfg = new[name]  # same address and place: checks, hooks, timers change
+                self._refresh_eligibility(rt, now)
+        for name in diff.added:
+            if name not in self.vips:
+                self._add_runtime(new[name], now)
+        self._publish_member(now)
+
+    def _retire(
+        self, rt: VipRuntime, reason: str, replacement: VipConfig | None, now: float
+    ) -> None:
+        rt.retiring = reason
+        rt.replacement = replacement
+        self._retiring.add(rt.name)
+        self.timers.cancel(f"hold:{rt.name}")
+        self.timers.cancel(f"retry:{rt.name}")
+        self._refresh_eligibility(rt, now)
+
+    def _add_runtime(self, cfg: VipConfig, now: float) -> VipRuntime:
+        rt = VipRuntime.new(cfg, self.node)
+        self.vips[cfg.name] = rt
+        e = rt.election
+        if not rt.health.known:
+            self._feed(rt, e.set_eligible(False, rt.health.reason))
+        if self.lease_ok and self.clock.lease_id is not None:
+            self._feed(rt, e.lease_valid(self.clock.lease_id, "added by a reload"))
+        self._observe(rt, self.view.holders.get(cfg.name), self.view.revision)
+        self._refresh_eligibility(rt, now)
+        return rt
+
+    def take_retired(self, now: float) -> list[tuple[VipConfig, VipConfig | None]]:
+        """VIPs a reload took away that are now fully released: (old config, the config it
+        was replaced with, or None when removed). The runtime of a replaced VIP starts
+        afresh here. Released means: not held nor bound, no campaign in flight, nothing of
+        it queued, and etcd no longer shows our key for it (the resign's delete came back, or
+        the lease it was on is gone)."""
+        out: list[tuple[VipConfig, VipConfig | None]] = []
+        for name in sorted(self._retiring):
+            rt = self.vips[name]
+            h = rt.election.holder  # also knows a key we won that the watch has not echoed
+            ours = h is not None and h.node == self.node and h.lease == self.clock.lease_id
+            if (
+                rt.state is not State.IDLE
+                or name in self.held
+                or name in self.bound
+                or self._queued_for[name] > 0
+                or self.timers.pending(f"resign:{name}")
+                or (ours and self.lease_ok)
+            ):
+                continue
+            self._retiring.discard(name)
+            del self.vips[name]
+            self._state_changed.pop(name, None)
+            out.append((rt.cfg, rt.replacement))
+            if rt.replacement is not None:
+                self._add_runtime(rt.replacement, now)
+        if out:
+            self._publish_member(now)
+        return out
+
+    @property
+    def retiring(self) -> frozenset[str]:
+        return frozenset(self._retiring)
 
     # -- stop --------------------------------------------------------------------------
 

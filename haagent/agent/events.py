@@ -16,10 +16,17 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Reload:
+    """Re-read the config file (SIGHUP)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class StatusRequest:
     """Another thread (metrics, tests) asks for a status snapshot; the loop answers on reply."""
 
     reply: queue.SimpleQueue[object]
 
 
-Event = StoreEvent | VipHealthChanged | LinkChanged | Stop | StatusRequest
+Event = StoreEvent | VipHealthChanged | LinkChanged | Stop | Reload | StatusRequest

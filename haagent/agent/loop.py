@@ -39,7 +39,7 @@ from haagent.agent.core import (
     Reread,
     TellFence,
 )
-from haagent.agent.events import Event, StatusRequest, Stop
+from haagent.agent.events import Event, Reload, StatusRequest, Stop
 from haagent.agent.status import AgentStatus
 from haagent.agent.timers import Timers
 from haagent.cluster.schema import Holder, Keys, MemberRecord, Released
@@ -50,14 +50,15 @@ from haagent.cluster.view import (
     ReleasedChange,
     RequestChange,
 )
-from haagent.config import Config, VipConfig
-from haagent.decide import startup
+from haagent.config import Config, ConfigErrors, VipConfig, check_host, load_config
+from haagent.decide import reload, startup
 from haagent.decide.election import Bind, Campaign, Resign, State, Unbind
 from haagent.fence.client import FenceClient
 from haagent.fence.setup import setup_message
 from haagent.health.events import VipHealthChanged
 from haagent.health.monitor import HealthMonitor
 from haagent.health.notify import Notifier
+from haagent.logs import fields
 from haagent.net.addresses import LIFETIME_FOREVER, AddressManager, NetError, RefreshError
 from haagent.net.announce import Announcer
 from haagent.net.linkwatch import LinkChanged, LinkWatcher
@@ -88,8 +89,11 @@ class _StopRequested(Exception):
 
 
 class Agent:
-    def __init__(self, cfg: Config, *, state_dir: Path = DEFAULT_STATE_DIR) -> None:
+    def __init__(
+        self, cfg: Config, *, state_dir: Path = DEFAULT_STATE_DIR, log_level: str | None = None
+    ) -> None:
         self.cfg = cfg
+        self._log_level = log_level  # set on the command line: a reload keeps it
         self.node = cfg.node
         self.keys = Keys(cfg.cluster)
         self.state_dir = state_dir
@@ -97,7 +101,9 @@ class Agent:
         self.core = Core(cfg)
         self.vips = {v.name: v for v in cfg.vips}
         self._vip_ips = frozenset(v.ip for v in cfg.vips)
-        self.events: queue.Queue[Event] = queue.Queue()
+        # SimpleQueue: its put() may be called from a signal handler (SIGHUP, SIGTERM) that
+        # interrupts the loop's own get(), where a Queue's lock would deadlock.
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.started = time.time()
         self._timers = Timers()  # the loop's own: announcement schedules
         self._keeper: LeaseKeeper | None = None
@@ -178,9 +184,7 @@ class Agent:
             raise _StopRequested()
 
     def _on_sighup(self, _signum: int, _frame: FrameType | None) -> None:
-        log.warning(
-            "SIGHUP: configuration reload is not supported by this version; restart to apply"
-        )
+        self.events.put(Reload("SIGHUP"))
 
     def _lock(self) -> None:
         """One agent per (cluster, node) on this host, whatever its state directory.
@@ -269,7 +273,13 @@ class Agent:
             reason = f"etcd unreachable at start-up ({exc}), cannot prove this node holds it"
         for name, vip in self.vips.items():
             if self.place.remove(vip):
-                log.info("removed stale address of vip %s (%s): %s", name, vip.address, reason)
+                log.info(
+                    "removed stale address of vip %s (%s): %s",
+                    name,
+                    vip.address,
+                    reason,
+                    extra=fields("stale-removed", name, reason),
+                )
         self._check_stop()
         try:
             self.store.connect(cancel=self._stop_requested)
@@ -312,10 +322,22 @@ class Agent:
             if d.yes:
                 self.core.placed(name)
                 self._tell_fence(add=vip)
-                log.info("kept address of vip %s (%s): %s", name, vip.address, d.reason)
+                log.info(
+                    "kept address of vip %s (%s): %s",
+                    name,
+                    vip.address,
+                    d.reason,
+                    extra=fields("stale-kept", name, d.reason),
+                )
                 continue
             self.place.remove(vip)
-            log.info("removed stale address of vip %s (%s): %s", name, vip.address, d.reason)
+            log.info(
+                "removed stale address of vip %s (%s): %s",
+                name,
+                vip.address,
+                d.reason,
+                extra=fields("stale-removed", name, d.reason),
+            )
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -380,6 +402,8 @@ class Agent:
                     self.core.link_changed(ifname, up, reason, now)
                 case StatusRequest(reply=reply):
                     reply.put(self.core.status(now))
+                case Reload(reason=reason):
+                    self._reload(reason, now)
                 case KeepaliveFailed() | WatchBroken() | WatchResumed():
                     pass  # the store logs; the deadline decides
         if changes:
@@ -389,11 +413,98 @@ class Agent:
     def _after_step(self) -> None:
         for vip, state in self.core.take_state_changes().items():
             self.health.set_state(vip, state.value)  # exec checks: HAAGENT_STATE / _HOLDING
+        if self.core.retiring:
+            self._retired(self.core.take_retired(time.monotonic()))
         if self._place is not None and not self.core.busy:
             try:  # links of released vmac VIPs, once their keys are handed over
                 self._place.tidy()
             except NetError as exc:
                 log.error("cannot delete a released vmac link: %s", exc)
+
+    # -- reload --------------------------------------------------------------------------
+
+    def _reload(self, why: str, now: float) -> None:
+        """Re-read the config file (SIGHUP): apply it without a gap, or refuse it whole.
+
+        decide.reload says what happens to each VIP. A refused file changes nothing: the
+        old config stays in force, and the member record's digest still names it.
+        """
+        path = self.cfg.source
+        if path is None:
+            log.error("reload refused (%s): the config in force was not read from a file", why)
+            return
+        refused = f"the configuration in force stays (digest {self.cfg.digest})"
+        try:
+            new = load_config(path)
+        except ConfigErrors as exc:
+            for err in exc.errors:
+                log.error("reload refused: %s", err)
+            log.error(
+                "reload refused (%s): %d error(s) in %s; %s", why, len(exc.errors), path, refused
+            )
+            return
+        if problems := check_host(new):
+            for err in problems:
+                log.error("reload refused: %s", err)
+            log.error("reload refused (%s): %s does not fit this host; %s", why, path, refused)
+            return
+        if restart := reload.needs_restart(self.cfg, new):
+            log.error(
+                "reload refused (%s): %s changed, which only a restart applies "
+                "(systemctl restart haagent); %s",
+                why,
+                ", ".join(restart),
+                refused,
+            )
+            return
+        diff = reload.diff_vips(self.cfg.vips, new.vips)
+        self.cfg = new
+        if self._log_level is None:
+            logging.getLogger().setLevel(new.log_level.upper())
+        configs = {v.name: v for v in new.vips}
+        for name in diff.added + diff.updated:
+            if name not in self.core.retiring:  # a retiring VIP keeps its old config
+                self.vips[name] = configs[name]
+        self._vip_ips = frozenset(v.ip for v in (*new.vips, *self.vips.values()))
+        self.core.reload(new, diff, now)
+        self.health.reload(new)
+        interfaces = {v.interface for v in new.vips}
+        if self._announcer is not None:
+            self._announcer.prepare(interfaces)
+        if self._links is not None:
+            for ifname, up in self._links.watch(interfaces).items():
+                if not up:
+                    self.core.link_changed(ifname, False, f"{ifname} has no carrier", now)
+        log.info(
+            "reloaded config %s (%s; digest %s): %s",
+            path,
+            why,
+            new.digest,
+            diff.summary(),
+            extra=fields("reloaded", reason=why),
+        )
+
+    def _retired(self, done: list[tuple[VipConfig, VipConfig | None]]) -> None:
+        for old, new in done:
+            if new is None:
+                del self.vips[old.name]
+                log.info(
+                    "vip %s released and dropped: a reload removed it",
+                    old.name,
+                    extra=fields("dropped", old.name, "removed from the config"),
+                )
+            else:
+                self.vips[old.name] = new
+                log.info(
+                    "vip %s released at %s on %s; elected anew at %s on %s",
+                    old.name,
+                    old.address,
+                    old.interface,
+                    new.address,
+                    new.interface,
+                    extra=fields("moved", old.name, "address or interface changed by a reload"),
+                )
+        self._vip_ips = frozenset(v.ip for v in (*self.cfg.vips, *self.vips.values()))
 
     # -- actions -------------------------------------------------------------------------
 
@@ -477,6 +588,7 @@ class Agent:
             self.place.where(vip),
             epoch,
             action.reason,
+            extra=fields("acquired", vip.name, action.reason),
         )
 
     def _unbind(self, action: Unbind) -> None:
@@ -494,7 +606,12 @@ class Agent:
         self.core.removed(vip.name)
         self._tell_fence(remove=vip)
         if not was_bound:
-            log.info("gave up vip %s before binding it: %s", vip.name, action.reason)
+            log.info(
+                "gave up vip %s before binding it: %s",
+                vip.name,
+                action.reason,
+                extra=fields("gave-up", vip.name, action.reason),
+            )
             return
         log.info(
             "released vip %s (%s on %s): %s%s",
@@ -506,12 +623,13 @@ class Agent:
             if removed or not vip.bind or self.core.stopping  # shutdown removed it first
             else " (the address was gone already: its kernel lifetime ran out, or the fence or "
             "someone else removed it)",
+            extra=fields("released", vip.name, action.reason),
         )
         self.notifier.fire("release", vip, action.reason)
 
     def _resign(self, action: Resign) -> None:
         lease = self.core.clock.lease_id or 0
-        released = Released(self.node, action.create_revision, time.time())
+        released = Released(self.node, action.create_revision, time.time(), reason=action.reason)
         try:
             done = self.store.resign(action.vip, action.create_revision, released, lease)
         except ETCD_ERRORS as exc:
@@ -523,6 +641,7 @@ class Agent:
             action.vip,
             action.reason,
             "" if done else " (key already gone)",
+            extra=fields("resigned", action.vip, action.reason),
         )
 
     def _check_lease(self, vip: str, lease: int) -> None:
@@ -541,7 +660,11 @@ class Agent:
             return  # no lease to write on; the next holder waits for our lease to end
         try:
             self.store.confirm_release(
-                vip, Released(self.node, create_revision, time.time()), lease
+                vip,
+                Released(
+                    self.node, create_revision, time.time(), reason="key taken by another write"
+                ),
+                lease,
             )
         except ETCD_ERRORS as exc:
             log.warning(
@@ -567,6 +690,7 @@ class Agent:
             action.reason,
             action.create_revision,
             "" if done else ": already gone",
+            extra=fields("purged", action.vip, action.reason),
         )
 
     @property
@@ -641,6 +765,9 @@ class Agent:
         lease_id = self.core.clock.lease_id
         if lease_id is None:
             return
+        # Imported here to keep this change inside this method (the VIPs' specs: docs/keys.md).
+        from haagent.cluster.schema import VipSpec
+
         vip = next(iter(self.vips.values()), None)
         record = MemberRecord(
             node=self.node,
@@ -651,6 +778,7 @@ class Agent:
             lease=lease_id,
             vips=tuple(self.vips),
             health=self.core.member_health(),
+            vip_specs={name: VipSpec.of_config(v) for name, v in self.vips.items()},
         )
         try:
             self.store.put_member(record, lease_id)

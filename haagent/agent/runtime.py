@@ -19,6 +19,9 @@ class VipRuntime:
     hold_until: float = 0.0  # monotonic; ineligible until then (hold-down)
     keeping: bool = False  # held while unhealthy (when_all_unhealthy: keep)
     link_down: str | None = None  # its interface has no carrier (net.linkwatch), and why
+    # A reload removed it (replacement None) or moved it: released, then dropped or replaced.
+    retiring: str | None = None
+    replacement: VipConfig | None = None
     purged: int | None = None  # create_revision of the invalid holder key we deleted
     held_revision: int | None = None  # create_revision of our key while we hold it
     # Handover (decide.handover): the other nodes seen holding the key, until each is known

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from haagent import __version__
-from haagent.logs import setup_logging
+from haagent.logs import LOG_FORMATS, setup_logging
 
 if TYPE_CHECKING:
     from haagent.config import Config, ConfigError
@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_ERROR
-    setup_logging(args.log_level or cfg.log_level)
+    setup_logging(args.log_level or cfg.log_level, args.log_format, node=cfg.node)
     log = logging.getLogger("haagent")
     problems = check_host(cfg)
     if problems:
@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in key_file_warnings(cfg):
         log.warning("%s", warning)
     try:
-        return Agent(cfg, state_dir=Path(args.state_dir)).run()
+        return Agent(cfg, state_dir=Path(args.state_dir), log_level=args.log_level).run()
     except (AgentError, StoreError, NetError) as exc:
         log.error("%s", exc)
         return EXIT_ERROR
@@ -147,12 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the agent in the foreground",
         description=(
             "Run the agent: connect to etcd, campaign for every configured VIP, bind the ones "
-            "won. SIGTERM or SIGINT hands every VIP over and exits."
+            "won. SIGTERM or SIGINT hands every VIP over and exits. SIGHUP re-reads the config "
+            "file: unchanged VIPs are not touched, removed ones are released, new ones join, "
+            "and a file with errors is refused while the old config stays in force."
         ),
     )
     run.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
     run.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="override log_level"
+    )
+    run.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text lines, or JSON lines (ts, level, node, event, vip, reason, msg) for a log "
+        "pipeline (default: %(default)s)",
     )
     run.add_argument(
         "--state-dir",
@@ -191,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cleanup.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
     cleanup.set_defaults(func=cmd_cleanup)
+
+    # Read-only commands (etcd only, no agent needed) and version: one module each.
+    from haagent.cli import members, status, version, watch
+
+    for module in (status, members, watch, version):
+        module.add_parser(sub)
 
     try:
         from haagent.lab.cli import add_lab_parser

@@ -12,7 +12,10 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from haagent.config import VipConfig
 
 ROOT = "/haagent/v1"
 HOLDER_SCHEMA = "haagent.holder/v1"
@@ -201,6 +204,109 @@ class Health:
 HEALTHY = Health(HealthState.HEALTHY)
 UNKNOWN = Health(HealthState.UNKNOWN)
 
+# "check pg failed: connection refused (3/3); check web failed: …" (health/state.py): each
+# clause starts with "check <name> failed: ", and a check name never holds a space.
+_FAILING_CLAUSE = re.compile(r"(?:^|; )check (\S+) failed: ")
+
+
+def failing_checks(health: Health) -> tuple[tuple[str, str], ...]:
+    """(check name, detail) of each failing check named in an unhealthy ``health``'s reason."""
+    if health.state is not HealthState.UNHEALTHY:
+        return ()
+    text = health.reason
+    found = list(_FAILING_CLAUSE.finditer(text))
+    out: list[tuple[str, str]] = []
+    for i, m in enumerate(found):
+        end = found[i + 1].start() if i + 1 < len(found) else len(text)
+        out.append((m.group(1), text[m.end() : end]))
+    return tuple(out)
+
+
+def health_to_dict(health: Health) -> dict[str, Any]:
+    """The structured form of ``health`` (member records' ``health_state``, docs/keys.md)."""
+    out: dict[str, Any] = {"state": health.state.value, "reason": health.reason}
+    if health.state is HealthState.UNHEALTHY:
+        out["failing"] = [{"check": c, "detail": d} for c, d in failing_checks(health)]
+    return out
+
+
+def health_from_dict(data: object) -> Health | None:
+    """A structured health value, or None when it is not one this version can read.
+
+    ``failing`` is derived from ``reason`` (so writing a record again gives the same bytes);
+    readers that want it ready-made read it from the JSON.
+    """
+    if not isinstance(data, dict):
+        return None
+    state, reason = data.get("state"), data.get("reason", "")
+    if not isinstance(reason, str):
+        return None
+    try:
+        parsed = HealthState(state)
+    except ValueError:
+        return None
+    if parsed is HealthState.HEALTHY and not reason:
+        return HEALTHY
+    if parsed is HealthState.UNKNOWN and not reason:
+        return UNKNOWN
+    return Health(parsed, reason)
+
+
+VipMode = Literal["node-mac", "vmac", "announce-only"]
+VIP_MODES: tuple[VipMode, ...] = ("node-mac", "vmac", "announce-only")
+
+
+@dataclass(frozen=True)
+class VipSpec:
+    """What a VIP is on one host, as that host's config says: published so that a tool can
+    draw the picture from etcd alone and spot hosts that disagree (docs/keys.md).
+
+    Informational only: no agent ever binds an address it read from etcd; each binds what
+    its own config says (docs/security.md).
+    """
+
+    address: str  # the IP, without prefix
+    prefix: int
+    interface: str
+    mode: VipMode = "node-mac"  # node MAC (bound normally), vmac, or announce-only
+    checks: tuple[str, ...] = ()  # names of the health checks this host runs for it
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.address}/{self.prefix}"
+
+    @classmethod
+    def of_config(cls, vip: VipConfig) -> VipSpec:
+        mode: VipMode = "vmac" if vip.vmac else "node-mac" if vip.bind else "announce-only"
+        return cls(str(vip.ip), vip.address.network.prefixlen, vip.interface, mode, vip.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "prefix": self.prefix,
+            "interface": self.interface,
+            "mode": self.mode,
+            "checks": list(self.checks),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> VipSpec | None:
+        """The spec, or None for a value this version cannot read (never raises)."""
+        if not isinstance(data, dict):
+            return None
+        address, prefix = data.get("address"), data.get("prefix")
+        interface, mode = data.get("interface"), data.get("mode", "node-mac")
+        checks = data.get("checks", [])
+        if not (isinstance(address, str) and isinstance(interface, str)):
+            return None
+        if not isinstance(prefix, int) or isinstance(prefix, bool) or not 0 <= prefix <= 128:
+            return None
+        if mode not in VIP_MODES:
+            return None
+        if not isinstance(checks, list) or not all(isinstance(c, str) for c in checks):
+            return None
+        return cls(address[:64], prefix, interface[:64], mode, tuple(checks))
+
 
 @dataclass(frozen=True)
 class Holder:
@@ -225,22 +331,26 @@ class Holder:
     reason: str = ""
     problem: str | None = None
     newer: bool = False  # unreadable because a newer haagent wrote it (a rolling upgrade)
+    # The VIP as the holder's config has it, for readers (optional, informational: no agent
+    # binds from it).
+    spec: VipSpec | None = None
 
     @property
     def readable(self) -> bool:
         return self.problem is None
 
     def to_json(self) -> bytes:
-        return _encode(
-            {
-                "schema": HOLDER_SCHEMA,
-                "node": self.node,
-                "since": round(self.since, 3),
-                "epoch": self.epoch,
-                "reason": self.reason,
-                "lease": f"{self.lease:x}",
-            }
-        )
+        record: dict[str, Any] = {
+            "schema": HOLDER_SCHEMA,
+            "node": self.node,
+            "since": round(self.since, 3),
+            "epoch": self.epoch,
+            "reason": self.reason,
+            "lease": f"{self.lease:x}",
+        }
+        if self.spec is not None:
+            record["spec"] = self.spec.to_dict()
+        return _encode(record)
 
     @classmethod
     def from_json(cls, raw: bytes, *, lease: int | None = None, create_revision: int = 0) -> Holder:
@@ -258,6 +368,8 @@ class Holder:
             since=_time(_field(data, "since", (int, float)), "since"),
             epoch=_field(data, "epoch", int),
             reason=_field(data, "reason", str),
+            # Optional and informational: a malformed one is dropped, never fatal.
+            spec=VipSpec.from_dict(data.get("spec")),
         )
 
     @classmethod
@@ -288,6 +400,8 @@ class MemberRecord:
     vips: tuple[str, ...] = ()
     draining: bool = False
     health: Mapping[str, Health] = field(default_factory=dict)
+    # Each VIP as this host's config has it (address, prefix, interface, mode, checks).
+    vip_specs: Mapping[str, VipSpec] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return _encode(
@@ -301,7 +415,11 @@ class MemberRecord:
                 "lease": f"{self.lease:x}",
                 "vips": list(self.vips),
                 "draining": self.draining,
+                # Both forms of health: the v1 text for readers that know only it, and the
+                # structured one (docs/keys.md, "health and health_state").
                 "health": {vip: h.to_text() for vip, h in self.health.items()},
+                "health_state": {vip: health_to_dict(h) for vip, h in self.health.items()},
+                "vip_specs": {vip: spec.to_dict() for vip, spec in self.vip_specs.items()},
             }
         )
 
@@ -321,6 +439,22 @@ class MemberRecord:
             lease = int(_field(data, "lease", str), 16)
         except ValueError:
             raise SchemaError("field 'lease' is not hexadecimal") from None
+        parsed_health = {vip: Health.from_text(text) for vip, text in health.items()}
+        # The structured form wins where it is readable (the same writer wrote both); the
+        # text stays the fallback for records of agents that write only it.
+        structured = data.get("health_state")
+        if isinstance(structured, dict):
+            for vip, value in structured.items():
+                h = health_from_dict(value)
+                if h is not None and isinstance(vip, str):
+                    parsed_health[vip] = h
+        specs: dict[str, VipSpec] = {}
+        raw_specs = data.get("vip_specs")
+        if isinstance(raw_specs, dict):  # informational: malformed entries are dropped
+            for vip, value in raw_specs.items():
+                spec = VipSpec.from_dict(value)
+                if spec is not None and isinstance(vip, str):
+                    specs[vip] = spec
         return cls(
             node=_name_field(data, "node"),
             address=address,
@@ -330,7 +464,8 @@ class MemberRecord:
             lease=lease,
             vips=tuple(vips),
             draining=bool(data.get("draining", False)),
-            health={vip: Health.from_text(text) for vip, text in health.items()},
+            health=parsed_health,
+            vip_specs=specs,
         )
 
 
@@ -391,6 +526,9 @@ class Released:
     node: str
     create_revision: int
     at: float = 0.0
+    # Why the holder let go ("unhealthy: check pg failed: …", "shutdown"): for readers; ""
+    # when the writer did not say (older agents, or a key taken by someone else's write).
+    reason: str = ""
 
     def to_json(self) -> bytes:
         return _encode(
@@ -399,6 +537,7 @@ class Released:
                 "node": self.node,
                 "create_revision": self.create_revision,
                 "at": round(self.at, 3),
+                "reason": self.reason,
             }
         )
 
@@ -408,10 +547,12 @@ class Released:
         at = data.get("at", 0.0)
         if not isinstance(at, (int, float)) or isinstance(at, bool):
             raise SchemaError("field 'at' is not a number")
+        reason = data.get("reason", "")
         return cls(
             node=_name_field(data, "node"),
             create_revision=_field(data, "create_revision", int),
             at=_time(at, "at"),
+            reason=reason if isinstance(reason, str) else "",
         )
 
     def vouches_for(self, holder: Holder) -> bool:

@@ -191,6 +191,9 @@ class Election:
             return actions
         if mine:
             self.state = State.HOLDER
+            # Ours to serve again (a resign that failed and was dropped): a later release
+            # must resign this key anew.
+            self._resigned = None
             actions.append(Bind(self.vip, reason))
         elif self.holder is None and not self.retry_pending:
             self.state = State.CAMPAIGNING

@@ -26,6 +26,7 @@ class EligibilityFacts:
     healthy_peers: Sequence[str]  # other live members healthy for it, in takeover order
     when_all_unhealthy: ReleaseOrKeep
     link_down: str | None = None  # why the VIP's interface cannot carry traffic, if it cannot
+    retiring: str | None = None  # why a reload takes this VIP away (removed, or moved)
     # Inputs for operator control (placement work): read, not yet acted on.
     draining: bool = False
     request: Request | None = None
@@ -40,6 +41,10 @@ class Eligibility:
 
 
 def decide(f: EligibilityFacts) -> Eligibility:
+    if f.retiring is not None:
+        # A reload removed the VIP, or gave it another address: let go of the old one for
+        # good (whatever its health); the new one is elected afresh once this one is released.
+        return Eligibility(False, f.retiring)
     if f.link_down is not None:
         # Nothing can be served over a link without carrier: give the VIP up now rather than
         # at the lease deadline, and take it back only once the link (and health) returns.

@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from haagent.config import (
@@ -73,6 +73,7 @@ class _Instance:
     worker: threading.Thread | None = None
     worker_started: float = 0.0
     thread: threading.Thread | None = None
+    stop: threading.Event = field(default_factory=threading.Event)  # this instance only (reload)
 
 
 class HealthMonitor:
@@ -85,15 +86,20 @@ class HealthMonitor:
     ) -> None:
         self._cfg = cfg
         self._sink = sink
+        self._clock = clock
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._started = False
         self._states: dict[str, str] = {v.name: INITIAL_STATE for v in cfg.vips}
-        self._instances: dict[str, _Instance] = {}
-        self._vips: dict[str, VipHealth] = {}
         self._groups = ProcessGroups()  # exec checks running now, killed by stop()
+        self._instances, self._vips = self._build(cfg, {})
 
-        # (check name, vip or interface or None) -> instance, in config order
+    def _build(
+        self, cfg: Config, running: dict[tuple[str, str | None], _Instance]
+    ) -> tuple[dict[str, _Instance], dict[str, VipHealth]]:
+        """The check instances and VIP health of ``cfg``. An instance of ``running`` (keyed
+        by check name and variant) whose check is defined as before is taken over, state and
+        thread included, so a reload does not send its VIPs back to "unknown"."""
         by_ident: dict[tuple[str, str | None], _Instance] = {}
         per_vip: dict[str, list[tuple[str, _Instance]]] = {}
         for vip in cfg.vips:
@@ -108,27 +114,34 @@ class HealthMonitor:
                 ident = (name, variant)
                 inst = by_ident.get(ident)
                 if inst is None:
-                    inst = _Instance(
-                        key="",
-                        check=check,
-                        vips=[],
-                        state=CheckState(check.rise, check.fall, clock=clock),
-                        interface=variant if isinstance(check, InterfaceCheckConfig) else None,
-                    )
+                    old = running.get(ident)
+                    if old is not None and old.check == check:
+                        inst = old
+                        inst.vips = []
+                    else:
+                        inst = _Instance(
+                            key="",
+                            check=check,
+                            vips=[],
+                            state=CheckState(check.rise, check.fall, clock=self._clock),
+                            interface=variant if isinstance(check, InterfaceCheckConfig) else None,
+                        )
                     by_ident[ident] = inst
                 inst.vips.append(vip.name)
                 per_vip[vip.name].append((name, inst))
         counts = Counter(name for name, _ in by_ident)
         vip_cfgs = {v.name: v for v in cfg.vips}
+        instances: dict[str, _Instance] = {}
         for (name, variant), inst in by_ident.items():
             inst.key = name if counts[name] == 1 else f"{name}@{variant}"
-            self._instances[inst.key] = inst
+            instances[inst.key] = inst
             if isinstance(inst.check, ExecCheckConfig):
-                self._exec_env(inst, vip_cfgs)
-        for vip in cfg.vips:
-            self._vips[vip.name] = VipHealth(
-                vip.name, [(name, inst.state) for name, inst in per_vip[vip.name]]
-            )
+                self._exec_env(inst, vip_cfgs, cfg.node)
+        vips = {
+            vip.name: VipHealth(vip.name, [(name, inst.state) for name, inst in per_vip[vip.name]])
+            for vip in cfg.vips
+        }
+        return instances, vips
 
     # ----------------------------------------------------------------- public
 
@@ -142,10 +155,47 @@ class HealthMonitor:
                 if vh.healthy is True:
                     self._emit(VipHealthChanged(name, True, vh.reason))
         for inst in self._instances.values():
-            inst.thread = threading.Thread(
-                target=self._loop, args=(inst,), name=f"haagent-check-{inst.key}", daemon=True
-            )
-            inst.thread.start()
+            self._start_instance(inst)
+
+    def _start_instance(self, inst: _Instance) -> None:
+        inst.thread = threading.Thread(
+            target=self._loop, args=(inst,), name=f"haagent-check-{inst.key}", daemon=True
+        )
+        inst.thread.start()
+
+    def reload(self, cfg: Config) -> None:
+        """Take ``cfg``'s VIPs and checks: instances defined as before keep running with
+        their state; the others stop (their last run is abandoned), new ones start. A VIP
+        whose health is known after the change (new, or with other checks) is reported like
+        any health change; one whose health stays as it was is not reported at all."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            running = {(i.check.name, self._variant(i)): i for i in self._instances.values()}
+            before = {name: vh.healthy for name, vh in self._vips.items()}
+            instances, vips = self._build(cfg, running)
+            kept = {id(i) for i in instances.values()}
+            gone = [i for i in self._instances.values() if id(i) not in kept]
+            fresh = [i for i in instances.values() if i.thread is None]
+            self._cfg = cfg
+            self._instances, self._vips = instances, vips
+            self._states = {v.name: self._states.get(v.name, INITIAL_STATE) for v in cfg.vips}
+            for inst in gone:
+                inst.stop.set()
+            for name, vh in vips.items():
+                if vh.healthy is not None and before.get(name) != vh.healthy:
+                    self._emit(VipHealthChanged(name, vh.healthy, vh.reason))
+        if self._started:
+            for inst in fresh:
+                self._start_instance(inst)
+
+    @staticmethod
+    def _variant(inst: _Instance) -> str | None:
+        if isinstance(inst.check, InterfaceCheckConfig):
+            return inst.interface
+        if isinstance(inst.check, ExecCheckConfig) and inst.check.per_vip:
+            return inst.vips[0] if inst.vips else None
+        return None
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop every check; wait for the schedulers at most ``timeout`` seconds in total.
@@ -155,6 +205,8 @@ class HealthMonitor:
         """
         with self._lock:
             self._stop.set()
+            for inst in self._instances.values():
+                inst.stop.set()
         if killed := self._groups.kill_all():
             log.info("killed %d exec check(s) still running at stop", killed)
         deadline = time.monotonic() + timeout
@@ -175,9 +227,8 @@ class HealthMonitor:
         waits here, and a run already going keeps the environment it started with.
         """
         with self._lock:
-            if vip not in self._states:
-                raise KeyError(vip)
-            self._states[vip] = state
+            if vip in self._states:  # else a VIP a reload removed, being released
+                self._states[vip] = state
 
     def vip_healthy(self, vip: str) -> bool | None:
         """True/False, or None while a check of the VIP has not risen or failed yet."""
@@ -214,17 +265,18 @@ class HealthMonitor:
 
     # ----------------------------------------------------------------- environment
 
-    def _exec_env(self, inst: _Instance, vip_cfgs: dict[str, VipConfig]) -> None:
+    def _exec_env(self, inst: _Instance, vip_cfgs: dict[str, VipConfig], node: str) -> None:
         """The fixed part of the environment of ``inst``'s runs; see docs/health-checks.md."""
+        inst.solo = None
         env = {
-            "HAAGENT_NODE": self._cfg.node,
+            "HAAGENT_NODE": node,
             "HAAGENT_CHECK": inst.check.name,
             "HAAGENT_VIPS": " ".join(inst.vips),
         }
         if len(inst.vips) == 1:
             # Exactly what a run about one VIP has always had, so single-VIP scripts keep working.
             inst.solo = inst.vips[0]
-            env.update(vip_env(vip_cfgs[inst.solo], self._cfg.node))
+            env.update(vip_env(vip_cfgs[inst.solo], node))
         inst.env = env
 
     def _run_env(self, inst: _Instance) -> dict[str, str] | None:
@@ -244,14 +296,14 @@ class HealthMonitor:
     def _loop(self, inst: _Instance) -> None:
         interval = inst.check.interval
         next_at = time.monotonic()
-        while not self._stop.is_set():
+        while not inst.stop.is_set():
             result = self._run_once(inst)
             self._record(inst, result)
             next_at += interval
             now = time.monotonic()
             if next_at < now:  # a run overstayed; do not try to catch up
                 next_at = now
-            if self._stop.wait(next_at - now):
+            if inst.stop.wait(next_at - now):
                 return
 
     def _run_once(self, inst: _Instance) -> CheckResult:
@@ -279,7 +331,7 @@ class HealthMonitor:
 
     def _record(self, inst: _Instance, result: CheckResult) -> None:
         with self._lock:
-            if self._stop.is_set():
+            if inst.stop.is_set():
                 return
             inst.output = result.output
             inst.duration = result.duration
@@ -295,7 +347,7 @@ class HealthMonitor:
                 t.describe(),
             )
             for vip in inst.vips:
-                vh = self._vips[vip]
+                vh = self._vips[vip]  # inst.vips and _vips change together, under the lock
                 if vh.update() and vh.healthy is not None:
                     self._emit(VipHealthChanged(vip, vh.healthy, vh.reason))
 

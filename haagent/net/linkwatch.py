@@ -75,6 +75,12 @@ class LinkWatcher:
     def initial(self) -> dict[str, bool | None]:
         return dict(self._state)
 
+    def watch(self, ifnames: Iterable[str]) -> dict[str, bool | None]:
+        """Watch these interfaces too (a reload); the state of the ones new to the watch."""
+        added = {n: link_up(n) for n in sorted(set(ifnames) - self._state.keys())}
+        self._state.update(added)  # one dict update: the thread sees all or none of it
+        return added
+
     def start(self) -> None:
         self._thread.start()
 
@@ -94,7 +100,7 @@ class LinkWatcher:
                     return
                 # ENOBUFS: events were dropped; read the truth again instead of guessing.
                 log.warning("link events: %s; re-reading the interfaces", exc.strerror or exc)
-                for name in self._state:
+                for name in list(self._state):  # watch() may add to it meanwhile
                     self._report(name, link_up(name))
                 continue
             for name, up in parse_link_messages(data):

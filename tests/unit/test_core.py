@@ -397,6 +397,33 @@ def test_carrier_loss_releases_at_once_and_carrier_back_campaigns_again():
     assert sim.placed == {"v0", "v1"}
 
 
+def test_regression_a_failed_resign_is_not_retried_once_the_vip_is_held_again():
+    """Found by the soak run (seed 5, link cuts): carrier lost, unbind, the resign gets no
+    answer; carrier back before the lease ends, the key is still ours, bind again; then the
+    retried resign deleted the key and wrote the release record while the address was up, and
+    the next winner bound at once: two holders for 1.4-377 ms."""
+    sim = Sim.started(config(1))
+    sim.run()
+    key = sim.keys["v0"]
+    sim.core.link_changed("eth0", False, "eth0 lost its carrier", sim.now)
+    unbind = sim.step()
+    assert isinstance(unbind, Unbind)
+    resign = sim.core.next_action()
+    assert isinstance(resign, Resign)
+    sim.core.resign_failed(resign, sim.now)  # etcd did not answer
+    sim.core.link_changed("eth0", True, "eth0 has its carrier back", sim.now)
+    sim.run()
+    assert sim.placed == {"v0"} and sim.core.vips["v0"].state is State.HOLDER
+    sim.now += 1.0  # the resign's retry timer is due
+    sim.run()
+    assert sim.keys.get("v0") == key, "the key we serve again was deleted"
+    assert not [a for a in sim.log if isinstance(a, Resign)]
+    # A later release still resigns that same key.
+    sim.core.link_changed("eth0", False, "eth0 lost its carrier", sim.now)
+    sim.run()
+    assert "v0" not in sim.keys and not sim.placed
+
+
 def test_shutdown_keeps_only_releases_of_what_was_queued():
     """A refresh queued just before the stop would bind again the addresses the loop removed
     before revoking (it re-binds what it finds missing)."""

@@ -169,7 +169,9 @@ def test_config_diff_names_added_removed_changed_and_untouched_vips():
     c = {"name": "c", "address": "198.51.100.12", "interface": "eth0"}
     b2 = {**b, "address": "198.51.100.21"}
     d = reload.diff_vips(vips_config(a, b, c), vips_config(a, b2, {**c, "name": "d"}))
-    assert d == reload.VipDiff(added=("d",), removed=("c",), changed=("b",), unchanged=("a",))
+    assert d == reload.VipDiff(
+        added=("d",), removed=("c",), moved=("b",), updated=(), unchanged=("a",)
+    )
     assert not d.empty
     assert reload.diff_vips(vips_config(a), vips_config(a)).empty
 

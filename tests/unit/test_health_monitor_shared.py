@@ -253,3 +253,42 @@ def test_per_vip_runs_once_per_vip_with_that_vips_environment(tmp_path, monitors
     for name in names:
         count = len((tmp_path / f"runs-{name}").read_text().splitlines())
         assert 1 <= count <= elapsed / INTERVAL + 2, (name, count, elapsed)
+
+
+def _cfg(vips: list[dict[str, object]], checks: dict[str, object]) -> Config:
+    return parse_config(
+        {
+            "node": "h1",
+            "etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+            "checks": checks,
+            "vips": vips,
+        },
+        "t.yaml",
+    )
+
+
+def test_reload_keeps_the_state_of_unchanged_checks_and_starts_new_ones(tmp_path, monitors):
+    """SIGHUP: a VIP whose checks are defined as before is not reported again (it stays
+    healthy, no trip through "unknown"); a new VIP on the same shared check is healthy at
+    once; a new check starts unknown; a removed VIP's state is ignored, not an error."""
+    runs = tmp_path / "runs"
+    ok = _exec(f"echo x >> {runs}")
+    sink = Sink()
+    old = _cfg(_vips(["a", "b"], ["ok"]), {"ok": ok})
+    mon = monitors(old, sink)
+    _wait(lambda: len(sink.about(True)) == 2, 5, "a and b healthy")
+    runs_before = runs.read_text().count("x")
+    new = _cfg(
+        [*_vips(["a", "c"], ["ok"]), {**_vips(["x", "y", "d"], ["slow"])[2]}],
+        {"ok": ok, "slow": _exec("true", rise=3)},
+    )
+    mon.reload(new)
+    events = [(e.vip, e.healthy) for e in sink.events]
+    assert events.count(("a", True)) == 1, events  # not reported again
+    assert ("c", True) in events, events  # the shared check is healthy already
+    assert mon.vip_healthy("d") is None  # a new check: unknown until it rose
+    _wait(lambda: ("d", True) in [(e.vip, e.healthy) for e in sink.events], 5, "d rose")
+    # The shared check kept its thread: one run per interval, not a second scheduler.
+    time.sleep(INTERVAL * 5)
+    assert runs.read_text().count("x") - runs_before <= 8
+    mon.set_state("b", "idle")  # removed by the reload: ignored

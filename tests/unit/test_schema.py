@@ -11,8 +11,13 @@ from haagent.cluster.schema import (
     Keys,
     MemberRecord,
     ParsedKey,
+    Released,
     Request,
     SchemaError,
+    VipSpec,
+    failing_checks,
+    health_from_dict,
+    health_to_dict,
 )
 
 K = Keys("db")
@@ -176,3 +181,137 @@ def test_a_name_with_a_trailing_newline_is_not_a_name():
     from haagent.cluster.schema import valid_name
 
     assert valid_name("db") and not valid_name("db\n") and not valid_name("db\n\n")
+
+
+# --------------------------------------------------------------------------- v1 additions
+# (issue 12: VIP specs, structured health, why a holder left). New fields are optional on
+# read, ignored by older readers, and a record decoded and encoded again gives the same bytes
+# (the agent compares its own member record by bytes: agent/core.py _own_member_changed).
+
+SPEC = VipSpec("198.51.100.200", 24, "eth0", "vmac", ("pg", "web"))
+
+
+def full_member() -> MemberRecord:
+    return MemberRecord(
+        node="pg1",
+        address="198.51.100.11",
+        version="0.1.0",
+        started=1.5,
+        config_digest="abc",
+        lease=255,
+        vips=("db", "db6"),
+        health={
+            "db": HEALTHY,
+            "db6": Health(
+                HealthState.UNHEALTHY,
+                "check pg failed: connection refused (3/3); check web failed: HTTP 500",
+            ),
+        },
+        vip_specs={"db": SPEC, "db6": VipSpec("2001:db8::10", 128, "eth1", "announce-only")},
+    )
+
+
+def test_member_with_specs_and_structured_health_round_trips_byte_for_byte():
+    rec = full_member()
+    raw = rec.to_json()
+    again = MemberRecord.from_json(raw)
+    assert again == rec and again.to_json() == raw
+    data = json.loads(raw)
+    assert data["schema"] == "haagent.member/v1"  # additions, not a new version
+    assert data["vip_specs"]["db"] == {
+        "address": "198.51.100.200",
+        "prefix": 24,
+        "interface": "eth0",
+        "mode": "vmac",
+        "checks": ["pg", "web"],
+    }
+    assert data["health"]["db6"].startswith("unhealthy: check pg failed")  # the v1 text stays
+    assert data["health_state"]["db6"]["failing"] == [
+        {"check": "pg", "detail": "connection refused (3/3)"},
+        {"check": "web", "detail": "HTTP 500"},
+    ]
+    assert data["health_state"]["db"] == {"state": "healthy", "reason": ""}
+
+
+def test_an_old_member_record_without_the_new_fields_still_reads():
+    raw = json.dumps(
+        {
+            "schema": "haagent.member/v1",
+            "node": "pg1",
+            "address": None,
+            "version": "0.0.9",
+            "started": 1.0,
+            "config_digest": "x",
+            "lease": "ff",
+            "vips": ["db"],
+            "draining": False,
+            "health": {"db": "unhealthy: check pg failed: refused"},
+        }
+    ).encode()
+    m = MemberRecord.from_json(raw)
+    assert m.vip_specs == {} and m.health["db"].reason == "check pg failed: refused"
+
+
+def test_structured_health_wins_and_malformed_new_fields_are_dropped_not_fatal():
+    data = json.loads(full_member().to_json())
+    data["health"]["db"] = "unknown"  # disagrees: the structured form is the newer one
+    data["health_state"]["db6"] = {"state": "sideways"}  # unreadable: the text is used
+    data["vip_specs"]["db6"] = {"address": 3}  # dropped
+    data["future_field"] = {"anything": [1, 2]}  # unknown fields are ignored
+    m = MemberRecord.from_json(json.dumps(data).encode())
+    assert m.health["db"] == HEALTHY
+    assert m.health["db6"].state is HealthState.UNHEALTHY
+    assert set(m.vip_specs) == {"db"}
+    junk: object
+    for junk in ([], "x", {"db": 1}):
+        data["vip_specs"] = junk
+        data["health_state"] = junk
+        assert MemberRecord.from_json(json.dumps(data).encode()).node == "pg1"
+
+
+def test_holder_may_carry_the_vip_spec_and_older_holders_read_without_it():
+    h = Holder("pg1", 0x1F, since=1.5, epoch=7, reason="won", spec=SPEC)
+    assert Holder.from_json(h.to_json()) == h
+    plain = Holder("pg1", 0x1F, since=1.5, epoch=7, reason="won")
+    assert b"spec" not in plain.to_json() and Holder.from_json(plain.to_json()).spec is None
+    data = json.loads(h.to_json())
+    data["spec"] = "garbage"
+    assert Holder.from_json(json.dumps(data).encode()).spec is None
+
+
+def test_released_carries_why_the_holder_left_optionally():
+    r = Released("pg1", 41, 2.5, reason="unhealthy: check pg failed: refused")
+    assert Released.from_json(r.to_json()) == r
+    old = b'{"schema":"haagent.released/v1","node":"pg1","create_revision":41,"at":2.5}'
+    assert Released.from_json(old) == Released("pg1", 41, 2.5)
+    assert Released.from_json(old.replace(b"}", b',"reason":7}')).reason == ""
+
+
+def test_health_structured_form_and_failing_checks():
+    h = Health(HealthState.UNHEALTHY, "check a.b failed: x; y; check c failed: z")
+    assert failing_checks(h) == (("a.b", "x; y"), ("c", "z"))
+    assert failing_checks(HEALTHY) == ()
+    for value in (HEALTHY, h, Health(HealthState.UNKNOWN, "waiting for check pg (1/2)")):
+        assert health_from_dict(health_to_dict(value)) == value
+    assert health_from_dict({"state": "healthy", "reason": 3}) is None
+    assert health_from_dict(None) is None
+
+
+def test_vip_spec_of_config_names_the_mode():
+    from haagent.config import parse_config
+
+    cfg = parse_config(
+        {
+            "cluster": "db",
+            "node": "h1",
+            "vips": [
+                {"name": "a", "address": "198.51.100.200/24", "interface": "eth0"},
+                {"name": "b", "address": "2001:db8::5", "interface": "eth0", "vmac": True},
+                {"name": "c", "address": "198.51.100.201", "interface": "eth0", "bind": False},
+            ],
+        }
+    )
+    specs = {v.name: VipSpec.of_config(v) for v in cfg.vips}
+    assert specs["a"] == VipSpec("198.51.100.200", 24, "eth0", "node-mac")
+    assert specs["b"].mode == "vmac" and specs["b"].prefix == 128
+    assert specs["c"].mode == "announce-only"
