@@ -15,6 +15,7 @@ help:
 	@echo "make unit   - only the fast unit tests (no root needed)"
 	@echo "make lab-clean - remove every leftover lab namespace and process"
 	@echo "make bench  - haagent vs keepalived failover benchmark, ~25 min (BENCH_ARGS=--quick: a few minutes); docs/benchmarks.md"
+	@echo "make soak   - randomized fault run (Jepsen style), 10 min of faults (SOAK_ARGS=\"--minutes 5 --seed N\"); docs/safety.md"
 	@echo "make bench-scale - 10/200/1000 VIPs on 5 hosts: cold start, RSS, CPU, idle, mass failover, ~20 min (SCALE_ARGS=--quick: 2-5 min); docs/benchmarks.md"
 
 deps: system-deps venv
@@ -83,3 +84,18 @@ bench: deps
 SCALE_ARGS ?=
 bench-scale: deps
 	$(PY) -m bench.scale $(SCALE_ARGS)
+
+# Not part of `make test` (a 75 s version is: tests/lab/test_soak.py). A seeded nemesis against
+# a 3-host, 3-member-etcd lab, judged over the whole run (haagent/lab/soak.py). Exit 1 with the
+# seed and the replay command when a verdict fails. Results: bench-results/soak-<stamp>.json.
+.PHONY: soak
+SOAK_ARGS ?=
+soak: deps
+	@mkdir -p bench-results
+	$(PY) -m haagent.lab.soak --out bench-results/soak-$$(date -u +%Y%m%dT%H%M%SZ).json $(SOAK_ARGS)
+
+# Only tests/deploy: ansible-lint, then the roles applied to three booted Debian roots
+# (systemd-nspawn, debootstrap image cached in /var/cache/haagent-deploy-test). ~3 min.
+.PHONY: test-deploy
+test-deploy: deps
+	$(VENV)/bin/pytest -s tests/deploy $(PYTEST_ARGS)
