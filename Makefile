@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := etcd-server etcd-client iproute2 nftables
+APT_PACKAGES := etcd-server etcd-client iproute2 nftables debootstrap systemd systemd-container util-linux libcap2-bin prometheus
 PYTEST_ARGS ?=
 
 .PHONY: help deps system-deps venv lint typecheck unit test demo lab-clean clean

@@ -33,6 +33,7 @@ from ipaddress import (
     IPv6Address,
     IPv6Interface,
     NetmaskValueError,
+    ip_address,
 )
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, get_args
@@ -402,6 +403,42 @@ def _default_node() -> str:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint (docs/metrics.md): off unless ``listen`` is set."""
+
+    listen: tuple[str, int] | None = None  # (IP literal, port)
+
+    @property
+    def url(self) -> str | None:
+        if self.listen is None:
+            return None
+        host, port = self.listen
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9187"`` or ``"[::1]:9187"`` -> (IP, port); ValueError with the fix."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("expected [IPv6]:port, e.g. [::1]:9187")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError("expected IP:port, e.g. 127.0.0.1:9187 (IPv6 in brackets)")
+    try:
+        ip = ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"{host!r} is not an IP address; the endpoint binds an address, not a host name"
+        ) from None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 1-65535, found {port_text[:12]!r}")
+    return str(ip), int(port_text)
+
+
+@dataclass(frozen=True)
 class Config:
     cluster: str = "default"
     node: str = field(default_factory=_default_node)
@@ -410,6 +447,7 @@ class Config:
     announce: AnnounceConfig = field(default_factory=AnnounceConfig)  # defaults for each VIP
     vips: tuple[VipConfig, ...] = ()
     log_level: str = "info"
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Named health checks, referenced by VipConfig.checks; read-only.
     checks: Mapping[str, CheckConfig] = field(default_factory=CheckMap)
     source: Path | None = None  # the file it came from
@@ -779,7 +817,17 @@ def _whole(lo: int, hi: int, unit: str = "", why: str = "") -> Callable[[int], s
 
 # --------------------------------------------------------------------------- sections
 
-_TOP_KEYS = ("cluster", "node", "log_level", "etcd", "lease", "announce", "checks", "vips")
+_TOP_KEYS = (
+    "cluster",
+    "node",
+    "log_level",
+    "etcd",
+    "lease",
+    "announce",
+    "metrics",
+    "checks",
+    "vips",
+)
 _ETCD_KEYS = (
     "endpoints",
     "tls",
@@ -1682,6 +1730,7 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
                 "keepalive makes the agent drop its VIPs; shorten the interval or raise lease.ttl",
             )
     announce = _parse_announce(col, raw.get("announce"), "announce", AnnounceConfig())
+    metrics = _parse_metrics(col, raw.get("metrics"))
     checks, defined = _parse_checks(col, raw.get("checks"))
     vips = _parse_vips(col, raw.get("vips"), announce, checks, defined)
     _check_exec_sharing(col, checks, vips)
@@ -1697,8 +1746,25 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
         announce=announce,
         vips=vips,
         log_level=top.values.get("log_level", Config.log_level).lower(),
+        metrics=metrics,
         checks=CheckMap(checks),
     )
+
+
+def _parse_metrics(col: _Collector, value: object) -> MetricsConfig:
+    if value is None:
+        return MetricsConfig()
+    raw = col.mapping(value, "metrics", ("listen",))
+    if raw is None or raw.get("listen") is None:
+        return MetricsConfig()
+    text = col.string(raw["listen"], "metrics.listen", limit=64)
+    if text is None:
+        return MetricsConfig()
+    try:
+        return MetricsConfig(parse_listen(text))
+    except ValueError as exc:
+        col.error("metrics.listen", str(exc))
+        return MetricsConfig()
 
 
 class _StrictLoader(yaml.SafeLoader):

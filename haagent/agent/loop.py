@@ -59,6 +59,7 @@ from haagent.health.events import VipHealthChanged
 from haagent.health.monitor import HealthMonitor
 from haagent.health.notify import Notifier
 from haagent.logs import fields
+from haagent.metrics import Metrics
 from haagent.net.addresses import LIFETIME_FOREVER, AddressManager, NetError, RefreshError
 from haagent.net.announce import Announcer
 from haagent.net.linkwatch import LinkChanged, LinkWatcher
@@ -112,7 +113,11 @@ class Agent:
         self._announcer: Announcer | None = None
         self._links: LinkWatcher | None = None
         self._fence = FenceClient(setup_message(cfg.cluster, cfg.etcd))
-        self.health = HealthMonitor(cfg, self._post_health)
+        self.metrics = Metrics()
+        self.metrics.set_info(cfg.node, cfg.cluster, __version__, cfg.digest)
+        self.metrics.fence(lambda: self._fence.running, lambda: self._fence.guarded)
+        self._campaign_sent: dict[str, float] = {}  # vip -> monotonic time of its campaign
+        self.health = HealthMonitor(cfg, self._post_health, observer=self.metrics.check_result)
         self.notifier = Notifier(self.node)
         self._stop_requested = threading.Event()
         self._lock_sock: socket.socket | None = None
@@ -128,6 +133,7 @@ class Agent:
             if (problem := caps.check()) is not None:
                 raise AgentError(problem)
             self._lock()
+            self._serve_metrics()
             self._net = AddressManager()
             self._place = Placement(self._net)
             self._refuse_foreign()
@@ -158,8 +164,27 @@ class Agent:
             return 0
         finally:
             self._shutdown()
+            self.metrics.close()
             for s, h in previous.items():
                 signal.signal(s, h)
+
+    def _serve_metrics(self) -> None:
+        listen = self.cfg.metrics.listen
+        if listen is None:
+            return
+        try:
+            self.metrics.serve(*listen)
+        except OSError as exc:
+            raise AgentError(
+                f"cannot serve metrics on {self.cfg.metrics.url}: {exc.strerror or exc}; "
+                "choose another metrics.listen (an address of this host, a free port)"
+            ) from None
+        log.info("metrics at %s", self.cfg.metrics.url)
+
+    def _etcd_error(self, exc: BaseException) -> str:
+        """Count a failed etcd call by kind; its description for the log line."""
+        self.metrics.etcd_errors.labels(type(exc).__name__).inc()
+        return describe_error(exc)
 
     def _refuse_foreign(self) -> None:
         """Refuse to start with a VIP this host has configured outside haagent (issue: a VIP
@@ -242,7 +267,7 @@ class Agent:
             raise AgentError(str(exc)) from None
         except ETCD_ERRORS as exc:
             raise AgentError(
-                f"etcd stopped answering during start-up ({describe_error(exc)}); "
+                f"etcd stopped answering during start-up ({self._etcd_error(exc)}); "
                 "the service manager should start haagent again"
             ) from None
         self._reconcile_addresses(view.holders, lease_id)
@@ -301,7 +326,7 @@ class Agent:
             try:
                 ttl, sent = self.store.keepalive(previous)
             except STORE_ERRORS as exc:
-                log.info("previous lease %x not renewable (%s)", previous, describe_error(exc))
+                log.info("previous lease %x not renewable (%s)", previous, self._etcd_error(exc))
             else:
                 if ttl > 0:
                     log.info("adopted lease %x of the previous run (ttl %ds)", previous, ttl)
@@ -393,7 +418,9 @@ class Agent:
                 case ViewLoaded(view=view):
                     self.core.view_loaded(view, now)
                 case KeepaliveAcked(lease_id=lease_id, sent_at=sent, ttl=ttl):
-                    self.core.keepalive_acked(lease_id, sent, ttl, time.monotonic())
+                    acked = time.monotonic()
+                    self.metrics.keepalive.observe(max(0.0, acked - sent))
+                    self.core.keepalive_acked(lease_id, sent, ttl, acked)
                 case LeaseGone(lease_id=lease_id, reason=reason):
                     self.core.lease_gone(lease_id, reason, now)
                 case VipHealthChanged(vip=vip, healthy=healthy, reason=reason):
@@ -411,10 +438,14 @@ class Agent:
         return False
 
     def _after_step(self) -> None:
-        for vip, state in self.core.take_state_changes().items():
+        core = self.core
+        for vip, state in core.take_state_changes().items():
             self.health.set_state(vip, state.value)  # exec checks: HAAGENT_STATE / _HOLDING
-        if self.core.retiring:
-            self._retired(self.core.take_retired(time.monotonic()))
+            if (rt := core.vips.get(vip)) is not None:
+                self.metrics.eligible.labels(vip).set(int(rt.election.eligible))
+        self.metrics.set_deadline(core.clock.deadline if core.lease_ok else None)
+        if core.retiring:
+            self._retired(core.take_retired(time.monotonic()))
         if self._place is not None and not self.core.busy:
             try:  # links of released vmac VIPs, once their keys are handed over
                 self._place.tidy()
@@ -424,6 +455,11 @@ class Agent:
     # -- reload --------------------------------------------------------------------------
 
     def _reload(self, why: str, now: float) -> None:
+        before = self.cfg
+        self._apply_reload(why, now)
+        self.metrics.reloads.labels("refused" if self.cfg is before else "applied").inc()
+
+    def _apply_reload(self, why: str, now: float) -> None:
         """Re-read the config file (SIGHUP): apply it without a gap, or refuse it whole.
 
         decide.reload says what happens to each VIP. A refused file changes nothing: the
@@ -459,6 +495,7 @@ class Agent:
             return
         diff = reload.diff_vips(self.cfg.vips, new.vips)
         self.cfg = new
+        self.metrics.set_info(new.node, new.cluster, __version__, new.digest)
         if self._log_level is None:
             logging.getLogger().setLevel(new.log_level.upper())
         configs = {v.name: v for v in new.vips}
@@ -488,6 +525,7 @@ class Agent:
         for old, new in done:
             if new is None:
                 del self.vips[old.name]
+                self.metrics.forget_vip(old.name)
                 log.info(
                     "vip %s released and dropped: a reload removed it",
                     old.name,
@@ -543,6 +581,9 @@ class Agent:
         assert lease_id is not None  # the core drops campaigns without a valid lease
         batch = [first, *self.core.more_campaigns(CAMPAIGN_BATCH - 1)]
         since = time.time()
+        sent = time.monotonic()
+        for c in batch:
+            self._campaign_sent[c.vip] = sent
         records = [
             (c.vip, Holder(self.node, lease_id, since=since, epoch=c.epoch, reason=c.reason))
             for c in batch
@@ -550,7 +591,7 @@ class Agent:
         try:
             results = self.store.campaign(records)
         except ETCD_ERRORS as exc:
-            why = describe_error(exc)
+            why = self._etcd_error(exc)
             names = ", ".join(c.vip for c in batch[:5])
             if len(batch) > 5:
                 names += f" and {len(batch) - 5} more"
@@ -578,6 +619,10 @@ class Agent:
         self.core.placed(vip.name)
         # Announce before anything else: clients and switches move on the first one.
         self._announce(vip, vip.announce.count)
+        if (sent := self._campaign_sent.pop(vip.name, None)) is not None:
+            self.metrics.takeover.observe(time.monotonic() - sent)
+        self.metrics.held.labels(vip.name).set(1)
+        self.metrics.transition(vip.name, "acquired", action.reason)
         holder = self.core.vips[vip.name].election.holder
         epoch = f", epoch {holder.epoch}" if holder else ""
         self.notifier.fire("acquire", vip, action.reason)
@@ -605,6 +650,7 @@ class Agent:
             )
         self.core.removed(vip.name)
         self._tell_fence(remove=vip)
+        self.metrics.held.labels(vip.name).set(0)
         if not was_bound:
             log.info(
                 "gave up vip %s before binding it: %s",
@@ -626,6 +672,7 @@ class Agent:
             extra=fields("released", vip.name, action.reason),
         )
         self.notifier.fire("release", vip, action.reason)
+        self.metrics.transition(vip.name, "released", action.reason)
 
     def _resign(self, action: Resign) -> None:
         lease = self.core.clock.lease_id or 0
@@ -633,7 +680,7 @@ class Agent:
         try:
             done = self.store.resign(action.vip, action.create_revision, released, lease)
         except ETCD_ERRORS as exc:
-            log.warning("cannot resign vip %s (%s); retrying", action.vip, describe_error(exc))
+            log.warning("cannot resign vip %s (%s); retrying", action.vip, self._etcd_error(exc))
             self.core.resign_failed(action, time.monotonic())
             return
         log.info(
@@ -649,7 +696,7 @@ class Agent:
             alive: bool | None = self.store.lease_alive(lease)
         except ETCD_ERRORS as exc:
             log.warning(
-                "cannot ask etcd about lease %x for vip %s: %s", lease, vip, describe_error(exc)
+                "cannot ask etcd about lease %x for vip %s: %s", lease, vip, self._etcd_error(exc)
             )
             alive = None
         self.core.lease_checked(vip, lease, alive, time.monotonic())
@@ -671,7 +718,7 @@ class Agent:
                 "cannot confirm the release of vip %s (%s); the next holder waits for this "
                 "node's lease instead",
                 vip,
-                describe_error(exc),
+                self._etcd_error(exc),
             )
             return
         log.info("confirmed in etcd that vip %s is no longer bound here", vip)
@@ -681,7 +728,7 @@ class Agent:
             done = self.store.resign(action.vip, action.create_revision)
         except ETCD_ERRORS as exc:
             log.warning(
-                "cannot delete invalid holder key of vip %s: %s", action.vip, describe_error(exc)
+                "cannot delete invalid holder key of vip %s: %s", action.vip, self._etcd_error(exc)
             )
             return
         log.warning(
@@ -790,7 +837,7 @@ class Agent:
         except ETCD_ERRORS as exc:
             if claim:
                 raise
-            log.warning("cannot publish member record: %s", describe_error(exc))
+            log.warning("cannot publish member record: %s", self._etcd_error(exc))
             return
         self.core.member_written(time.monotonic(), record)
 
@@ -809,7 +856,7 @@ class Agent:
         try:
             lease_id, ttl, sent = self.store.grant(self.cfg.lease.ttl)
         except ETCD_ERRORS as exc:
-            log.warning("cannot get a new lease (%s); retrying", describe_error(exc))
+            log.warning("cannot get a new lease (%s); retrying", self._etcd_error(exc))
             self.core.regrant_failed(time.monotonic())
             return
         with contextlib.suppress(OSError):
@@ -823,7 +870,7 @@ class Agent:
         try:
             view = self.store.snapshot()
         except ETCD_ERRORS as exc:
-            log.warning("cannot re-read etcd after regaining the lease: %s", describe_error(exc))
+            log.warning("cannot re-read etcd after regaining the lease: %s", self._etcd_error(exc))
             return
         self.store.request_rewatch()
         self.core.reread_done(view, reason, time.monotonic())
@@ -841,6 +888,7 @@ class Agent:
                     self.place.mac(vip),
                     arp_reply=vip.announce.arp_reply,
                 )
+                self.metrics.announcements.labels(vip.name).inc()
             except (OSError, NetError) as exc:
                 log.warning("announcement for vip %s failed: %s", vip.name, exc)
             if remaining > 1:
@@ -895,7 +943,7 @@ class Agent:
                 log.warning(
                     "cannot revoke lease %x (%s); etcd expires it within %ds",
                     lease_id,
-                    describe_error(exc),
+                    self._etcd_error(exc),
                     self.cfg.lease.ttl,
                 )
         self.core.shutdown(revoked)

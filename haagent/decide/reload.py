@@ -21,8 +21,9 @@ from haagent.config import Config, VipConfig
 
 # What makes a VIP another VIP: where and how its address is answered for.
 PLACE_FIELDS = ("address", "interface", "vmac", "vrid", "bind")
-# Config sections a reload cannot apply: the etcd connection, the lease and the identity.
-RESTART_FIELDS = ("cluster", "node", "etcd", "lease")
+# Config sections a reload cannot apply: the etcd connection, the lease, the identity and the
+# metrics listener.
+RESTART_FIELDS = ("cluster", "node", "etcd", "lease", "metrics")
 
 
 @dataclass(frozen=True)

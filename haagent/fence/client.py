@@ -223,6 +223,15 @@ class FenceClient:
 
     # -- helpers ----------------------------------------------------------------------
 
+    @property
+    def guarded(self) -> int:
+        """How many addresses the running fence was told to guard."""
+        return len(self._known.addresses)
+
+    @property
+    def running(self) -> bool:
+        return self._running()
+
     def _running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -83,9 +83,12 @@ class HealthMonitor:
         sink: Callable[[object], None],
         *,
         clock: Callable[[], float] = time.time,
+        observer: Callable[[str, bool | None, bool, float], None] | None = None,
     ) -> None:
         self._cfg = cfg
         self._sink = sink
+        # Told of every run (instance, its health now, the run's result, its duration): metrics.
+        self._observer = observer
         self._clock = clock
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -336,6 +339,8 @@ class HealthMonitor:
             inst.output = result.output
             inst.duration = result.duration
             t = inst.state.record(result.ok, result.detail)
+            if self._observer is not None:
+                self._observer(inst.key, inst.state.healthy, result.ok, result.duration)
             if t is None:
                 return
             level = logging.INFO if t.healthy else logging.WARNING
