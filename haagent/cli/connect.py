@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from haagent.cli.picture import Picture, build
 from haagent.cluster.schema import ROOT, Keys, valid_name
 from haagent.config import EtcdConfig
 
@@ -391,3 +392,16 @@ def connect(args: argparse.Namespace) -> tuple[Target, Any]:
     target = resolve(args)
     args._target = target
     return target, open_store(target)
+
+
+def read_picture(args: argparse.Namespace) -> tuple[Target, Picture]:
+    """Connect, read the cluster's prefix once, and close: what status and members show.
+    An empty picture is an unknown cluster (CliError listing the clusters there are)."""
+    target, store = connect(args)
+    try:
+        picture = build(store.snapshot(), target.cluster)
+        if picture.empty:
+            raise unknown_cluster(store, target.cluster)
+    finally:
+        store.close()
+    return target, picture

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from haagent.cli import connect as conn
-from haagent.cli.picture import build, disagreement_json, member_json
+from haagent.cli.picture import disagreement_json, member_json
 from haagent.cli.render import console, members_table, print_json
 
 EXAMPLES = """
@@ -37,13 +37,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_members(args: argparse.Namespace) -> int:
-    target, store = conn.connect(args)
-    try:
-        picture = build(store.snapshot(), target.cluster)
-        if picture.empty:
-            raise conn.unknown_cluster(store, target.cluster)
-    finally:
-        store.close()
+    _target, picture = conn.read_picture(args)
     now = time.time()
     if args.json:
         print_json(

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from haagent.cli import connect as conn
-from haagent.cli.picture import build, status_json
+from haagent.cli.picture import status_json
 from haagent.cli.render import console, print_json, status_table
 
 EXAMPLES = """
@@ -46,14 +46,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    target, store = conn.connect(args)
-    try:
-        view = store.snapshot()
-        picture = build(view, target.cluster)
-        if picture.empty:
-            raise conn.unknown_cluster(store, target.cluster)
-    finally:
-        store.close()
+    target, picture = conn.read_picture(args)
     rows = list(picture.vips)
     if args.vip is not None:
         row = picture.vip(args.vip)
