@@ -431,7 +431,10 @@ class Agent:
                     reply.put(self.core.status(now))
                 case Reload(reason=reason):
                     self._reload(reason, now)
-                case KeepaliveFailed() | WatchBroken() | WatchResumed():
+                case KeepaliveFailed(kind=kind):
+                    # The keeper logs; the deadline decides. Counted with the loop's own.
+                    self.metrics.etcd_errors.labels(kind or "keepalive").inc()
+                case WatchBroken() | WatchResumed():
                     pass  # the store logs; the deadline decides
         if changes:
             self.core.apply(changes, now)

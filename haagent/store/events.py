@@ -38,6 +38,7 @@ class LeaseGone:
 class KeepaliveFailed:
     lease_id: int
     error: str
+    kind: str = ""  # the exception's type name, for the etcd error metric
 
 
 @dataclass(frozen=True)

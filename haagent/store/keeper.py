@@ -51,7 +51,7 @@ class LeaseKeeper:
                         "keepalive for lease %x failed: %s", self.lease_id, describe_error(exc)
                     )
                 failing = True
-                self.sink(KeepaliveFailed(self.lease_id, describe_error(exc)))
+                self.sink(KeepaliveFailed(self.lease_id, describe_error(exc), type(exc).__name__))
             else:
                 if ttl <= 0:
                     self.sink(LeaseGone(self.lease_id, "etcd says the lease no longer exists"))
