@@ -692,8 +692,12 @@ class Core:
         self.timers.cancel(f"retry:{rt.name}")
         self._refresh_eligibility(rt, now)
 
-    def _add_runtime(self, cfg: VipConfig, now: float) -> VipRuntime:
+    def _add_runtime(self, cfg: VipConfig, now: float, health: Health | None = None) -> VipRuntime:
         rt = VipRuntime.new(cfg, self.node)
+        if health is not None and cfg.checks:
+            # The monitor reports health by VIP name and kept its checks' state across the
+            # reload: it sends nothing new for a moved VIP whose health did not change.
+            rt.health = health
         self.vips[cfg.name] = rt
         e = rt.election
         if not rt.health.known:
@@ -729,7 +733,7 @@ class Core:
             self._state_changed.pop(name, None)
             out.append((rt.cfg, rt.replacement))
             if rt.replacement is not None:
-                self._add_runtime(rt.replacement, now)
+                self._add_runtime(rt.replacement, now, rt.health)
         if out:
             self._publish_member(now)
         return out

@@ -156,3 +156,16 @@ def test_the_status_reflects_the_new_config():
     apply(sim, cfg(A, C))
     assert [v.name for v in sim.core.status(sim.now).vips] == ["a", "c"]
     assert dataclasses.replace(sim.core.cfg).vips == cfg(A, C).vips
+
+
+def test_a_moved_vip_with_checks_keeps_its_known_health_and_is_elected_again():
+    """The health monitor keeps the check's state across the reload and sends no new event
+    for a VIP whose health did not change: the new runtime must not wait for one."""
+    with_check = {**B, "checks": ["pg"]}
+    sim = Sim.started(cfg(A, with_check))
+    sim.core.health_changed("b", True, "check pg passed", sim.now)
+    sim.run()
+    assert held(sim) == {"a", "b"}
+    apply(sim, cfg(A, {**with_check, "address": "198.51.100.21"}))
+    assert held(sim) == {"a", "b"}
+    assert str(sim.core.vips["b"].cfg.address) == "198.51.100.21/32"
