@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from haagent.agent.runtime import VipRuntime
@@ -739,8 +740,9 @@ class Core:
         return out
 
     @property
-    def retiring(self) -> frozenset[str]:
-        return frozenset(self._retiring)
+    def retiring(self) -> AbstractSet[str]:
+        """The VIPs being released for a reload (read-only view; the loop asks every step)."""
+        return self._retiring
 
     # -- stop --------------------------------------------------------------------------
 

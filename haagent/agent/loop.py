@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from types import FrameType
 
@@ -505,7 +506,7 @@ class Agent:
         for name in diff.added + diff.updated:
             if name not in self.core.retiring:  # a retiring VIP keeps its old config
                 self.vips[name] = configs[name]
-        self._vip_ips = frozenset(v.ip for v in (*new.vips, *self.vips.values()))
+        self._vip_ips = self._known_ips()
         self.core.reload(new, diff, now)
         self.health.reload(new)
         interfaces = {v.interface for v in new.vips}
@@ -545,7 +546,12 @@ class Agent:
                     new.interface,
                     extra=fields("moved", old.name, "address or interface changed by a reload"),
                 )
-        self._vip_ips = frozenset(v.ip for v in (*self.cfg.vips, *self.vips.values()))
+        self._vip_ips = self._known_ips()
+
+    def _known_ips(self) -> frozenset[IPv4Address | IPv6Address]:
+        """Every VIP address of the config in force and of VIPs still being released: none of
+        them is the node's own address (``_node_address``)."""
+        return frozenset(v.ip for v in (*self.cfg.vips, *self.vips.values()))
 
     # -- actions -------------------------------------------------------------------------
 

@@ -71,7 +71,15 @@ def test_reload_applies_a_new_config_without_a_gap_and_refuses_a_bad_one(
         wait_until(
             lambda: holder_record(lab, agents.cluster, "gone") is None, 10, what="gone resigned"
         )
-        time.sleep(0.5)
+
+        def recorded() -> bool:
+            # What the waits above saw in the kernel, also in the monitors' output.
+            seen = recorder.poll()
+            return any(e.ip == mover and not e.added for e in seen) and any(
+                e.ip == moved_to and e.added for e in seen
+            )
+
+        wait_until(recorded, 5, what="the recorder to see the move")
         events = recorder.stop()
     # Unchanged: the same key (epoch, since) and never off h1, not even for a moment.
     assert holder_record(lab, agents.cluster, "keep") == keep_record
