@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from haagent.cluster.schema import NAME_RE, valid_name
+from haagent.cluster.schema import DEFAULT_PRIORITY, MAX_PRIORITY, NAME_RE, valid_name
 
 __all__ = [
     "CHECK_TYPES",
@@ -365,6 +365,30 @@ class CheckMap(Mapping[str, CheckConfig]):
 
 
 DEFAULT_HOLD_DOWN = 5.0
+PRIORITY_RANGE = (0, MAX_PRIORITY)
+PREEMPT_DELAY_RANGE = (0.0, 86400.0)
+REBALANCE_RANGE = (1, 1000)
+STARTUP_WAIT_RANGE = (0.0, 60.0)
+CAMPAIGN_STEP_RANGE = (0.0, 2.0)
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Which host holds which VIP (docs/placement.md): the defaults of every VIP, and the
+    pace of handovers this host starts for placement."""
+
+    priority: int = DEFAULT_PRIORITY  # this node's priority for every VIP; higher wins
+    preempt: bool = True  # hand a VIP over to a better-ranked host that became ready
+    preempt_delay: float = 5.0  # seconds a better host must stay ready before it gets the VIP
+    # VIPs this host hands over for placement at a time (preemption); a move or drain is not
+    # held back by it
+    rebalance: int = 4
+    # Seconds after start before the first campaign: peers starting with us publish their
+    # member records meanwhile, so a cold start takes each VIP once, by its best host.
+    startup_wait: float = 2.0
+    # Seconds a candidate of rank r waits, times r, before it campaigns for a free key; the
+    # best-ranked live candidate campaigns at once.
+    campaign_step: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -383,6 +407,10 @@ class VipConfig:
     vmac: bool = False
     vrid: int = 0  # 1-255 with vmac; derived from the VIP name when not given
     bind: bool = True
+    # Placement (decide.rank): None takes placement.priority.
+    priority: int | None = None
+    preempt: bool = PlacementConfig.preempt
+    preempt_delay: float = PlacementConfig.preempt_delay
 
     @property
     def ip(self) -> IPv4Address | IPv6Address:
@@ -448,6 +476,7 @@ class Config:
     vips: tuple[VipConfig, ...] = ()
     log_level: str = "info"
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     # Named health checks, referenced by VipConfig.checks; read-only.
     checks: Mapping[str, CheckConfig] = field(default_factory=CheckMap)
     source: Path | None = None  # the file it came from
@@ -458,6 +487,10 @@ class Config:
             if v.name == name:
                 return v
         raise KeyError(name)
+
+    def priority_of(self, vip: VipConfig) -> int:
+        """This node's placement priority for ``vip``."""
+        return self.placement.priority if vip.priority is None else vip.priority
 
     def vip_checks(self, vip: VipConfig | str) -> tuple[CheckConfig, ...]:
         """The checks a VIP depends on, in the order it lists them."""
@@ -825,8 +858,17 @@ _TOP_KEYS = (
     "lease",
     "announce",
     "metrics",
+    "placement",
     "checks",
     "vips",
+)
+_PLACEMENT_KEYS = (
+    "priority",
+    "preempt",
+    "preempt_delay",
+    "rebalance",
+    "startup_wait",
+    "campaign_step",
 )
 _ETCD_KEYS = (
     "endpoints",
@@ -852,6 +894,9 @@ _VIP_KEYS = (
     "vmac",
     "vrid",
     "bind",
+    "priority",
+    "preempt",
+    "preempt_delay",
 )
 _CHECK_KEYS = ("type", "interval", "timeout", "rise", "fall")
 _CHECK_TYPE_KEYS: dict[str, tuple[str, ...]] = {
@@ -1544,12 +1589,57 @@ def _parse_vip_checks(
     return tuple(out) if ok else None
 
 
+def _parse_placement(col: _Collector, value: object) -> PlacementConfig:
+    if value is None:
+        return PlacementConfig()
+    raw = col.mapping(value, "placement", _PLACEMENT_KEYS)
+    s = _Section(col, raw, "placement")
+    s.take("priority", col.integer, _whole(*PRIORITY_RANGE))
+    s.take("preempt", col.boolean)
+    s.take("preempt_delay", col.number, _seconds(*PREEMPT_DELAY_RANGE))
+    s.take("rebalance", col.integer, _whole(*REBALANCE_RANGE, "VIPs at a time"))
+    s.take("startup_wait", col.number, _seconds(*STARTUP_WAIT_RANGE))
+    s.take("campaign_step", col.number, _seconds(*CAMPAIGN_STEP_RANGE))
+    return PlacementConfig(**s.values)
+
+
+def _take_vip_placement(
+    col: _Collector, s: _Section, node: str | None, placement: PlacementConfig
+) -> None:
+    """A VIP's ``priority`` (a number: this node's; a mapping of node to number: one file for
+    every host, nodes not named take placement.priority), ``preempt`` and ``preempt_delay``."""
+    value = s.raw.get("priority")
+    if isinstance(value, dict):
+        key = s.key("priority")
+        ok = True
+        for n, p in value.items():
+            nkey = _join(key, _key_text(n))
+            good_name = col.name(n, nkey) is not None
+            number = col.integer(p, nkey)
+            if number is not None and (problem := _whole(*PRIORITY_RANGE)(number)):
+                col.error(nkey, problem)
+                number = None
+            ok = ok and good_name and number is not None
+        if not ok:
+            s.bad.add("priority")
+        elif node is not None and node in value:
+            s.values["priority"] = value[node]
+    elif value is not None:
+        s.take("priority", col.integer, _whole(*PRIORITY_RANGE))
+    s.values.setdefault("preempt", placement.preempt)
+    s.values.setdefault("preempt_delay", placement.preempt_delay)
+    s.take("preempt", col.boolean)
+    s.take("preempt_delay", col.number, _seconds(*PREEMPT_DELAY_RANGE))
+
+
 def _parse_vips(
     col: _Collector,
     value: object,
     announce: AnnounceConfig,
     checks: Mapping[str, CheckConfig],
     defined: set[str],
+    node: str | None,
+    placement: PlacementConfig,
 ) -> tuple[VipConfig, ...]:
     path = "vips"
     if value is None or value == []:
@@ -1621,6 +1711,7 @@ def _parse_vips(
             else:
                 s.values["checks"] = listed
         s.take("hold_down", col.number, _seconds(*HOLD_DOWN_RANGE))
+        _take_vip_placement(col, s, node, placement)
         s.take("vmac", col.boolean)
         s.take("bind", col.boolean)
         s.take("vrid", col.integer, _whole(*VRID_RANGE))
@@ -1732,7 +1823,8 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
     announce = _parse_announce(col, raw.get("announce"), "announce", AnnounceConfig())
     metrics = _parse_metrics(col, raw.get("metrics"))
     checks, defined = _parse_checks(col, raw.get("checks"))
-    vips = _parse_vips(col, raw.get("vips"), announce, checks, defined)
+    placement = _parse_placement(col, raw.get("placement"))
+    vips = _parse_vips(col, raw.get("vips"), announce, checks, defined, node, placement)
     _check_exec_sharing(col, checks, vips)
 
     if col.errors:
@@ -1747,6 +1839,7 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
         vips=vips,
         log_level=top.values.get("log_level", Config.log_level).lower(),
         metrics=metrics,
+        placement=placement,
         checks=CheckMap(checks),
     )
 

@@ -21,15 +21,23 @@ import logging
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from haagent.agent.runtime import VipRuntime
 from haagent.agent.status import AgentStatus, VipStatus
 from haagent.agent.timers import Timers
 from haagent.cluster.schema import Health, HealthState, Holder, MemberRecord
-from haagent.cluster.view import Change, ClusterView, HolderChange, MemberChange, ReleasedChange
+from haagent.cluster.view import (
+    Change,
+    ClusterView,
+    DrainChange,
+    HolderChange,
+    MemberChange,
+    ReleasedChange,
+    RequestChange,
+)
 from haagent.config import Config, NotifyKind, VipConfig
-from haagent.decide import eligibility, handover, outage, purge, rank
+from haagent.decide import eligibility, handover, outage, placement, purge, rank
 from haagent.decide.election import Action as ElectionAction
 from haagent.decide.election import Bind, Campaign, Resign, State, Unbind
 from haagent.decide.lease import LeaseClock
@@ -45,6 +53,9 @@ MEMBER_WRITE_INTERVAL = 0.25
 REGRANT_RETRY = 0.5  # seconds between attempts to get a new lease
 LEASE_RECHECK = 0.25  # seconds between questions about a predecessor's lease
 GONE_LEASES_KEPT = 256  # leases remembered as gone
+# Seconds a handover for placement (a move, a preemption) waits for the other host to take
+# the key; then this host may campaign again, last in rank (decide.rank.last).
+YIELD_TIMEOUT = 3.0
 
 
 # -- actions beyond the election's own ---------------------------------------------------
@@ -165,6 +176,17 @@ class Core:
         # only once nothing of it is left to carry out (see take_retired).
         self._queued_for: Counter[str] = Counter()
         self._retiring: set[str] = set()
+        # Placement (decide.rank, decide.placement): the last time a fact told us the time;
+        # the start-up wait; when each member was seen ready; campaigns deferred by rank;
+        # preemptions under way and those waiting for one of the rebalance slots.
+        self._now = 0.0
+        self._ready = cfg.placement.startup_wait <= 0
+        self._start_wait_until = 0.0
+        self._ready_at: dict[str, float] = {}
+        self._deferred: set[str] = set()
+        self._yields: set[str] = set()
+        self._rebalance_wait: set[str] = set()
+        self._drained: str | None = None
         for rt in self.vips.values():
             if not rt.health.known:
                 self._feed(rt, rt.election.set_eligible(False, rt.health.reason))
@@ -239,18 +261,209 @@ class Core:
         for action in actions:
             if isinstance(action, Bind):
                 self._gate_bind(rt, action)
+            elif isinstance(action, Campaign):
+                rt.free_since = max(self._now, self._start_wait_until)
+                self._gate_campaign(rt)
             else:
                 self._queue(action, e.gen)
+        if e.state is not State.CAMPAIGNING and rt.deferred is not None:
+            self._forget_deferral(rt)
         if e.state is State.HOLDER:
+            newly = rt.name not in self.held
             self.held.add(rt.name)
             if e.holder is not None:
-                rt.held_revision = e.holder.create_revision
+                rt.held_revision = rt.last_key = e.holder.create_revision
+            if newly:
+                self._consider_handover(rt, self._now)
         else:
             self.held.discard(rt.name)
             rt.pending_bind = None
             if any(isinstance(a, Unbind) for a in actions):
                 self._confirm_release(rt, resigning=any(isinstance(a, Resign) for a in actions))
         self._state_changed[rt.name] = e.state
+
+    # -- placement: who campaigns first, who hands over (decide.rank, decide.placement) --
+
+    def _me(self, rt: VipRuntime) -> rank.Me:
+        return rank.Me(self.node, self.cfg.priority_of(rt.cfg), rt.election.eligible, self._ready)
+
+    def _order(self, rt: VipRuntime) -> list[rank.Candidate]:
+        """The candidates for a free key, best first; the host whose release record vouches
+        for the key that just went is last (it gave the VIP up on purpose)."""
+        order = rank.ranked(self.view, rt.name, self._me(rt))
+        rel = self.view.released.get(rt.name)
+        releaser = rel.node if rel is not None and rel.create_revision == rt.last_key else None
+        return rank.last(order, releaser)
+
+    def _gate_campaign(self, rt: VipRuntime) -> None:
+        """Send the campaign now if this node ranks first, else at its rank's time."""
+        e = rt.election
+        now = self._now
+        when = placement.when_to_campaign(
+            placement.CampaignFacts(
+                me=self.node,
+                order=self._order(rt),
+                now=now,
+                free_since=rt.free_since,
+                ready_at=self._ready_at,
+                step=self.cfg.placement.campaign_step,
+                startup_wait=self.cfg.placement.startup_wait,
+            )
+        )
+        if when.at <= now:
+            if rt.deferred is not None:
+                log.info(
+                    "campaigning for vip %s after waiting: %s",
+                    rt.name,
+                    rt.deferred,
+                    extra=fields("campaign-late", rt.name, rt.deferred),
+                )
+            self._forget_deferral(rt)
+            self._queue(Campaign(rt.name, e.absent_revision, e.campaign_reason), e.gen)
+            return
+        if rt.deferred is None:
+            log.debug("vip %s: campaign deferred: %s", rt.name, when.reason)
+        rt.deferred = when.reason
+        self._deferred.add(rt.name)
+        self.timers.set(f"camp:{rt.name}", when.at, lambda: self._deferral_due(rt))
+
+    def _deferral_due(self, rt: VipRuntime) -> None:
+        e = rt.election
+        if rt.deferred is None or e.state is not State.CAMPAIGNING:
+            return
+        if not e.can_hold or e.holder is not None:
+            self._undefer(rt, "key taken meanwhile" if e.holder else "may not hold it now")
+        else:
+            self._gate_campaign(rt)
+
+    def _forget_deferral(self, rt: VipRuntime) -> None:
+        rt.deferred = None
+        self._deferred.discard(rt.name)
+        self.timers.cancel(f"camp:{rt.name}")
+
+    def _undefer(self, rt: VipRuntime, reason: str) -> None:
+        """A deferred campaign is not needed any more: the election goes back to waiting."""
+        self._forget_deferral(rt)
+        self._feed(rt, rt.election.campaign_dropped(reason))
+
+    def _recheck_deferred(self) -> None:
+        """Ranks changed (a member came, went or became ready; a request): deferred campaigns
+        are decided again. O(deferred), which is empty outside a takeover."""
+        for name in sorted(self._deferred):
+            if (rt := self.vips.get(name)) is not None:
+                self._deferral_due(rt)
+
+    def _consider_handover(self, rt: VipRuntime, now: float) -> None:
+        """Should the VIP we hold go to a better-ranked host, or where a move sends it?"""
+        if not rt.holding or rt.yielding is not None or self.stopping or not self.lease_ok:
+            return
+        order = rank.ranked(self.view, rt.name, self._me(rt))
+        first = order[0] if order else None
+        better = first.node if first is not None and first.node != self.node else None
+        if better != rt.better:
+            rt.better, rt.better_since = better, now
+        d = placement.handover(
+            placement.HoldFacts(
+                me=self.node,
+                vip=rt.name,
+                order=order,
+                key_revision=rt.last_key,
+                request=self.view.requests.get(rt.name),
+                preempt=rt.cfg.preempt,
+                preempt_delay=rt.cfg.preempt_delay,
+                better=rt.better,
+                better_since=rt.better_since,
+                now=now,
+            )
+        )
+        key = f"pre:{rt.name}"
+        if d is None:
+            self.timers.cancel(key)
+            self._rebalance_wait.discard(rt.name)
+            return
+        if d.at > now:
+            self.timers.set(key, d.at, lambda: self._consider_handover(rt, d.at))
+            return
+        if not d.move and len(self._yields) >= self.cfg.placement.rebalance:
+            self._rebalance_wait.add(rt.name)  # a slot frees when a handover completes
+            return
+        self._yield(rt, d, now)
+
+    def _yield(self, rt: VipRuntime, d: placement.HandOver, now: float) -> None:
+        log.info(
+            "handing vip %s over: %s",
+            rt.name,
+            d.reason,
+            extra=fields("handover", rt.name, d.reason),
+        )
+        rt.yielding = d.reason
+        self._rebalance_wait.discard(rt.name)
+        self.timers.cancel(f"pre:{rt.name}")
+        if not d.move:
+            self._yields.add(rt.name)
+        self.timers.set(
+            f"yield:{rt.name}",
+            now + YIELD_TIMEOUT,
+            lambda: self._yield_over(rt, "nobody took it in time", now + YIELD_TIMEOUT),
+        )
+        self._refresh_eligibility(rt, now)
+
+    def _yield_over(self, rt: VipRuntime, why: str, now: float) -> None:
+        if rt.yielding is None:
+            return
+        log.info("vip %s: handover over (%s)", rt.name, why)
+        rt.yielding = None
+        self._yields.discard(rt.name)
+        self.timers.cancel(f"yield:{rt.name}")
+        self._refresh_eligibility(rt, now)
+        slots = self.cfg.placement.rebalance - len(self._yields)
+        for name in sorted(self._rebalance_wait)[: max(0, slots)]:
+            if (other := self.vips.get(name)) is not None:
+                self._consider_handover(other, now)
+
+    def _reconsider_held(self, names: Iterable[str] | None, now: float) -> None:
+        """Held VIPs whose ranking may have changed (None: all of them)."""
+        for name in sorted(self.held if names is None else set(names) & self.held):
+            self._consider_handover(self.vips[name], now)
+
+    def _set_drained(self, now: float) -> None:
+        drain = self.view.drains.get(self.node)
+        why = None
+        if drain is not None:
+            who = f" by {drain.by}" if drain.by else ""
+            why = f"node drained{who} (haagent undrain {self.node} to end it)"
+        if why == self._drained:
+            return
+        self._drained = why
+        if why is None:
+            log.info("node undrained: campaigning again", extra=fields("undrained"))
+        else:
+            log.warning("%s: handing over every vip", why, extra=fields("drained", reason=why))
+        self._refresh_eligibility_of(self.vips.values(), now)
+        self._publish_member(now)
+
+    def _become_ready(self, now: float) -> None:
+        if self._ready:
+            return
+        self._ready = True
+        log.info("start-up wait over: campaigning by rank", extra=fields("ready"))
+        self._publish_member(now)
+        self._recheck_deferred()
+
+    def member_record(self, record: MemberRecord) -> MemberRecord:
+        """``record`` with this node's placement fields (decide.rank reads them)."""
+        default = self.cfg.placement.priority
+        return replace(
+            record,
+            priority=default,
+            priorities={
+                name: p
+                for name, rt in self.vips.items()
+                if (p := self.cfg.priority_of(rt.cfg)) != default
+            },
+            ready=self._ready,
+            draining=self._drained is not None,
+        )
 
     # -- handover: break before make (decide.handover) ---------------------------------
 
@@ -363,6 +576,7 @@ class Core:
 
     def tick(self, now: float) -> None:
         """Time passed: the lease deadline, then hold-downs and retries that are due."""
+        self._now = max(self._now, now)
         self._check_deadline(now)
         for fn in self.timers.pop_due(now):
             fn()
@@ -401,6 +615,11 @@ class Core:
         self, view: ClusterView, lease_id: int, sent: float, ttl: int, reason: str, now: float
     ) -> None:
         """Start-up: the lease is granted (or adopted) and ``view`` is etcd's picture."""
+        self._now = max(self._now, now)
+        wait = self.cfg.placement.startup_wait
+        if not self._ready:
+            self._start_wait_until = now + wait
+            self.timers.set("ready", now + wait, lambda: self._become_ready(now + wait))
         self.clock.acknowledged(lease_id, sent, ttl)
         self._want(PublishMember())
         self.view_loaded(view, now)
@@ -460,18 +679,27 @@ class Core:
 
     def view_loaded(self, view: ClusterView, now: float) -> None:
         """A whole new picture (start-up, re-read after a lease came back or a compaction)."""
+        self._now = max(self._now, now)
         self.view = view
+        self._ready_at = {
+            node: self._ready_at.get(node, now) for node, m in view.members.items() if m.ready
+        }
         for name, rt in self.vips.items():
             self._observe(rt, view.holders.get(name), view.revision)
+        self._set_drained(now)
         self._refresh_eligibility_of(self.vips.values(), now)
+        self._reconsider_held(None, now)
 
     def apply(self, changes: Iterable[Change], now: float) -> None:
         """Watch changes, in the order etcd sent them, decided on as one batch."""
+        self._now = max(self._now, now)
         fresh = [ch for ch in changes if ch.revision >= self.view.revision]
         if not fresh:
             return
+        before = self.view
         self.view = self.view.apply(fresh)
         peers_changed = False
+        reranked: set[str] | None = set()  # held VIPs whose ranking may have moved; None: all
         for ch in fresh:
             if isinstance(ch, ReleasedChange):
                 if (rt := self.vips.get(ch.vip)) is not None:
@@ -482,8 +710,22 @@ class Core:
                     self._observe(rt, ch.holder, ch.revision)
             elif isinstance(ch, MemberChange) and ch.node != self.node:
                 peers_changed = True
+                touched = _reranked(before.members.get(ch.node), ch.member)
+                if reranked is not None:
+                    reranked = None if touched is None else reranked | touched
+                self._member_seen(ch.node, ch.member, now)
             elif isinstance(ch, MemberChange):
                 self._own_member_changed(ch.member, now)
+            elif isinstance(ch, DrainChange):
+                if ch.node == self.node:
+                    self._set_drained(now)
+                else:
+                    reranked = None
+            elif isinstance(ch, RequestChange) and reranked is not None:
+                reranked.add(ch.vip)
+        if reranked is None or reranked:
+            self._reconsider_held(reranked, now)
+            self._recheck_deferred()
         if peers_changed:
             # A peer's health matters only to VIPs unhealthy here: "keep" and the
             # no-healthy-host warning (decide.eligibility); for every other VIP the verdict
@@ -492,6 +734,12 @@ class Core:
                 (rt for rt in self.vips.values() if rt.health.state is HealthState.UNHEALTHY),
                 now,
             )
+
+    def _member_seen(self, node: str, member: MemberRecord | None, now: float) -> None:
+        if member is None or not member.ready:
+            self._ready_at.pop(node, None)
+        elif node not in self._ready_at:
+            self._ready_at[node] = now
 
     def _own_member_changed(self, member: MemberRecord | None, now: float) -> None:
         """Our member record was deleted or altered by someone else: write it again.
@@ -513,11 +761,17 @@ class Core:
     def _observe(self, rt: VipRuntime, holder: Holder | None, revision: int) -> None:
         if holder is not None and holder.readable and holder.node != self.node:
             rt.predecessors[holder.node] = holder
+        if holder is not None:
+            rt.last_key = holder.create_revision
         d = purge.purge_holder(holder, rt.purged)
         if d.yes and holder is not None:
             rt.purged = holder.create_revision
             self._queue(PurgeKey(rt.name, holder.create_revision, d.reason))
         self._feed(rt, rt.election.observe(holder, revision))
+        if holder is not None and rt.deferred is not None:
+            self._undefer(rt, f"held by {holder.node}")
+        if holder is not None and holder.node != self.node and rt.yielding is not None:
+            self._yield_over(rt, f"{holder.node} took it", self._now)
 
     # -- facts: health -----------------------------------------------------------------
 
@@ -598,6 +852,8 @@ class Core:
                 when_all_unhealthy=rt.cfg.when_all_unhealthy,
                 link_down=rt.link_down,
                 retiring=rt.retiring,
+                drained=self._drained,
+                yielding=rt.yielding,
             )
         )
         if verdict.keeping and not rt.keeping:
@@ -616,6 +872,8 @@ class Core:
                     rt.cfg.address,
                 )
             self._feed(rt, e.set_eligible(verdict.eligible, verdict.reason))
+        if not verdict.eligible and rt.deferred is not None:
+            self._undefer(rt, verdict.reason)
 
     # -- results of actions the loop carried out ---------------------------------------
 
@@ -808,3 +1066,18 @@ class Core:
                 for name, rt in self.vips.items()
             ),
         )
+
+
+def _reranked(old: MemberRecord | None, new: MemberRecord | None) -> set[str] | None:
+    """The VIPs whose ranking a peer's new member record may change; None: every VIP (the
+    peer came, went, became ready, drained, or changed its default priority)."""
+    if old is None or new is None:
+        return None
+    if (old.ready, old.draining, old.priority) != (new.ready, new.draining, new.priority):
+        return None
+    return {
+        vip
+        for vip in set(old.health) | set(new.health) | set(old.priorities) | set(new.priorities)
+        if old.health.get(vip) != new.health.get(vip)
+        or old.priority_for(vip) != new.priority_for(vip)
+    }

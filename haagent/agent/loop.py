@@ -46,6 +46,7 @@ from haagent.agent.timers import Timers
 from haagent.cluster.schema import Holder, Keys, MemberRecord, Released
 from haagent.cluster.view import (
     Change,
+    DrainChange,
     HolderChange,
     MemberChange,
     ReleasedChange,
@@ -406,7 +407,9 @@ class Agent:
         changes: list[Change] = []
         now = time.monotonic()
         for ev in batch:
-            if isinstance(ev, HolderChange | MemberChange | RequestChange | ReleasedChange):
+            if isinstance(
+                ev, HolderChange | MemberChange | RequestChange | ReleasedChange | DrainChange
+            ):
                 changes.append(ev)  # decided on together: one view update for the batch
                 continue
             if changes:
@@ -836,6 +839,7 @@ class Agent:
             health=self.core.member_health(),
             vip_specs={name: VipSpec.of_config(v) for name, v in self.vips.items()},
         )
+        record = self.core.member_record(record)
         try:
             self.store.put_member(record, lease_id)
         except NodeNameTaken as exc:

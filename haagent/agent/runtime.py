@@ -28,6 +28,16 @@ class VipRuntime:
     # to have let go; a won VIP's bind waiting for that.
     predecessors: dict[str, Holder] = field(default_factory=dict)
     pending_bind: Bind | None = None
+    # Placement (decide.placement): the create_revision of the last key seen for it (whose
+    # release record names the host that just let go); a campaign deferred by rank, and since
+    # when the key is free; the candidate seen ranking first while we hold it, and since when;
+    # a handover under way (why, to whom).
+    last_key: int = 0
+    deferred: str | None = None
+    free_since: float = 0.0
+    better: str | None = None
+    better_since: float = 0.0
+    yielding: str | None = None
 
     @classmethod
     def new(cls, cfg: VipConfig, node: str) -> VipRuntime:

@@ -22,11 +22,16 @@ HOLDER_SCHEMA = "haagent.holder/v1"
 MEMBER_SCHEMA = "haagent.member/v1"
 REQUEST_SCHEMA = "haagent.request/v1"
 RELEASED_SCHEMA = "haagent.released/v1"
+DRAIN_SCHEMA = "haagent.drain/v1"
 
 # The node a holder key names when its value is not a record this version can read.
 UNREADABLE = "(unreadable)"
 
-KeyKind = Literal["member", "holder", "request", "released"]
+# Placement priorities (keepalived's ``priority``): higher is preferred.
+DEFAULT_PRIORITY = 100
+MAX_PRIORITY = 1_000_000
+
+KeyKind = Literal["member", "holder", "request", "released", "drain"]
 
 # Cluster, node and VIP names become etcd key segments: lower-case, no slashes, no control
 # characters. A key or record naming anything else was not written by haagent; refusing it
@@ -56,7 +61,7 @@ class SchemaError(ValueError):
 @dataclass(frozen=True)
 class ParsedKey:
     kind: KeyKind
-    name: str  # the node for members, the VIP for holder and request keys
+    name: str  # the node for member and drain keys, the VIP for holder, request, released
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,9 @@ class Keys:
     def released(self, vip: str) -> str:
         return f"{self.prefix}vips/{vip}/released"
 
+    def drain(self, node: str) -> str:
+        return f"{self.prefix}drain/{node}"
+
     def parse(self, key: str | bytes) -> ParsedKey | None:
         """Classify a key under the cluster prefix; None for anything this version does not know."""
         text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
@@ -89,6 +97,8 @@ class Keys:
         parts = text[len(self.prefix) :].split("/")
         if len(parts) == 2 and parts[0] == "members" and valid_name(parts[1]):
             return ParsedKey("member", parts[1])
+        if len(parts) == 2 and parts[0] == "drain" and valid_name(parts[1]):
+            return ParsedKey("drain", parts[1])
         if len(parts) == 3 and parts[0] == "vips" and valid_name(parts[1]):
             if parts[2] == "holder":
                 return ParsedKey("holder", parts[1])
@@ -402,6 +412,16 @@ class MemberRecord:
     health: Mapping[str, Health] = field(default_factory=dict)
     # Each VIP as this host's config has it (address, prefix, interface, mode, checks).
     vip_specs: Mapping[str, VipSpec] = field(default_factory=dict)
+    # Placement (decide.rank): this node's priority for every VIP, and the VIPs its config
+    # gives another one. Ranked by every agent from these records, so all agree.
+    priority: int = DEFAULT_PRIORITY
+    priorities: Mapping[str, int] = field(default_factory=dict)
+    # False during the start-up wait: better-ranked but not ready members are waited for
+    # (bounded) before a free key is taken, and are never preempted for.
+    ready: bool = True
+
+    def priority_for(self, vip: str) -> int:
+        return self.priorities.get(vip, self.priority)
 
     def to_json(self) -> bytes:
         return _encode(
@@ -420,6 +440,9 @@ class MemberRecord:
                 "health": {vip: h.to_text() for vip, h in self.health.items()},
                 "health_state": {vip: health_to_dict(h) for vip, h in self.health.items()},
                 "vip_specs": {vip: spec.to_dict() for vip, spec in self.vip_specs.items()},
+                "priority": self.priority,
+                "priorities": dict(self.priorities),
+                "ready": self.ready,
             }
         )
 
@@ -463,18 +486,40 @@ class MemberRecord:
             config_digest=_field(data, "config_digest", str),
             lease=lease,
             vips=tuple(vips),
-            draining=bool(data.get("draining", False)),
+            draining=data.get("draining") is True,
             health=parsed_health,
             vip_specs=specs,
+            priority=_priority(data.get("priority", DEFAULT_PRIORITY), "priority"),
+            priorities=_priorities(data.get("priorities", {})),
+            ready=data.get("ready", True) is not False,
         )
+
+
+def _priority(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_PRIORITY:
+        raise SchemaError(f"field {name!r} is not a priority (0-{MAX_PRIORITY})")
+    return value
+
+
+def _priorities(value: object) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise SchemaError("field 'priorities' is not an object")
+    return {
+        vip: _priority(p, f"priorities.{vip[:64]}")
+        for vip, p in value.items()
+        if isinstance(vip, str)
+    }
 
 
 @dataclass(frozen=True)
 class Request:
     """Value of ``vips/<vip>/request``: what an operator asked of a VIP (``haagent move``).
 
-    Written by the CLI, read by every agent; this version decodes it into the cluster view
-    but no decision acts on it yet (the placement work does, see docs/architecture.md).
+    Written by the CLI, read by every agent, on no lease (it survives restarts). A move to
+    ``to`` is pending while the VIP's holder key is older than the request (its
+    create_revision below ``revision``): the holder hands over. Once ``to`` holds a key newer
+    than the request, the move is done, and the request stays as a placement preference that
+    ranks ``to`` first (decide.rank) until ``haagent move --clear`` deletes it.
     """
 
     action: str  # "move"
@@ -557,3 +602,29 @@ class Released:
 
     def vouches_for(self, holder: Holder) -> bool:
         return self.node == holder.node and self.create_revision == holder.create_revision
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Value of ``drain/<node>``, on no lease: ``haagent drain`` asked ``node`` to hand over
+    its VIPs and campaign for none until ``haagent undrain`` deletes the key. Kept apart from
+    the member record (which lives and dies with the agent's lease) so a drain survives
+    restarts of the agent."""
+
+    by: str = ""  # who asked (user@host)
+    at: float = 0.0  # unix time of the request
+    reason: str = ""  # the operator's words, if any
+    revision: int = 0  # mod_revision of the key (from etcd, not the JSON)
+
+    def to_json(self) -> bytes:
+        return _encode(
+            {"schema": DRAIN_SCHEMA, "by": self.by, "at": round(self.at, 3), "reason": self.reason}
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, revision: int = 0) -> Drain:
+        data = _decode(raw, DRAIN_SCHEMA)
+        by, at, reason = data.get("by", ""), data.get("at", 0.0), data.get("reason", "")
+        if not isinstance(by, str) or not isinstance(reason, str):
+            raise SchemaError("field 'by' or 'reason' is not a string")
+        return cls(by=by[:255], at=_time(at, "at"), reason=reason[:255], revision=revision)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TypeVar
 
-from haagent.cluster.schema import Health, Holder, MemberRecord, Released, Request
+from haagent.cluster.schema import Drain, Health, Holder, MemberRecord, Released, Request
 
 V = TypeVar("V")
 
@@ -49,7 +49,14 @@ class ReleasedChange:
     revision: int
 
 
-Change = HolderChange | MemberChange | RequestChange | ReleasedChange
+@dataclass(frozen=True)
+class DrainChange:
+    node: str
+    drain: Drain | None  # None: deleted (undrained), or unreadable
+    revision: int
+
+
+Change = HolderChange | MemberChange | RequestChange | ReleasedChange | DrainChange
 
 
 def _frozen(items: Mapping[str, V]) -> Mapping[str, V]:
@@ -63,6 +70,7 @@ class ClusterView:
     holders: Mapping[str, Holder] = field(default_factory=lambda: _frozen({}))
     requests: Mapping[str, Request] = field(default_factory=lambda: _frozen({}))
     released: Mapping[str, Released] = field(default_factory=lambda: _frozen({}))
+    drains: Mapping[str, Drain] = field(default_factory=lambda: _frozen({}))
 
     @classmethod
     def of(
@@ -73,6 +81,7 @@ class ClusterView:
         holders: Mapping[str, Holder] | None = None,
         requests: Mapping[str, Request] | None = None,
         released: Mapping[str, Released] | None = None,
+        drains: Mapping[str, Drain] | None = None,
     ) -> ClusterView:
         return cls(
             revision,
@@ -80,6 +89,7 @@ class ClusterView:
             _frozen(holders or {}),
             _frozen(requests or {}),
             _frozen(released or {}),
+            _frozen(drains or {}),
         )
 
     def apply(self, changes: Iterable[Change]) -> ClusterView:
@@ -88,6 +98,7 @@ class ClusterView:
         holders: dict[str, Holder] | None = None
         requests: dict[str, Request] | None = None
         released: dict[str, Released] | None = None
+        drains: dict[str, Drain] | None = None
         revision = self.revision
         for ch in changes:
             revision = max(revision, ch.revision)
@@ -104,7 +115,10 @@ class ClusterView:
                 case ReleasedChange(vip=vip, released=rel):
                     released = dict(self.released) if released is None else released
                     _set(released, vip, rel)
-        if members is None and holders is None and requests is None and released is None:
+                case DrainChange(node=node, drain=d):
+                    drains = dict(self.drains) if drains is None else drains
+                    _set(drains, node, d)
+        if all(m is None for m in (members, holders, requests, released, drains)):
             return self if revision == self.revision else replace(self, revision=revision)
         return ClusterView(
             revision,
@@ -112,6 +126,7 @@ class ClusterView:
             self.holders if holders is None else MappingProxyType(holders),
             self.requests if requests is None else MappingProxyType(requests),
             self.released if released is None else MappingProxyType(released),
+            self.drains if drains is None else MappingProxyType(drains),
         )
 
     # -- questions every reader asks -----------------------------------------------------
@@ -120,6 +135,11 @@ class ClusterView:
         """What ``node``'s member record says about its health for ``vip`` (None: no record)."""
         m = self.members.get(node)
         return None if m is None else m.health.get(vip)
+
+    def draining(self, node: str) -> bool:
+        """Drained by an operator (the drain key), or saying so in its member record."""
+        m = self.members.get(node)
+        return node in self.drains or (m is not None and m.draining)
 
     def healthy_members(self, vip: str) -> list[str]:
         """Live members that say they are healthy for ``vip``, by name (stable order)."""

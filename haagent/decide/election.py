@@ -145,6 +145,13 @@ class Election:
             self.state = State.CANDIDATE
         return self.observe(holder, revision)
 
+    def campaign_dropped(self, reason: str) -> list[Action]:
+        """The agent never sent the campaign it was given (it waited for a better-ranked
+        candidate, which took the key, or this node may no longer hold the VIP)."""
+        if self.state is State.CAMPAIGNING:
+            self.state = State.CANDIDATE
+        return self._reconcile(reason)
+
     def campaign_failed(self, error: str) -> list[Action]:
         """No answer: the key may or may not be ours. The watch will tell; retry() re-arms."""
         if self.state is State.CAMPAIGNING:

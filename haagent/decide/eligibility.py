@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from haagent.cluster.schema import Health, HealthState, Request
+from haagent.cluster.schema import Health, HealthState
 from haagent.config import ReleaseOrKeep
 
 # seconds a VIP we could not bind stays ineligible, so a host that can bind it takes over
@@ -27,9 +27,8 @@ class EligibilityFacts:
     when_all_unhealthy: ReleaseOrKeep
     link_down: str | None = None  # why the VIP's interface cannot carry traffic, if it cannot
     retiring: str | None = None  # why a reload takes this VIP away (removed, or moved)
-    # Inputs for operator control (placement work): read, not yet acted on.
-    draining: bool = False
-    request: Request | None = None
+    drained: str | None = None  # why: haagent drain asked this node to hold nothing
+    yielding: str | None = None  # handing the VIP over (a move, a preemption), and to whom
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,11 @@ def decide(f: EligibilityFacts) -> Eligibility:
         # A reload removed the VIP, or gave it another address: let go of the old one for
         # good (whatever its health); the new one is elected afresh once this one is released.
         return Eligibility(False, f.retiring)
+    if f.drained is not None:
+        # An operator's order: everything goes, "keep" included; peers rank this node out.
+        return Eligibility(False, f.drained, nobody=not f.healthy_peers)
+    if f.yielding is not None:
+        return Eligibility(False, f.yielding)
     if f.link_down is not None:
         # Nothing can be served over a link without carrier: give the VIP up now rather than
         # at the lease deadline, and take it back only once the link (and health) returns.

@@ -1,21 +1,95 @@
-"""Who would take a VIP over, in order: the seam for placement.
+"""Who should hold a VIP, in order: priorities, then rendezvous hashing (docs/placement.md).
 
-Today every healthy live member is an equal candidate and the fastest campaign wins; the order
-below (by name) is only stable, not a preference. Priorities, rendezvous hashing and drain
-plug in here, as a function of the same view, without touching the agent.
+Every agent ranks from the same facts, the member records in etcd (each publishes its own
+priority per VIP and whether it is past its start-up wait) and the VIP's move request, so
+they agree on the order without talking to each other.
+
+Order, best first: the node a ``haagent move`` pinned the VIP to; then higher priority
+(keepalived's ``priority``); then the highest random weight of (VIP, node) — rendezvous
+hashing, as MetalLB ranks nodes by a sha256 of node and IP. Without priorities N VIPs spread
+evenly over M hosts, and when a host joins or leaves only the VIPs it wins or held move:
+about N/M, never a reshuffle. Ties (the same hash) fall back to the name.
+
+Only live members healthy for the VIP and not draining are candidates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import functools
+import hashlib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from haagent.cluster.view import ClusterView
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def score(vip: str, node: str) -> int:
+    """The rendezvous weight of ``node`` for ``vip``: 64 bits of sha256 over both names.
+
+    A NUL between the names keeps ("ab", "c") and ("a", "bc") apart. Cached: an agent asks
+    for the same (VIP, node) pairs on every change of the cluster.
+    """
+    digest = hashlib.sha256(vip.encode() + b"\0" + node.encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    node: str
+    priority: int
+    ready: bool = True  # past its start-up wait (its member record says so)
+    pinned: bool = False  # the VIP's move request names it
+
+    def key(self, vip: str) -> tuple[int, int, int, str]:
+        return (0 if self.pinned else 1, -self.priority, -score(vip, self.node), self.node)
+
+    def why_before(self, other: Candidate, vip: str) -> str:
+        """Why this candidate ranks before ``other``, in words for a log line."""
+        if self.pinned != other.pinned:
+            return f"{vip} is pinned to {self.node} (haagent move)"
+        if self.priority != other.priority:
+            return f"priority {self.priority} > {other.priority}"
+        return "equal priority; rendezvous hash order"
+
+
+@dataclass(frozen=True)
+class Me:
+    """This node as it knows itself now (its own member record in the view may lag)."""
+
+    node: str
+    priority: int
+    eligible: bool
+    ready: bool
+
+
+def ranked(view: ClusterView, vip: str, me: Me | None = None) -> list[Candidate]:
+    """Every candidate for ``vip``, best first: live members healthy for it and not draining;
+    with ``me``, this node is placed by its own facts instead of its published record."""
+    request = view.requests.get(vip)
+    pin = request.to if request is not None and request.action == "move" else None
+    out: list[Candidate] = []
+    for node, m in view.members.items():
+        if me is not None and node == me.node:
+            continue
+        h = m.health.get(vip)
+        if h is None or not h.healthy or view.draining(node):
+            continue
+        out.append(Candidate(node, m.priority_for(vip), m.ready, node == pin))
+    if me is not None and me.eligible and not view.draining(me.node):
+        out.append(Candidate(me.node, me.priority, me.ready, me.node == pin))
+    out.sort(key=lambda c: c.key(vip))
+    return out
+
+
 def candidates(view: ClusterView, vip: str, *, exclude: Collection[str] = ()) -> list[str]:
-    """Live members healthy for ``vip``, best first (draining members excluded)."""
-    return [
-        node
-        for node in view.healthy_members(vip)
-        if node not in exclude and not view.members[node].draining
-    ]
+    """Live members healthy for ``vip`` and not draining, best first, without ``exclude``."""
+    return [c.node for c in ranked(view, vip) if c.node not in exclude]
+
+
+def last(order: Sequence[Candidate], node: str | None) -> list[Candidate]:
+    """``order`` with ``node`` moved to the end: the host that just gave a VIP up (a move, a
+    preemption) campaigns for it again only after everyone else had their turn."""
+    if node is None:
+        return list(order)
+    return [c for c in order if c.node != node] + [c for c in order if c.node == node]

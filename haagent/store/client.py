@@ -45,9 +45,18 @@ from tenacity import (
     wait_exponential,
 )
 
-from haagent.cluster.schema import Holder, Keys, MemberRecord, Released, Request, SchemaError
+from haagent.cluster.schema import (
+    Drain,
+    Holder,
+    Keys,
+    MemberRecord,
+    Released,
+    Request,
+    SchemaError,
+)
 from haagent.cluster.view import (
     ClusterView,
+    DrainChange,
     HolderChange,
     MemberChange,
     ReleasedChange,
@@ -328,6 +337,13 @@ class Store:
             self._warn_once(key, mod_rev, f"malformed request: {exc}")
             return None
 
+    def _drain_from_kv(self, key: str, value: bytes, mod_rev: int) -> Drain | None:
+        try:
+            return Drain.from_json(value, revision=mod_rev)
+        except SchemaError as exc:
+            self._warn_once(key, mod_rev, f"malformed drain record: {exc}")
+            return None
+
     def _relogin(self) -> None:
         """Log in again with the configured user and password, on the existing channels."""
         if not (self.cfg.username and self.cfg.password):
@@ -366,6 +382,7 @@ class Store:
         members: dict[str, MemberRecord] = {}
         requests: dict[str, Request] = {}
         released: dict[str, Released] = {}
+        drains: dict[str, Drain] = {}
         for kv in resp.kvs:
             key = kv.key.decode("utf-8", "replace")
             parsed = self.keys.parse(key)
@@ -387,12 +404,17 @@ class Store:
                 rel = self._released_from_kv(key, kv.value, kv.lease, kv.mod_revision)
                 if rel is not None:
                     released[parsed.name] = rel
+            elif parsed.kind == "drain":
+                drain = self._drain_from_kv(key, kv.value, kv.mod_revision)
+                if drain is not None:
+                    drains[parsed.name] = drain
         return ClusterView.of(
             int(resp.header.revision),
             members=members,
             holders=holders,
             requests=requests,
             released=released,
+            drains=drains,
         )
 
     # -- lease ---------------------------------------------------------------------------
@@ -633,5 +655,8 @@ class Store:
         if parsed.kind == "released":
             rel = None if deleted else self._released_from_kv(key, ev.value, ev.lease, rev)
             return ReleasedChange(parsed.name, rel, rev)
+        if parsed.kind == "drain":
+            drain = None if deleted else self._drain_from_kv(key, ev.value, rev)
+            return DrainChange(parsed.name, drain, rev)
         request = None if deleted else self._request_from_kv(key, ev.value, rev)
         return RequestChange(parsed.name, request, rev)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from haagent.cluster.view import (
     ClusterView,
+    DrainChange,
     HolderChange,
     MemberChange,
     ReleasedChange,
@@ -56,6 +57,7 @@ StoreEvent = (
     | MemberChange
     | RequestChange
     | ReleasedChange
+    | DrainChange
     | ViewLoaded
     | KeepaliveAcked
     | LeaseGone

@@ -41,6 +41,8 @@ def config(n: int = 3, lease: dict[str, object] | None = None, **vip: object) ->
         "etcd": {"endpoints": ["http://198.51.100.2:2379"], "timeout": 0.5},
         "lease": {"ttl": TTL, "margin": 1.0, **(lease or {})},
         "checks": {"pg": {"type": "tcp", "port": 5432}},
+        # No start-up wait: these tests are about one agent; test_placement.py covers ranks.
+        "placement": {"startup_wait": 0},
         "vips": [
             {"name": f"v{i}", "address": f"198.51.100.{200 + i}", "interface": "eth0", **vip}
             for i in range(n)
