@@ -939,7 +939,8 @@ class Core:
         for name in diff.added:
             if name not in self.vips:
                 self._add_runtime(new[name], now)
-        self._publish_member(now)
+        self._publish_member(now)  # priorities may have changed: peers rank by the record
+        self._reconsider_held(None, now)
 
     def _retire(
         self, rt: VipRuntime, reason: str, replacement: VipConfig | None, now: float

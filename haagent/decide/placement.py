@@ -46,7 +46,7 @@ def when_to_campaign(f: CampaignFacts) -> CampaignWhen:
         return CampaignWhen(f.now, "not ranked (no candidate record yet)")
     rank = nodes.index(f.me)
     if rank == 0:
-        return CampaignWhen(f.now, "best-ranked candidate")
+        return CampaignWhen(f.free_since, "best-ranked candidate")
     better = f.order[:rank]
     wait = min(rank, MAX_RANK) * f.step
     starting = [c.node for c in better if not c.ready]

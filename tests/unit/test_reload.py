@@ -20,6 +20,7 @@ def cfg(*vips: Mapping[str, object], **top: object) -> Config:
         "etcd": {"endpoints": ["http://198.51.100.2:2379"], "timeout": 0.5},
         "lease": {"ttl": TTL, "margin": 1.0},
         "checks": {"pg": {"type": "tcp", "port": 5432}, "web": {"type": "tcp", "port": 80}},
+        "placement": {"startup_wait": 0},
         "vips": list(vips),
         **top,
     }
