@@ -192,20 +192,18 @@ def test_a_move_newer_than_the_key_hands_over_at_once_even_without_preempt():
 
 
 def cfg(n: int = 3, **placement_cfg: Any) -> Config:
-    return parse_config(
-        {
-            "cluster": "t",
-            "node": ME,
-            "etcd": {"endpoints": ["http://198.51.100.2:2379"], "timeout": 0.5},
-            "lease": {"ttl": TTL, "margin": 1.0},
-            "placement": {"startup_wait": 0, **placement_cfg},
-            "vips": [
-                {"name": f"v{i}", "address": f"198.51.100.{200 + i}", "interface": "eth0"}
-                for i in range(n)
-            ],
-        },
-        "test.yaml",
-    )
+    raw: dict[str, Any] = {
+        "cluster": "t",
+        "node": ME,
+        "etcd": {"endpoints": ["http://198.51.100.2:2379"], "timeout": 0.5},
+        "lease": {"ttl": TTL, "margin": 1.0},
+        "placement": {"startup_wait": 0, **placement_cfg},
+        "vips": [
+            {"name": f"v{i}", "address": f"198.51.100.{200 + i}", "interface": "eth0"}
+            for i in range(n)
+        ],
+    }
+    return parse_config(raw, "test.yaml")
 
 
 def peer(sim: Sim, node: str = "h2", **kw: Any) -> None:
