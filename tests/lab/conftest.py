@@ -100,6 +100,12 @@ class Identity(TypedDict, total=False):
     password_file: Path
 
 
+# Tests of failover mechanics start agents one by one and expect a VIP to stay where it
+# went: no preemption moving it mid-test, no start-up wait adding seconds to every start.
+# tests/lab/test_placement.py (and the soak, and the bench) run placement's defaults.
+LEGACY_PLACEMENT: dict[str, object] = {"preempt": False, "startup_wait": 0}
+
+
 @dataclass
 class Agents:
     """The agents of one test: started from per-host configs, always stopped at teardown."""
@@ -137,7 +143,7 @@ class Agents:
             self.vips if vips is None else vips,
             ttl=self.ttl,
             margin=self.margin,
-            extra={"cluster": self.cluster, **self.extra},
+            extra={"cluster": self.cluster, "placement": LEGACY_PLACEMENT, **self.extra},
             **(identity or {}),
         )
         self.configs[host.role] = cfg

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -50,29 +51,46 @@ NODES = [f"h{i}" for i in range(1, 6)]
 # -- ranking ---------------------------------------------------------------------------
 
 
-def test_vips_without_priorities_spread_evenly():
-    spread = Counter(firsts(view_of(NODES, VIPS), VIPS).values())
-    assert set(spread) == set(NODES)
-    assert all(abs(n - 200) <= 0.2 * 200 for n in spread.values()), spread
-    hundred = [f"v{i}" for i in range(100)]  # the lab test's 100 VIPs over 3 hosts
-    three = Counter(firsts(view_of(["h1", "h2", "h3"], hundred), hundred).values())
-    assert all(abs(n - 100 / 3) <= 0.2 * 100 / 3 for n in three.values()), three
+@settings(max_examples=30, deadline=None)
+@given(st.integers(3, 400), st.integers(2, 6), st.sampled_from(["v", "vip", "db-", "x."]))
+def test_vips_without_priorities_spread_within_20_percent_of_even(n, m, prefix):
+    """Any N VIPs over M hosts: no host above the even share (rounded up), and none more
+    than M - 1 VIPs below it (bounded loads, not luck): within 20 % from N/M >= 20 on."""
+    vips = [f"{prefix}{i}" for i in range(n)]
+    nodes = [f"h{i}" for i in range(1, m + 1)]
+    spread = Counter(firsts(view_of(nodes, vips), vips).values())
+    even = n / m
+    assert max(spread.values()) <= math.ceil(even), spread
+    assert min(spread.get(h, 0) for h in nodes) >= even - (m - 1), spread
+    if even >= 20:
+        assert min(spread.get(h, 0) for h in nodes) >= 0.8 * even, spread
 
 
-def test_a_host_leaving_moves_only_its_own_vips():
+def test_pure_rendezvous_is_uneven_which_is_why_loads_are_bounded():
+    from haagent.lab.topology import Lab
+
+    names = [name for name, _ in Lab.scale_vips(100)]  # the lab test's 100 VIPs
+    view = view_of(["h1", "h2", "h3"], names)
+    hashed = Counter(rank.hash_order(view, v)[0].node for v in names)
+    assert min(hashed.values()) < 0.8 * 100 / 3  # 42/36/22
+    balanced = Counter(firsts(view, names).values())
+    assert all(abs(n - 100 / 3) <= 0.2 * 100 / 3 for n in balanced.values()), balanced
+
+
+def test_a_host_leaving_moves_about_its_own_share():
     before = firsts(view_of(NODES, VIPS), VIPS)
     after = firsts(view_of([n for n in NODES if n != "h3"], VIPS), VIPS)
     moved = {v for v in VIPS if before[v] != after[v]}
-    assert moved == {v for v in VIPS if before[v] == "h3"}
-    assert abs(len(moved) - 200) <= 40
+    own = {v for v in VIPS if before[v] == "h3"}
+    assert own <= moved and len(moved) <= 1.2 * len(own), (len(moved), len(own))
 
 
-def test_a_host_joining_takes_only_its_share():
+def test_a_host_joining_takes_about_its_share():
     before = firsts(view_of(NODES[:4], VIPS), VIPS)
     after = firsts(view_of(NODES, VIPS), VIPS)
     moved = {v for v in VIPS if before[v] != after[v]}
-    assert all(after[v] == "h5" for v in moved)
-    assert abs(len(moved) - 200) <= 40
+    taken = {v for v in moved if after[v] == "h5"}
+    assert abs(len(taken) - 200) <= 40 and len(moved) <= 1.2 * len(taken), (len(moved), len(taken))
 
 
 @settings(max_examples=50, deadline=None)
@@ -84,8 +102,8 @@ def test_a_host_joining_takes_only_its_share():
 def test_churn_never_reorders_the_members_that_stay(stay, churn, vip):
     """Members coming and going never change the order of the others: the rendezvous
     property that keeps movement minimal."""
-    small = rank.candidates(view_of(stay, [vip]), vip)
-    large = rank.candidates(view_of(sorted(set(stay) | set(churn)), [vip]), vip)
+    small = [c.node for c in rank.hash_order(view_of(stay, [vip]), vip)]
+    large = [c.node for c in rank.hash_order(view_of(sorted(set(stay) | set(churn)), [vip]), vip)]
     assert [n for n in large if n in stay] == small
 
 
