@@ -13,7 +13,7 @@ Rendezvous hashing alone moves only about N/M VIPs when a host joins or leaves, 
 spread is only statistically even: 100 VIPs over 3 hosts came out 42/36/22. So the first
 place goes through :func:`assignment`, consistent hashing with bounded loads (Mirrokni,
 Thorup and Zadimoghaddam, 2017): VIPs in name order each take the first candidate of their
-order that has fewer than ``ceil(N / M)`` VIPs, among the candidates of the best priority;
+order (by configuration, not health) that has fewer than ``ceil(N / M)`` VIPs, among the candidates of the best priority;
 a pin or a higher priority always wins over balance. With no slack the spread is even to
 within M - 1 VIPs; the price is a few more moves when a host joins or leaves (1000 VIPs on
 5 hosts: 214 instead of the leaving host's 200). Every agent computes
@@ -106,7 +106,9 @@ def assignment(view: ClusterView) -> Mapping[str, str]:
         cap = -(-len(vips) // len(nodes))
         load: Counter[str] = Counter()
         for vip in vips:
-            order = hash_order(view, vip, None)
+            # Health is left out: a check flapping on one host must not shift the balance
+            # of every other VIP. A VIP whose place is unhealthy goes by ``ranked``'s order.
+            order = hash_order(view, vip, configured=True)
             if not order:
                 continue
             pick = top = order[0]
@@ -123,8 +125,11 @@ def assignment(view: ClusterView) -> Mapping[str, str]:
     return out
 
 
-def hash_order(view: ClusterView, vip: str, me: Me | None = None) -> list[Candidate]:
-    """The candidates by pin, priority and rendezvous hash, without balancing."""
+def hash_order(
+    view: ClusterView, vip: str, me: Me | None = None, *, configured: bool = False
+) -> list[Candidate]:
+    """The candidates by pin, priority and rendezvous hash, without balancing. With
+    ``configured``, every member configured for the VIP counts, healthy or not."""
     request = view.requests.get(vip)
     pin = request.to if request is not None and request.action == "move" else None
     out: list[Candidate] = []
@@ -132,7 +137,8 @@ def hash_order(view: ClusterView, vip: str, me: Me | None = None) -> list[Candid
         if me is not None and node == me.node:
             continue
         h = m.health.get(vip)
-        if h is None or not h.healthy or view.draining(node):
+        fit = vip in m.vips if configured else h is not None and h.healthy
+        if not fit or view.draining(node):
             continue
         out.append(Candidate(node, m.priority_for(vip), m.ready, node == pin))
     if me is not None and me.eligible and not view.draining(me.node):
