@@ -13,11 +13,12 @@ Rendezvous hashing alone moves only about N/M VIPs when a host joins or leaves, 
 spread is only statistically even: 100 VIPs over 3 hosts came out 42/36/22. So the first
 place goes through :func:`assignment`, consistent hashing with bounded loads (Mirrokni,
 Thorup and Zadimoghaddam, 2017): VIPs in name order each take the first candidate of their
-order (by configuration, not health) that has fewer than ``ceil(N / M)`` VIPs, among the candidates of the best priority;
-a pin or a higher priority always wins over balance. With no slack the spread is even to
-within M - 1 VIPs; the price is a few more moves when a host joins or leaves (1000 VIPs on
-5 hosts: 214 instead of the leaving host's 200). Every agent computes
-it from the same member records, so all agree; the rest of the order stays rendezvous.
+order (by configuration, not health) that has fewer than ``ceil(N / M)`` VIPs, among the
+candidates of the best priority; a pin or a higher priority always wins over balance. With
+no slack the spread is even to within M - 1 VIPs; the price is a few more moves when a host
+joins or leaves (1000 VIPs on 5 hosts: 214 instead of the leaving host's 200). Every agent
+computes it from the same member records, so all agree; the rest of the order stays
+rendezvous.
 
 Only live members healthy for the VIP and not draining are candidates.
 """
