@@ -22,7 +22,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
+from haagent.cluster.schema import Drain, Holder, Keys, MemberRecord, Request, SchemaError
+from haagent.cluster.view import ClusterView
+from haagent.decide import rank
 from haagent.lab.etcd import ETCDCTL
 from haagent.lab.history import AddressEvent, IPAddress, check_history
 from haagent.lab.topology import Lab, Node, pid_alive, stat_fields
@@ -139,6 +143,107 @@ def snapshot(
 
 def _b64(text: str) -> str:
     return base64.b64decode(text).decode(errors="replace")
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def view_from_range(cluster: str, data: Mapping[str, Any]) -> ClusterView:
+    """The cluster as the agents see it (members, holders, requests, drains) from one
+    ``etcdctl get --prefix <cluster prefix> -w json`` answer; what cannot be read is left
+    out, as an agent leaves it out (release records are not needed here)."""
+    keys = Keys(cluster)
+    members: dict[str, MemberRecord] = {}
+    holders: dict[str, Holder] = {}
+    requests: dict[str, Request] = {}
+    drains: dict[str, Drain] = {}
+    for kv in data.get("kvs") or []:
+        parsed = keys.parse(_b64(kv.get("key", "")))
+        if parsed is None:
+            continue
+        raw = base64.b64decode(kv.get("value", ""))
+        mod_rev = int(kv.get("mod_revision", 0))
+        with contextlib.suppress(SchemaError, ValueError, TypeError):
+            if parsed.kind == "member":
+                members[parsed.name] = MemberRecord.from_json(raw)
+            elif parsed.kind == "holder":
+                lease, created = int(kv.get("lease", 0)), int(kv.get("create_revision", 0))
+                holders[parsed.name] = Holder.from_kv(raw, lease, created)
+            elif parsed.kind == "request":
+                requests[parsed.name] = Request.from_json(raw, revision=mod_rev)
+            elif parsed.kind == "drain":
+                drains[parsed.name] = Drain.from_json(raw, revision=mod_rev)
+    header = data.get("header") or data.get("Header") or {}
+    return ClusterView.of(
+        int(header.get("revision", 0)),
+        members=members,
+        holders=holders,
+        requests=requests,
+        drains=drains,
+    )
+
+
+def cluster_view(lab: Lab, cluster: str, *, timeout: float = 10.0) -> ClusterView:
+    """:func:`view_from_range` of one range read of the whole cluster prefix."""
+    proc = lab.etcd.etcdctl(
+        "get",
+        "--prefix",
+        cluster_prefix(cluster),
+        "-w",
+        "json",
+        timeout=timeout,
+        command_timeout=timeout - 1,
+    )
+    return view_from_range(cluster, json.loads(proc.stdout))
+
+
+def expected_holders(view: ClusterView, vips: Iterable[str]) -> dict[str, str]:
+    """VIP -> the host placement ranks first for it (``decide.rank``, from the published
+    member records, move requests and drains), for the VIPs that have a candidate at all."""
+    out: dict[str, str] = {}
+    for vip in vips:
+        order = rank.candidates(view, vip)
+        if order:
+            out[vip] = order[0]
+    return out
+
+
+def misplaced(view: ClusterView, vips: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Held VIPs whose holder is not the host ranked first: VIP -> (holder, ranked first).
+    With ``preempt`` on, each of them is still to move; once none is left and every member
+    is past its start-up wait, placement has nothing more to do."""
+    expected = expected_holders(view, vips)
+    out: dict[str, tuple[str, str]] = {}
+    for vip, want in expected.items():
+        holder = view.holders.get(vip)
+        if holder is not None and holder.node != want:
+            out[vip] = (holder.node, want)
+    return out
+
+
+def spread(per_host: Mapping[str, int], hosts: Iterable[str]) -> dict[str, Any]:
+    """VIPs per host against the even share N/M: the counts (every host, 0 included), the
+    share, and the largest deviation from it in % of it (0 for a perfectly even spread)."""
+    counts = {h: int(per_host.get(h, 0)) for h in sorted(set(hosts) | set(per_host))}
+    total = sum(counts.values())
+    even = total / len(counts) if counts else 0.0
+    dev = max((abs(c - even) for c in counts.values()), default=0.0)
+    return {
+        "per_host": counts,
+        "even": round(even, 2),
+        "max_dev_pct": round(100.0 * dev / even, 1) if even else 0.0,
+        "min": min(counts.values(), default=0),
+        "max": max(counts.values(), default=0),
+    }
+
+
+def changed_holders(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, str]:
+    """VIPs held in both pictures by different hosts: VIP -> "old>new"."""
+    return {
+        vip: f"{old}>{after[vip]}"
+        for vip, old in before.items()
+        if vip in after and after[vip] != old
+    }
 
 
 # --------------------------------------------------------------------------- holder keys
