@@ -1,18 +1,20 @@
 """Failure modes: what is done to the holder, and how it is undone after the trial.
 
-To add a mode (``move`` …): write an ``inject`` and a ``restore`` taking the driver and
-the holder's node, and add a :class:`Mode` to :data:`MODES`. ``window`` says what the
-failover has to wait for: a graceful handover, a timeout (``hard``: lease TTL, VRRP
-master-down interval) or a failing health check (``health``: the check's fall) — it sets
-how long the benchmark waits before calling the failover "none". ``rejoin`` says whether the
-disturbed host has to rejoin the cluster after the restore (a restart, a new lease) or only
-become healthy again. ``systems`` names the systems the mode applies to.
+To add a mode: write an ``inject`` and a ``restore`` taking the driver and the holder's
+node, and add a :class:`Mode` to :data:`MODES`. A mode that knows where the VIP should go
+(``move``) gives a ``prepare`` too: run before the trial's window opens, it returns the
+expected new holder per VIP address, and a trial that ends elsewhere is noted. ``window``
+says what the failover has to wait for: a graceful handover, a timeout (``hard``: lease TTL,
+VRRP master-down interval) or a failing health check (``health``: the check's fall) — it
+sets how long the benchmark waits before calling the failover "none". ``rejoin`` says
+whether the disturbed host has to rejoin the cluster after the restore (a restart, a new
+lease) or only become healthy again. ``systems`` names the systems the mode applies to.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,12 +24,14 @@ from bench.systems import (
     HAAGENT_HOLD_DOWN,
     KEEPALIVED_SCRIPT_INTERVAL,
     Driver,
+    HaagentDriver,
     Timing,
     fail_flag,
 )
 from haagent.lab.topology import Node
 
 Action = Callable[[Driver, Node], None]
+Prepare = Callable[[Driver, Node], Mapping[str, str]]  # -> VIP address: expected new holder
 ALL_SYSTEMS = frozenset({"haagent", "keepalived"})
 
 
@@ -40,6 +44,7 @@ class Mode:
     restore: Action
     systems: frozenset[str] = ALL_SYSTEMS
     rejoin: bool = True
+    prepare: Prepare | None = None
 
     def wait(self, timing: Timing) -> float:
         """How long the benchmark waits for another host to bind the VIP."""
@@ -80,6 +85,20 @@ def _fail_check(driver: Driver, host: Node) -> None:
     fail_flag(driver.lab, host).touch()
 
 
+def _haagent(driver: Driver) -> HaagentDriver:
+    if not isinstance(driver, HaagentDriver):
+        raise TypeError(f"mode move is haagent's only, not {driver.system}'s")
+    return driver
+
+
+def _plan_move(driver: Driver, host: Node) -> Mapping[str, str]:
+    return _haagent(driver).plan_move(host)
+
+
+def _move(driver: Driver, host: Node) -> None:
+    _haagent(driver).move(host)
+
+
 # ------------------------------------------------------------------------- restores
 
 
@@ -109,6 +128,10 @@ def _pass_check(driver: Driver, host: Node) -> None:
     fail_flag(driver.lab, host).unlink(missing_ok=True)
 
 
+def _clear_move(driver: Driver, host: Node) -> None:
+    _haagent(driver).clear_moves()
+
+
 MODES: dict[str, Mode] = {
     m.name: m
     for m in (
@@ -119,6 +142,19 @@ MODES: dict[str, Mode] = {
             window="graceful",
             inject=_sigterm,
             restore=_restart,
+        ),
+        Mode(
+            "move",
+            "an operator moves the VIP (haagent only): a move request (vips/<vip>/request, "
+            "what `haagent move` writes) to the host ranked next after the holder; the holder "
+            "hands over as on SIGTERM, but stays up; the request is deleted after the trial "
+            "(`haagent move --clear`; with preempt off the VIP stays where it went)",
+            window="graceful",
+            inject=_move,
+            restore=_clear_move,
+            systems=frozenset({"haagent"}),
+            rejoin=False,
+            prepare=_plan_move,
         ),
         Mode(
             "sigkill",

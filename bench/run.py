@@ -100,6 +100,7 @@ class Plan:
     steady_at: float
     bound_ms: float | None  # first bind of the VIP on another host, from ip monitor
     notes: list[str] = field(default_factory=list)
+    expected_holder: str | None = None  # where the mode sends the VIP (move), if it knows
     restore_s: float = 0.0  # until -> the disturbed host is back in the cluster
     steady_s: float = 0.0  # -> one holder per VIP, no change for QUIET
     client_back_s: float = 0.0  # -> the client gets answers from that holder again
@@ -288,6 +289,7 @@ class Runner:
             measured = [f for f in need if holders[f] == target.role]
             token = driver.ready_token(target)
             notes: list[str] = [reach_note] if reach_note else []
+            expected = mode.prepare(driver, target) if mode.prepare is not None else {}
             since = time.time()
             time.sleep(PRE)
             t_fail = time.time()
@@ -329,6 +331,7 @@ class Runner:
                         steady_at,
                         bound_ms,
                         notes,
+                        expected_holder=expected.get(str(FAMILIES[f])),
                         restore_s=recovered_at - until,
                         steady_s=steady_at - recovered_at,
                         client_back_s=reached_at - steady_at,
@@ -422,8 +425,13 @@ class Runner:
             for e in events
             if e.ip == ip and plan.since - 1.0 <= e.at <= plan.steady_at and not e.initial
         ]
+        notes = list(plan.notes)  # one list for the families of a trial: copied
+        want, got = plan.expected_holder, result.new_holder
+        if want is not None and got is not None and got != want:
+            notes.append(f"new holder {got}, expected {want}")
         return {
             **asdict(plan),
+            "notes": notes,
             "result": asdict(result),
             "double_holder_ms": result.double_holder_ms,
             "restore_double_holder_ms": restore.double_holder_s * 1000.0,
@@ -482,6 +490,98 @@ def summary_rows(runs: Sequence[ConfigRun]) -> list[dict[str, Any]]:
                     }
                 )
     return rows
+
+
+# Modes whose client gap is compared with haagent's own SIGTERM handover in the same run.
+RATIO_MODES = ("move",)
+RATIO_BASE = "sigterm"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else round(a / b, 2)
+
+
+def handover_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per configuration and family: each of RATIO_MODES against RATIO_BASE of the same
+    configuration in the same run — median and p95 of the client gap (and of the time to
+    the new holder), the mode's over the base's. 1.0: as fast as a graceful stop."""
+    by_key = {(r["system"], r["config"], r["mode"], r["family"]): r for r in rows}
+    out = []
+    for (system, config, mode, fam), r in by_key.items():
+        base = by_key.get((system, config, RATIO_BASE, fam))
+        if mode not in RATIO_MODES or base is None:
+            continue
+        out.append(
+            {
+                "system": system,
+                "config": config,
+                "mode": mode,
+                "base": RATIO_BASE,
+                "family": fam,
+                "trials": r["trials"],
+                "base_trials": base["trials"],
+                "gap_median_ms": r["gap_median_ms"],
+                "base_gap_median_ms": base["gap_median_ms"],
+                "gap_median_ratio": _ratio(r["gap_median_ms"], base["gap_median_ms"]),
+                "gap_p95_ms": r["gap_p95_ms"],
+                "base_gap_p95_ms": base["gap_p95_ms"],
+                "gap_p95_ratio": _ratio(r["gap_p95_ms"], base["gap_p95_ms"]),
+                "to_new_median_ratio": _ratio(r["to_new_median_ms"], base["to_new_median_ms"]),
+                "to_new_p95_ratio": _ratio(r["to_new_p95_ms"], base["to_new_p95_ms"]),
+                "double_holder_trials": r["double_holder_trials"],
+                "failed_over": r["failed_over"],
+            }
+        )
+    return out
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def ratio_cells(r: dict[str, Any]) -> list[str]:
+    return [
+        r["system"],
+        r["config"],
+        f"{r['mode']} / {r['base']}",
+        r["family"],
+        f"{_ms(r['gap_median_ms'])} / {_ms(r['base_gap_median_ms'])} = {_x(r['gap_median_ratio'])}",
+        f"{_ms(r['gap_p95_ms'])} / {_ms(r['base_gap_p95_ms'])} = {_x(r['gap_p95_ratio'])}",
+        f"{_x(r['to_new_median_ratio'])} / {_x(r['to_new_p95_ratio'])}",
+        f"{r['failed_over']}/{r['trials']}",
+        str(r["double_holder_trials"]),
+    ]
+
+
+RATIO_COLUMNS = (
+    "system",
+    "config",
+    "modes",
+    "fam",
+    "gap median ms (ratio)",
+    "gap p95 ms (ratio)",
+    "new holder ratio med / p95",
+    "failover",
+    "2 holders",
+)
+
+
+def ratios_markdown(ratios: Sequence[dict[str, Any]]) -> str:
+    if not ratios:
+        return ""
+    head = "| " + " | ".join(RATIO_COLUMNS) + " |\n|---|---|---|---|--:|--:|--:|--:|--:|\n"
+    return head + "\n".join("| " + " | ".join(ratio_cells(r)) + " |" for r in ratios) + "\n"
+
+
+def print_ratios(ratios: Sequence[dict[str, Any]]) -> None:
+    if not ratios:
+        return
+    table = Table(title="operator move against the same configuration's SIGTERM handover")
+    for col in RATIO_COLUMNS:
+        table.add_column(col, justify="left" if col in ("system", "config", "modes") else "right")
+    for r in ratios:
+        table.add_row(*ratio_cells(r))
+    console.print(table)
 
 
 def _ms(v: float | None, *, censored: bool = False) -> str:
@@ -737,6 +837,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     left = leftovers(runner.lab_ids, run_dir)
     meta["leftovers"] = left
     rows = summary_rows(runs)
+    ratios = handover_ratios(rows)
     report = {
         "meta": meta,
         "modes": {m: MODES[m].description for m in modes},
@@ -744,11 +845,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             {k: v for k, v in asdict(r).items() if k not in ("plans", "trials")} for r in runs
         ],
         "summary": rows,
+        "ratios": ratios,
         "trials": [t for r in runs for t in r.trials],
     }
     out = args.out / f"bench-{stamp}.json"
     out.write_text(json.dumps(report, default=str) + "\n")
-    (args.out / "summary-latest.md").write_text(markdown_table(rows))
+    ratio_md = ratios_markdown(ratios)
+    (args.out / "summary-latest.md").write_text(
+        markdown_table(rows) + (f"\n{ratio_md}" if ratio_md else "")
+    )
     title = (
         f"failover, {args.trials} trial(s) per mode and family, probe every "
         f"{PROBE_INTERVAL * 1000:g} ms (ms)"
@@ -761,6 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "trials where an answer came from a host already taken over from; back max: after "
         "the failure was undone, the longest wait for the client to reach the holder again"
     )
+    print_ratios(ratios)
     for r in runs:
         console.print(
             f"{r.system} {r.config}: {r.seconds:.0f} s" + (f" — {r.error}" if r.error else "")

@@ -19,7 +19,18 @@ etcd (a watch on the holder keys, a range read, ``/metrics``) and ``/proc``:
    runs and nothing leaves the host). Time until its VIPs are bound elsewhere (first, last),
    double holders (``haagent.lab.history`` over all N VIPs) and collateral: a VIP a
    surviving host held that left its kernel at any moment of the event. Each event is undone
-   (agent restarted, link up) and the cluster re-converges before the next.
+   (agent restarted, link up) and placement settles before the next;
+4. **churn** (placement): the busiest host leaves (SIGTERM) and, once placement has settled
+   without it, rejoins: the VIPs that changed holder each time against the ideal (only its
+   own when it leaves, about N/M back when it rejoins) and how long the rebalance takes at
+   the agents' ``placement.rebalance``.
+
+"Settled" (placement) is: every VIP bound on exactly one host that its holder key names,
+every running agent a member past its start-up wait, and every VIP on the host that
+``decide.rank`` ranks first from the published member records (``bench.observe.misplaced``):
+with ``preempt`` on (the default, as here) a VIP anywhere else is still to move. Every phase
+starts from a settled cluster, so a preemption after a restart is never counted as the next
+event's collateral.
 
 Everything is bounded in time; the lab is torn down on any failure and on Ctrl-C / SIGTERM.
 Results: ``bench-results/scale-<stamp>.json`` and a table on stdout; the targets table as
@@ -55,16 +66,21 @@ from bench.observe import (
     KeyEvent,
     Snapshot,
     bound_elsewhere,
+    changed_holders,
+    cluster_view,
     count_key_events,
     cpu_seconds,
     db_size,
     etcd_metrics,
     fence_pid,
     judge_move,
+    kernel_vips,
     member_started,
     metric_sum,
+    misplaced,
     parse_vips,
     snapshot,
+    spread,
     status_kb,
     wait_gone,
 )
@@ -76,7 +92,9 @@ from bench.run import (
     machine,
     other_labs,
 )
-from haagent.lab.history import IPAddress, start_address_recorder
+from haagent.cluster.view import ClusterView
+from haagent.config import PlacementConfig
+from haagent.lab.history import AddressEvent, IPAddress, check_history, start_address_recorder
 from haagent.lab.topology import Lab, LabError, Node
 from haagent.lab.wait import poll_until
 
@@ -95,6 +113,9 @@ STOP_TIMEOUT = 15.0  # s an agent may take to exit on SIGTERM before its group i
 FENCE_TIMEOUT = 10.0  # s a fence may outlive its agent before it is killed
 REJOIN_TIMEOUT = 30.0  # s a restarted agent may take to hold a lease again
 UNSTEADY_WAIT = 10.0  # s to wait for convergence around failovers if the cold start never got it
+# The agents run placement's defaults (preempt on, preempt_delay, rebalance, start-up wait).
+PLACEMENT = PlacementConfig()
+MISPLACED_SAMPLE = 20  # VIPs named in the JSON when placement does not settle
 
 console = Console(width=None if sys.stdout.isatty() else 170)
 
@@ -113,6 +134,7 @@ class Settings:
     cold_timeout: float = 60.0
     reconverge_timeout: float = 60.0
     modes: list[str] = field(default_factory=lambda: list(FAILOVER_MODES))
+    churn: bool = True
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -179,6 +201,35 @@ class Cluster:
             # observer takes at most a third of one core from the agents it watches.
             time.sleep(max(POLL, 2.0 * (time.monotonic() - began)))
 
+    def placement_snapshot(self) -> tuple[Snapshot, ClusterView]:
+        """The kernels, then one range read of the whole cluster prefix: the holders (as
+        :meth:`snapshot` has them) and the view the agents rank from."""
+        wanted = set(self.vips.values())
+        kernel = {h.role: kernel_vips(self.lab, h, wanted) for h in self.lab.hosts}
+        view = cluster_view(self.lab, self.name)
+        holders = {vip: h.node for vip, h in view.holders.items()}
+        return Snapshot(time.time(), kernel, holders, view.revision), view
+
+    def running(self) -> set[str]:
+        return {role for role, p in self.procs.items() if p.poll() is None}
+
+    def wait_settled(self, timeout: float, members: Sequence[str] | None = None) -> Settled:
+        """Poll until placement has settled (the module's docstring), with exactly
+        ``members`` (default: the hosts whose agent runs) in the cluster, or ``timeout``."""
+        want = set(self.running() if members is None else members)
+        deadline = time.monotonic() + timeout
+        while True:
+            began = time.monotonic()
+            snap, view = self.placement_snapshot()
+            off = misplaced(view, self.vips)
+            starting = sorted(n for n, m in view.members.items() if not m.ready)
+            whole = set(view.members) == want and not starting
+            if snap.converged(self.vips) and whole and not off:
+                return Settled(snap, view, snap.at, {}, [])
+            if time.monotonic() >= deadline:
+                return Settled(snap, view, None, off, starting)
+            time.sleep(max(POLL, 2.0 * (time.monotonic() - began)))
+
     def log_sizes(self) -> dict[str, int]:
         return {h.role: len(self.lab.agent_log(h)) for h in self.lab.hosts}
 
@@ -203,6 +254,32 @@ class Cluster:
             text = self.lab.agent_log(h)[offsets.get(h.role, 0) :]
             out[h.role] = {m: sum(m in line for line in text.splitlines()) for m in LOG_MARKERS}
         return out
+
+
+@dataclass
+class Settled:
+    """What :meth:`Cluster.wait_settled` found."""
+
+    snap: Snapshot
+    view: ClusterView
+    at: float | None  # when the settled snapshot was taken; None: not settled in time
+    misplaced: dict[str, tuple[str, str]]  # VIP -> (holder, ranked first), when not settled
+    starting: list[str]  # members still in their start-up wait, when not settled
+
+    def report(self, vips: Mapping[str, IPAddress]) -> dict[str, Any]:
+        """The JSON's account of a settle wait: what was still wrong if it timed out."""
+        snap = self.snap
+        return {
+            "settled": self.at is not None,
+            "converged": snap.converged(vips),
+            "misplaced": len(self.misplaced),
+            "misplaced_vips": {
+                v: f"{h}, ranked first: {w}"
+                for v, (h, w) in sorted(self.misplaced.items())[:MISPLACED_SAMPLE]
+            },
+            "starting": self.starting,
+            "members": sorted(self.view.members),
+        }
 
 
 def proc_figures(cluster: Cluster) -> dict[str, dict[str, Any]]:
@@ -236,23 +313,36 @@ def cold_start(cluster: Cluster, watch: HolderWatch, s: Settings) -> dict[str, A
     offsets = cluster.log_sizes()
     rev0 = cluster.snapshot(hosts=[]).revision  # etcd only: no agent runs yet
     recorder = start_address_recorder(lab, lab.hosts, tag="cold")
+    settled: Settled | None = None
     try:
         t0 = time.time()
         for h in lab.hosts:
             cluster.start(h)
-        snap, detected = cluster.wait_converged(s.cold_timeout)
+        first, detected = cluster.wait_converged(s.cold_timeout)
+        snap = first
+        if detected is not None:
+            # Converged is not done yet with placement: a VIP taken by another than its
+            # ranked host (a peer whose record came late) moves preempt_delay later.
+            settled = cluster.wait_settled(s.reconverge_timeout, [h.role for h in lab.hosts])
+            snap = settled.snap
     finally:
         events = recorder.stop()
     after = etcd_metrics(lab)
     watch.caught_up(snap.revision)
     keys = count_key_events(watch.events(), rev0, snap.revision)
+    at_converged = count_key_events(watch.events(), rev0, first.revision)
     members, member_bytes = member_puts(watch.events(), rev0, snap.revision)
     vip_ips = set(cluster.vips.values())
     vip_events = [e for e in events if e.ip in vip_ips and not e.initial]
-    converged_at = None
-    if detected is not None:
-        # The last kernel change before the converged snapshot is when it converged.
-        converged_at = max((e.at for e in vip_events if e.at <= detected), default=detected)
+
+    def last_change(upto: float | None) -> float | None:
+        # The last kernel change before a snapshot is when what it shows came about.
+        if upto is None:
+            return None
+        return max((e.at for e in vip_events if e.at <= upto), default=upto)
+
+    converged_at = last_change(detected)
+    settled_at = last_change(settled.at if settled is not None else None)
     joined = cluster.joined_at(offsets)
     all_joined = None if None in joined.values() else max(v for v in joined.values() if v)
     first_bind = min((e.at for e in vip_events if e.added), default=None)
@@ -278,9 +368,19 @@ def cold_start(cluster: Cluster, watch: HolderWatch, s: Settings) -> dict[str, A
         "held_at_end": len(snap.settled(cluster.vips)),
         "double_bound_at_end": len(snap.double_bound(cluster.vips)),
         "held_per_host": snap.held_per_host(),
+        # Placement: converged is where the VIPs first all had one holder; settled is where
+        # each is on its ranked host (preemptions after a late peer included). The key and
+        # kernel counts run to settled (to converged if it never settled).
+        "settled": settled is not None and settled.at is not None,
+        "settled_s": since(settled_at),
+        "settle": None if settled is None else settled.report(cluster.vips),
+        "spread": spread(snap.held_per_host(), [h.role for h in lab.hosts]),
         "acquires": keys.acquires,
+        "acquires_per_vip": round(keys.acquires / len(cluster.vips), 3),
         "releases": keys.releases,
         "key_updates": keys.updates,
+        "acquires_at_converged": at_converged.acquires,
+        "releases_at_converged": at_converged.releases,
         "member_puts": members,
         "member_put_bytes": member_bytes,
         "kernel_binds": sum(e.added for e in vip_events),

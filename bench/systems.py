@@ -15,6 +15,7 @@ import subprocess
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -22,6 +23,10 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from bench.observe import cluster_view
+from haagent.cluster.schema import Keys, Request
+from haagent.config import PlacementConfig
+from haagent.decide import rank
 from haagent.lab.topology import Lab, Node, pid_alive, stat_fields
 from haagent.lab.wait import poll_until
 
@@ -59,6 +64,16 @@ HAAGENT_CHECK_TIMEOUT = 0.2  # s; haagent requires timeout <= interval
 # then: otherwise trials a few seconds apart find two of three hosts held down and measure
 # the hold-down instead of the failover.
 HAAGENT_HOLD_DOWN = 5.0
+# Placement (docs/benchmarks.md, "Configurations"). ``preempt: false`` is keepalived's
+# ``nopreempt`` above, for the same reason: a host restored after a trial does not take its
+# VIPs back ``preempt_delay`` later — in the middle of the next trial, or while it waits for
+# a steady holder — and every trial fails whoever holds the VIP. An operator who wants no
+# second client blip when a failed host returns chooses the same. Moves (mode ``move``) are
+# not preemptions: they work either way. The start-up wait is haagent's default, written
+# out: a restarted host is back only once it is over (HaagentDriver.recovered), or a
+# better-ranked host still starting up would make the next trial's takeover wait for it.
+HAAGENT_PREEMPT = False
+HAAGENT_STARTUP_WAIT = PlacementConfig.startup_wait
 # keepalived 2.2.7's vrrp_script takes whole seconds only: `interval 0.2` is refused
 # ("vrrp script interval '0.2' must be between 1 and 4294 - ignoring", checked with
 # `keepalived -t`), so 1 s is its fastest polled check. Its inotify-based track_file would
@@ -204,6 +219,7 @@ def _latest_run(log: str, start: re.Pattern[str]) -> str:
 
 _JOINED = re.compile(r"granted lease|adopted lease")
 _STARTING = re.compile(r"haagent \S+ starting: ")
+_READY = re.compile(r"start-up wait over")
 _VIP_HEALTH = re.compile(r"vip (\S+) (healthy|unhealthy) on this node")
 # "2026-11-23T10:46:00.912Z INFO haagent.agent: released vip web4 (…): check flagfile failed…"
 _HEALTH_RELEASE = re.compile(r"^(\S+) \S+ haagent\.agent: released vip \S+ \(.*?\): check ", re.M)
@@ -236,7 +252,8 @@ def haagent_extra(
             vip["vmac"] = True
             vip["vrid"] = VRID6 if ":" in address else VRID4
         out.append(vip)
-    return {"checks": {HEALTH_CHECK: check}, "vips": out}
+    placement = {"preempt": HAAGENT_PREEMPT, "startup_wait": HAAGENT_STARTUP_WAIT}
+    return {"checks": {HEALTH_CHECK: check}, "vips": out, "placement": placement}
 
 
 def haagent_healthy(log: str, vips: Sequence[str]) -> bool:
@@ -246,6 +263,11 @@ def haagent_healthy(log: str, vips: Sequence[str]) -> bool:
     and a fresh agent is not healthy until its checks have risen."""
     last = {m.group(1): m.group(2) for m in _VIP_HEALTH.finditer(_latest_run(log, _STARTING))}
     return all(last.get(v) == "healthy" for v in vips)
+
+
+def haagent_ready(log: str) -> bool:
+    """Is the agent's latest run past its start-up wait (campaigning by rank)?"""
+    return _READY.search(_latest_run(log, _STARTING)) is not None
 
 
 def haagent_held_down_until(log: str, hold_down: float) -> float:
@@ -265,6 +287,7 @@ class HaagentDriver(Driver):
         self.vmac = vmac
         self.config = f"ttl {HAAGENT_TTL}s margin {HAAGENT_MARGIN:g}s" + (" vmac" if vmac else "")
         self._paths: dict[str, Path] = {}
+        self._moves: dict[str, str] = {}  # VIP name -> node, of the move being tried
 
     def configs(self) -> dict[str, str]:
         # write_agent_config writes the file itself; read it back for the report.
@@ -288,7 +311,10 @@ class HaagentDriver(Driver):
         self.procs[host.role] = self.lab.start_agent(host, self._paths[host.role])
 
     def start_all(self, holds: HoldCheck) -> None:
-        # h1 first and alone, so it wins both VIPs and the first trial can measure both.
+        # h1 first and alone, so it wins both VIPs and the first trial can measure both:
+        # alone, it is the best-ranked host there is once its start-up wait is over, and
+        # with ``preempt: false`` it keeps them when better-ranked hosts join. (With
+        # preemption the VIPs would go to their ranked hosts preempt_delay later.)
         first, *rest = self.lab.hosts
         tokens = {h.role: self.ready_token(h) for h in self.lab.hosts}
         self.start(first)
@@ -315,9 +341,53 @@ class HaagentDriver(Driver):
         joined = not rejoin or len(_JOINED.findall(log)) > token
         return (
             joined
+            and (HAAGENT_STARTUP_WAIT <= 0 or haagent_ready(log))
             and haagent_healthy(log, [name for name, _ in HAAGENT_VIPS])
             and haagent_held_down_until(log, HAAGENT_HOLD_DOWN) <= time.time()
         )
+
+    # Mode "move": what `haagent move` does, written by hand (docs/keys.md): a request on no
+    # lease; the holder hands over while its key is older than the request.
+
+    def plan_move(self, host: Node) -> dict[str, str]:
+        """Where a move of each VIP ``host`` holds goes: the host ranked first once ``host``
+        is left out (decide.rank, from what is in etcd now), the one a failure of ``host``
+        would hand it to. Returns address -> node; move() writes the requests."""
+        view = cluster_view(self.lab, self.lab.lab_id)
+        planned: dict[str, str] = {}
+        out: dict[str, str] = {}
+        for name, address in HAAGENT_VIPS:
+            holder = view.holders.get(name)
+            if holder is None or holder.node != host.role:
+                continue
+            others = rank.candidates(view, name, exclude={host.role})
+            if others:
+                planned[name] = out[address] = others[0]
+        self._moves = planned
+        return out
+
+    def move(self, host: Node) -> None:
+        """Write the move requests plan_move() worked out (all at once: one etcdctl each)."""
+        keys = Keys(self.lab.lab_id)
+        by = f"bench@{host.role}"
+
+        def put(item: tuple[str, str]) -> None:
+            vip, to = item
+            value = Request("move", to=to, by=by, at=time.time()).to_json().decode()
+            self.lab.etcd.etcdctl("put", keys.request(vip), value)
+
+        items = sorted(self._moves.items())
+        if items:
+            with ThreadPoolExecutor(len(items)) as pool:
+                list(pool.map(put, items))
+
+    def clear_moves(self) -> None:
+        """Delete the requests (`haagent move --clear`): with ``preempt: false`` the VIP stays
+        where it went; the later trials rank by priority and hash again, not by a pin."""
+        keys = Keys(self.lab.lab_id)
+        for vip in sorted(self._moves):
+            self.lab.etcd.etcdctl("del", keys.request(vip))
+        self._moves = {}
 
     def after_restore(self, host: Node) -> None:
         """Nothing to note: the agent's log says when it has a lease again (ready_token)."""

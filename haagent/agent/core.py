@@ -359,7 +359,9 @@ class Core:
             return
         order = rank.ranked(self.view, rt.name, self._me(rt))
         first = order[0] if order else None
+        # The preemption delay counts from when the better host is first *and* ready.
         better = first.node if first is not None and first.node != self.node else None
+        better = better if first is not None and first.ready else None
         if better != rt.better:
             rt.better, rt.better_since = better, now
         d = placement.handover(
