@@ -24,6 +24,8 @@ EventKind = Literal[
     "member_joined",
     "member_left",
     "draining",
+    "drain",
+    "undrain",
     "request",
     "request_removed",
 ]
@@ -67,11 +69,15 @@ class WatchEvent:
             case "member_left":
                 return f"left      {node}: {self.reason}"
             case "draining":
-                return f"draining  {node}: {self.new}"
+                return f"draining  {node}: {self.reason}"
+            case "drain":
+                return f"drain     {node}: {self.reason}"
+            case "undrain":
+                return f"undrain   {node}: {self.reason}"
             case "request":
                 return f"request   {vip}: {self.reason}"
             case "request_removed":
-                return f"request   {vip}: removed"
+                return f"request   {vip}: removed: {self.reason}"
         return f"{self.kind} {vip} {node} {self.reason}"  # pragma: no cover
 
 
@@ -124,8 +130,9 @@ def _holder_events(
 
 
 def diff(old: ClusterView, new: ClusterView, *, reread: bool = False) -> list[WatchEvent]:
-    """The changes from ``old`` to ``new``, in the order a reader wants them: joins, releases,
-    acquisitions, health, drains, requests, departures."""
+    """The changes from ``old`` to ``new``, in the order a reader wants them: joins, the
+    operators' drain keys, releases, acquisitions, health, members' draining flags, requests,
+    departures."""
     rev = new.revision
     joined: list[WatchEvent] = []
     left: list[WatchEvent] = []
@@ -153,17 +160,35 @@ def diff(old: ClusterView, new: ClusterView, *, reread: bool = False) -> list[Wa
                 why = hb.reason if hb is not None else ""
                 health.append(WatchEvent("health", rev, vip, node, why, None, sa, sb, reread))
         if a.draining != b.draining:
+            # The member record's flag: the agent saw its drain key come or go and acts on it.
             flag = "true" if b.draining else "false"
-            draining.append(WatchEvent("draining", rev, node=node, new=flag, reread=reread))
+            why = "now draining: handing every vip over" if b.draining else "no longer draining"
+            draining.append(
+                WatchEvent("draining", rev, node=node, reason=why, new=flag, reread=reread)
+            )
+    drains: list[WatchEvent] = []
+    for node in sorted(set(old.drains) | set(new.drains)):
+        da, db = old.drains.get(node), new.drains.get(node)
+        if db is not None and da != db:
+            # The operator's key (haagent drain): asked; the agent's "draining" event follows.
+            who = f"asked by {db.by}" if db.by else "asked"
+            text = who + (f": {db.reason}" if db.reason else "")
+            if node not in new.members:
+                text += " (not a live member: applies when its agent starts)"
+            drains.append(WatchEvent("drain", rev, node=node, reason=text, reread=reread))
+        elif db is None and da is not None:
+            text = "drain key deleted (haagent undrain)"
+            drains.append(WatchEvent("undrain", rev, node=node, reason=text, reread=reread))
     released, acquired = _holder_events(old, new, rev, reread)
     requests: list[WatchEvent] = []
     for vip in sorted(set(old.requests) | set(new.requests)):
         ra, rb = old.requests.get(vip), new.requests.get(vip)
         if rb is None and ra is not None:
-            requests.append(WatchEvent("request_removed", rev, vip, reread=reread))
+            pin = f"no pin to {ra.to} any more" if ra.to else "no request any more"
+            requests.append(WatchEvent("request_removed", rev, vip, ra.to, pin, reread=reread))
         elif rb is not None and ra != rb:
             to = rb.to or "the next-ranked node"
             who = f" by {rb.by}" if rb.by else ""
             text = f"{rb.action} to {to}{who}"
             requests.append(WatchEvent("request", rev, vip, rb.to, text, reread=reread))
-    return [*joined, *released, *acquired, *health, *draining, *requests, *left]
+    return [*joined, *drains, *released, *acquired, *health, *draining, *requests, *left]

@@ -1,10 +1,13 @@
-"""How the read-only commands (status, members, watch) reach etcd: options, environment
-variables and an agent config become one :class:`Target`, and a read-only connection to it.
+"""How the CLI's etcd commands reach etcd: options, environment variables and an agent config
+become one :class:`Target`, and a connection to it.
 
 They run from any machine that can reach etcd, with no agent socket: everything they show is
-in etcd (docs/keys.md). They need only *read* permission on the cluster's prefix
-(docs/security.md, "A read-only role for the CLI"), so the connection proves reading, never
-writing — unlike the agent's :meth:`Store.connect`, which proves both.
+in etcd (docs/keys.md). The read-only ones (status, members, watch) need only *read*
+permission on the cluster's prefix (docs/security.md, "A read-only role for the CLI"), so
+their connection proves reading, never writing — unlike the agent's :meth:`Store.connect`,
+which proves both. The operator commands (move, drain, undrain) connect the same way and
+decide on what they read; only a write they decided on needs write permission (docs/security.md,
+"An operator role"), and :func:`writing` turns its refusal into one line naming the key.
 
 Every failure becomes a :class:`CliError`: one line, no traceback, naming the endpoint and why.
 """
@@ -12,22 +15,24 @@ Every failure becomes a :class:`CliError`: one line, no traceback, naming the en
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from haagent.cli.picture import Picture, build
 from haagent.cluster.schema import ROOT, Keys, valid_name
+from haagent.cluster.view import ClusterView
 from haagent.config import EtcdConfig
 
-EXIT_OK = 0
-EXIT_PROBLEM = 1  # status: a VIP is not held
-EXIT_ERROR = 2  # etcd cannot be read, bad options, unknown cluster or VIP
+EXIT_OK = 0  # move/drain/undrain: done, or so already
+EXIT_PROBLEM = 1  # status: a VIP is not held; move/drain: the cluster's state refuses it now
+EXIT_ERROR = 2  # etcd cannot be read or written, bad options, unknown cluster, VIP or node
 
 DEFAULT_TIMEOUT = 2.0  # seconds per etcd call: a CLI is not bound by an agent's lease margin
 
@@ -64,6 +69,12 @@ connection (each also from an environment variable; an option wins over it):
   --cluster NAME         the cluster (default: the config's, else "default")  HAAGENT_CLUSTER
 Reading needs only an etcd role with read permission on /haagent/v1/<cluster>/."""
 
+# The operator commands' line in place of the last one above.
+WRITE_HELP = (
+    "Needs an etcd role with read permission on /haagent/v1/<cluster>/ and write permission\n"
+    'on {what} (docs/security.md, "An operator role").'
+)
+
 
 class CliError(Exception):
     """A failure the user can fix: printed as one line, exit code 2."""
@@ -99,10 +110,14 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
 
 
 def subcommand(
-    sub: Any, name: str, *, help: str, description: str, examples: str
+    sub: Any, name: str, *, help: str, description: str, examples: str, writes: str | None = None
 ) -> argparse.ArgumentParser:
-    """A subparser in the read-only commands' common style: description, examples, options."""
-    epilog = f"examples:\n{textwrap.indent(examples.strip(), '  ')}\n\n{CONNECTION_HELP}"
+    """A subparser in the etcd commands' common style: description, examples, options.
+    ``writes``: the keys an operator command writes, for the permission line."""
+    connection = CONNECTION_HELP
+    if writes is not None:
+        connection = connection.rsplit("\n", 1)[0] + "\n" + WRITE_HELP.format(what=writes)
+    epilog = f"examples:\n{textwrap.indent(examples.strip(), '  ')}\n\n{connection}"
     parser: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help,
@@ -394,14 +409,47 @@ def connect(args: argparse.Namespace) -> tuple[Target, Any]:
     return target, open_store(target)
 
 
+def snapshot(store: Any, target: Target) -> ClusterView:
+    """One range read of the cluster's prefix; an empty one is an unknown cluster."""
+    view: ClusterView = store.snapshot()
+    if build(view, target.cluster).empty:
+        raise unknown_cluster(store, target.cluster)
+    return view
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_refused(exc: BaseException, target: Target, key: str) -> str:
+    """One line for a failed write: the permission it lacks, named, or why etcd failed."""
+    from haagent.store.errors import _rpc_error
+
+    rpc = _rpc_error(exc)
+    if rpc is not None and getattr(rpc[0], "name", "") == "PERMISSION_DENIED":
+        return (
+            f"auth refused: this etcd user may not write {key}; grant its role readwrite on "
+            f'that key (docs/security.md, "An operator role") ({rpc[1]})'
+        )
+    return explain(exc, target)
+
+
+@contextlib.contextmanager
+def writing(target: Target, key: str) -> Iterator[None]:
+    """Around a write of ``key``: a refusal by etcd becomes one CliError line naming it."""
+    from haagent.store.errors import ETCD_ERRORS
+
+    try:
+        yield
+    except ETCD_ERRORS as exc:
+        raise CliError(f"etcd: {write_refused(exc, target, key)}") from None
+
+
 def read_picture(args: argparse.Namespace) -> tuple[Target, Picture]:
     """Connect, read the cluster's prefix once, and close: what status and members show.
     An empty picture is an unknown cluster (CliError listing the clusters there are)."""
     target, store = connect(args)
     try:
-        picture = build(store.snapshot(), target.cluster)
-        if picture.empty:
-            raise unknown_cluster(store, target.cluster)
+        picture = build(snapshot(store, target), target.cluster)
     finally:
         store.close()
     return target, picture

@@ -201,10 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument("-c", "--config", required=True, type=Path, help="YAML config file")
     cleanup.set_defaults(func=cmd_cleanup)
 
-    # Read-only commands (etcd only, no agent needed) and version: one module each.
-    from haagent.cli import members, status, version, watch
+    # etcd commands (no agent needed), read-only and operator ones, and version: one module
+    # each (drain.py adds undrain too).
+    from haagent.cli import drain, members, move, status, version, watch
 
-    for module in (status, members, watch, version):
+    for module in (status, members, watch, move, drain, version):
         module.add_parser(sub)
 
     try:

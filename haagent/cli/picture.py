@@ -12,7 +12,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from haagent.cluster.schema import UNREADABLE, Health, HealthState, VipSpec, failing_checks
+from haagent.cli.steer import MoveState, move_state
+from haagent.cluster.schema import (
+    DEFAULT_PRIORITY,
+    UNREADABLE,
+    Drain,
+    Health,
+    HealthState,
+    VipSpec,
+    failing_checks,
+)
 from haagent.cluster.view import ClusterView
 from haagent.decide.rank import candidates
 
@@ -30,8 +39,9 @@ class VipRow:
     standby: tuple[str, ...]  # healthy candidates other than the holder, in takeover order
     reason: str  # why it last changed, as far as etcd tells
     healthy_somewhere: bool  # some live member is healthy for it (the holder included)
-    draining: bool  # its holder is draining
+    draining: bool  # its holder is draining (drain key or member record)
     configured_on: tuple[str, ...]  # live members whose config has this VIP
+    move: MoveState | None = None  # a move request: pending, or the pin it leaves
 
     @property
     def held(self) -> bool:
@@ -55,9 +65,25 @@ class MemberRow:
     version: str
     started: float
     config_digest: str
-    draining: bool
+    draining: bool  # drained by an operator (the drain key) or saying so in its record
     lease: int
     health: tuple[VipHealth, ...]
+    priority: int = DEFAULT_PRIORITY
+    priorities: tuple[tuple[str, int], ...] = ()  # per-VIP overrides, by VIP name
+    ready: bool = True  # past its start-up wait
+    record_draining: bool = False  # its own record says it drains (it has seen the key)
+    drain: Drain | None = None  # the drain key, if an operator drained it
+
+    @property
+    def drain_text(self) -> str:
+        """``no``, ``yes``, or the two halves of a drain that has not met yet."""
+        if self.drain is not None and self.record_draining:
+            return "yes"
+        if self.drain is not None:
+            return "asked (agent not yet draining)"
+        if self.record_draining:
+            return "ending (undrained; agent not yet campaigning)"
+        return "no"
 
 
 @dataclass(frozen=True)
@@ -80,6 +106,13 @@ class Picture:
     vips: tuple[VipRow, ...]
     members: tuple[MemberRow, ...]
     disagreements: tuple[Disagreement, ...] = field(default=())
+    drains: tuple[tuple[str, Drain], ...] = ()  # every drain key, by node (live or not)
+
+    @property
+    def drained_absent(self) -> tuple[tuple[str, Drain], ...]:
+        """Drain keys of nodes that are no live member (pre-drained while down)."""
+        live = {m.node for m in self.members}
+        return tuple((n, d) for n, d in self.drains if n not in live)
 
     @property
     def empty(self) -> bool:
@@ -143,8 +176,9 @@ def vip_row(view: ClusterView, vip: str) -> VipRow:
         standby=tuple(candidates(view, vip, exclude=[holder] if holder else [])),
         reason=_reason(view, vip),
         healthy_somewhere=bool(healthy),
-        draining=bool(member is not None and member.draining),
+        draining=bool(member is not None and view.draining(member.node)),
         configured_on=tuple(sorted(n for n, m in view.members.items() if vip in m.vips)),
+        move=move_state(view, vip),
     )
 
 
@@ -175,9 +209,14 @@ def build(view: ClusterView, cluster: str) -> Picture:
             version=m.version,
             started=m.started,
             config_digest=m.config_digest,
-            draining=m.draining,
+            draining=view.draining(m.node),
             lease=m.lease,
             health=tuple(VipHealth(v, m.health[v]) for v in sorted(m.health)),
+            priority=m.priority,
+            priorities=tuple(sorted(m.priorities.items())),
+            ready=m.ready,
+            record_draining=m.draining,
+            drain=view.drains.get(m.node),
         )
         for _, m in sorted(view.members.items())
     )
@@ -187,6 +226,7 @@ def build(view: ClusterView, cluster: str) -> Picture:
         vips=tuple(vip_row(view, v) for v in vip_names(view)),
         members=members,
         disagreements=tuple(disagreements(view)),
+        drains=tuple(sorted(view.drains.items())),
     )
 
 
@@ -230,6 +270,26 @@ def health_json(h: Health) -> dict[str, Any]:
     }
 
 
+def move_json(m: MoveState | None) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    return {
+        "to": m.to,
+        "state": "pending" if m.pending else "pinned",
+        "at_target": m.at_target,
+        "by": m.by,
+        "at": m.at,
+        "revision": m.revision,
+        "text": m.text(),
+    }
+
+
+def drain_json(d: Drain | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {"by": d.by, "at": d.at, "reason": d.reason, "revision": d.revision}
+
+
 def vip_json(v: VipRow, now: float) -> dict[str, Any]:
     return {
         "name": v.name,
@@ -244,6 +304,7 @@ def vip_json(v: VipRow, now: float) -> dict[str, Any]:
         "healthy_somewhere": v.healthy_somewhere,
         "draining": v.draining,
         "configured_on": list(v.configured_on),
+        "move": move_json(v.move),
     }
 
 
@@ -256,6 +317,11 @@ def member_json(m: MemberRow, now: float) -> dict[str, Any]:
         "uptime": ago(m.started, now),
         "config_digest": m.config_digest,
         "draining": m.draining,
+        "record_draining": m.record_draining,
+        "drain": drain_json(m.drain),
+        "priority": m.priority,
+        "priorities": dict(m.priorities),
+        "ready": m.ready,
         "lease": f"{m.lease:x}",
         "health": {vh.vip: health_json(vh.health) for vh in m.health},
     }

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from haagent.cli.picture import MemberRow, Picture, VipRow, ago, health_text
+from haagent.cluster.schema import Drain
 from haagent.logs import printable
 
 
@@ -43,7 +44,8 @@ def vip_style(v: VipRow) -> str:
 
 def status_table(p: Picture, rows: list[VipRow], now: float) -> Table:
     table = Table(title=f"cluster {p.cluster} at revision {p.revision}", title_justify="left")
-    for name in ("VIP", "address", "interface", "holder", "since", "epoch", "standby", "reason"):
+    columns = ("VIP", "address", "interface", "holder", "since", "epoch", "standby", "move")
+    for name in (*columns, "reason"):
         table.add_column(name, overflow="fold")
     for v in rows:
         spec = v.spec
@@ -62,6 +64,7 @@ def status_table(p: Picture, rows: list[VipRow], now: float) -> Table:
             cell(ago(v.since, now) if v.since is not None else "-"),
             cell(str(v.epoch) if v.epoch is not None else "-"),
             cell(", ".join(v.standby) or "-"),
+            cell(v.move.text() if v.move is not None else "-"),
             cell(reason),
             style=vip_style(v),
         )
@@ -70,7 +73,8 @@ def status_table(p: Picture, rows: list[VipRow], now: float) -> Table:
 
 def members_table(p: Picture, now: float) -> Table:
     table = Table(title=f"cluster {p.cluster} at revision {p.revision}", title_justify="left")
-    for name in ("node", "address", "version", "uptime", "config", "draining", "health"):
+    columns = ("node", "address", "version", "uptime", "config", "priority", "ready", "draining")
+    for name in (*columns, "health"):
         table.add_column(name, overflow="fold")
     for m in p.members:
         table.add_row(
@@ -79,11 +83,33 @@ def members_table(p: Picture, now: float) -> Table:
             cell(m.version),
             cell(ago(m.started, now)),
             cell(m.config_digest),
-            cell("yes" if m.draining else "no"),
+            cell(priority_text(m)),
+            cell("yes" if m.ready else "starting"),
+            cell(_drain_cell(m)),
             _health_cell(m),
             style="yellow" if m.draining else "",
         )
     return table
+
+
+def priority_text(m: MemberRow) -> str:
+    """``100``, or ``100 (db: 200, web: 50)`` with the VIPs its config gives another one."""
+    if not m.priorities:
+        return str(m.priority)
+    return f"{m.priority} ({', '.join(f'{v}: {p}' for v, p in m.priorities)})"
+
+
+def _who_why(d: Drain) -> str:
+    return (f" by {d.by}" if d.by else "") + (f": {d.reason}" if d.reason else "")
+
+
+def drain_note(node: str, d: Drain) -> str:
+    """A drain key of a node that is no live member: the table has no row for it."""
+    return f"{node} is drained{_who_why(d)} but not running (no live member)"
+
+
+def _drain_cell(m: MemberRow) -> str:
+    return m.drain_text + (_who_why(m.drain) if m.drain is not None else "")
 
 
 def _health_cell(m: MemberRow) -> Text:

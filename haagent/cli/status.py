@@ -30,10 +30,11 @@ def add_parser(sub: Any) -> None:
         help="who holds each VIP (exit 0: all held, 1: one is not, 2: etcd unreadable)",
         description=(
             "One row per VIP: its address and interface, the holder and for how long, the "
-            "epoch, the healthy standby hosts in the order they would take over, and why it "
-            "last changed. Red: not held; magenta: no host is healthy for it; yellow: its "
-            "holder is draining. Reads etcd only (no agent needed); read permission on the "
-            "cluster's prefix is enough.\n\n"
+            "epoch, the healthy standby hosts in the order they would take over, a move "
+            'request ("move to NODE pending" until NODE holds it, then "pinned to NODE" '
+            "until haagent move --clear), and why it last changed. Red: not held; magenta: no "
+            "host is healthy for it; yellow: its holder is draining. Reads etcd only (no "
+            "agent needed); read permission on the cluster's prefix is enough.\n\n"
             "exit codes: 0 every VIP shown is held, 1 one is not, 2 etcd cannot be read, or "
             "the cluster or VIP is unknown."
         ),

@@ -27,6 +27,7 @@ from haagent.cli.render import console, print_json
 from haagent.cluster.view import (
     Change,
     ClusterView,
+    DrainChange,
     HolderChange,
     MemberChange,
     ReleasedChange,
@@ -40,20 +41,23 @@ haagent watch --cluster db --json | jq -c 'select(.event == "acquired")'
 haagent watch --cluster db --count 2 --timeout 60   # the next two changes, within a minute
 """
 
-CHANGES = (HolderChange, MemberChange, RequestChange, ReleasedChange)
+# Every change the store's watch reports; anything else in the inbox is a notice.
+CHANGES = (HolderChange, MemberChange, RequestChange, ReleasedChange, DrainChange)
 
 
 def add_parser(sub: Any) -> None:
     p = conn.subcommand(
         sub,
         "watch",
-        help="a live stream of changes: acquired, released, health, members, requests",
+        help="a live stream of changes: acquired, released, health, members, drains, requests",
         description=(
             "Print every change to the cluster as it happens: VIPs acquired (with the "
             "reason) and released (with the reason, where etcd tells it), health flips, "
-            "members joining and leaving, operator requests. Survives etcd restarts and "
-            "compactions: it resumes from the last revision, and re-reads everything and "
-            "reports the differences when it cannot be sure it saw every change. --json "
+            "members joining and leaving, nodes drained and undrained (the operator's key, "
+            "then the agent's own record), move requests set and removed. Survives etcd "
+            "restarts and compactions: it resumes from the last revision, and re-reads "
+            "everything and reports the differences when it cannot be sure it saw every "
+            "change. --json "
             "prints one JSON object per line (event, revision, time, vip, node, reason, "
             "reread, ...). Ctrl-C stops it (exit 0).\n\n"
             "exit codes: 0 stopped (Ctrl-C, --count or --timeout reached), 2 etcd cannot be "
@@ -86,7 +90,8 @@ class Printer:
         if self.as_json:
             print_json(ev.to_json(now))
         else:
-            style = {"acquired": "green", "released": "red", "health": "yellow"}.get(ev.kind, "")
+            colours = {"acquired": "green", "released": "red", "health": "yellow"}
+            style = colours.get(ev.kind, "yellow" if ev.kind in ("drain", "draining") else "")
             mark = " (re-read)" if ev.reread else ""
             line = f"{self._stamp(now)} {printable(ev.text(), 400)}{mark} [rev {ev.revision}]"
             self.console.print(line, style=style, markup=False, highlight=False)
