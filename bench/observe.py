@@ -237,12 +237,12 @@ def spread(per_host: Mapping[str, int], hosts: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def changed_holders(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, str]:
-    """VIPs held in both pictures by different hosts: VIP -> "old>new"."""
+def changed_holders(
+    before: Mapping[str, str], after: Mapping[str, str]
+) -> dict[str, tuple[str, str]]:
+    """VIPs held in both pictures (VIP -> host) by different hosts: VIP -> (old, new)."""
     return {
-        vip: f"{old}>{after[vip]}"
-        for vip, old in before.items()
-        if vip in after and after[vip] != old
+        vip: (old, after[vip]) for vip, old in before.items() if vip in after and after[vip] != old
     }
 
 
@@ -415,6 +415,25 @@ class MoveReport:
     victim_unbound: dict[IPAddress, float]  # moving VIP -> its removal from the victim
     doubles: list[tuple[IPAddress, float, tuple[str, ...]]]  # VIP, s held twice, by whom
     collateral: list[Outage]
+
+
+def arrivals(
+    events: Iterable[AddressEvent], t0: float = float("-inf"), t1: float = float("inf")
+) -> list[AddressEvent]:
+    """The adds in [t0, t1] that put an address on a host that had it on no interface:
+    holder changes. ``ip monitor`` reports every lifetime refresh of a bound address as an
+    add too (haagent refreshes after each keepalive), so counting adds counts refreshes."""
+    bound: dict[tuple[IPAddress, str], set[str]] = {}
+    out: list[AddressEvent] = []
+    for e in sorted(events, key=lambda e: (e.at, not e.initial)):
+        devs = bound.setdefault((e.ip, e.host), set())
+        if e.added:
+            if not devs and not e.initial and t0 <= e.at <= t1:
+                out.append(e)
+            devs.add(e.dev)
+        else:
+            devs.discard(e.dev)
+    return out
 
 
 def bound_elsewhere(events: Iterable[AddressEvent], victim: str, t_fail: float) -> set[IPAddress]:

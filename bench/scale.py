@@ -65,6 +65,7 @@ from bench.observe import (
     HolderWatch,
     KeyEvent,
     Snapshot,
+    arrivals,
     bound_elsewhere,
     changed_holders,
     cluster_view,
@@ -269,9 +270,20 @@ class Settled:
     def report(self, vips: Mapping[str, IPAddress]) -> dict[str, Any]:
         """The JSON's account of a settle wait: what was still wrong if it timed out."""
         snap = self.snap
+        settled = snap.settled(vips)
+        off = {
+            name: f"bound on {snap.kernel_holders(ip) or 'no host'}, key: "
+            f"{snap.etcd.get(name) or 'none'}"
+            for name, ip in sorted(vips.items())
+            if name not in settled
+        }
         return {
             "settled": self.at is not None,
             "converged": snap.converged(vips),
+            # Not bound on exactly the one host its holder key names: an outage, a double
+            # holder or a key nobody binds (a stuck handover), by name.
+            "unconverged": len(off),
+            "unconverged_vips": dict(list(off.items())[:MISPLACED_SAMPLE]),
             "misplaced": len(self.misplaced),
             "misplaced_vips": {
                 v: f"{h}, ranked first: {w}"
@@ -383,7 +395,9 @@ def cold_start(cluster: Cluster, watch: HolderWatch, s: Settings) -> dict[str, A
         "releases_at_converged": at_converged.releases,
         "member_puts": members,
         "member_put_bytes": member_bytes,
-        "kernel_binds": sum(e.added for e in vip_events),
+        # Binds that moved a VIP to a host (lifetime refreshes, which `ip monitor` reports as
+        # adds too, left out), and unbinds.
+        "kernel_binds": len(arrivals(vip_events)),
         "kernel_unbinds": sum(not e.added for e in vip_events),
         "db_before_bytes": db0,
         "db_after_bytes": db1,
@@ -526,6 +540,14 @@ def _inject(cluster: Cluster, mode: str, host: Node, fence: int | None) -> None:
 
 def _restore(cluster: Cluster, mode: str, host: Node, fence: int | None) -> list[str]:
     """Undo the failure: the old agent and fence gone, link up, agent started again."""
+    notes = _stopped(cluster, mode, host, fence)
+    if mode == "death":
+        cluster.lab.restore_link(host)
+    return notes + _rejoin(cluster, host)
+
+
+def _stopped(cluster: Cluster, mode: str, host: Node, fence: int | None) -> list[str]:
+    """Wait until the agent and its fence are gone (killed after a while); notes if killed."""
     notes: list[str] = []
     proc = cluster.procs[host.role]
     try:
@@ -540,8 +562,12 @@ def _restore(cluster: Cluster, mode: str, host: Node, fence: int | None) -> list
         with contextlib.suppress(ProcessLookupError):
             os.kill(fence, signal.SIGKILL)
         wait_gone(fence, 5.0)
-    if mode == "death":
-        cluster.lab.restore_link(host)
+    return notes
+
+
+def _rejoin(cluster: Cluster, host: Node) -> list[str]:
+    """Start the agent again and wait until it is a member; notes if it is not."""
+    notes: list[str] = []
     cluster.start(host)
     if not cluster.wait_member(host, REJOIN_TIMEOUT):
         restarted = cluster.procs[host.role]
@@ -555,7 +581,8 @@ def _restore(cluster: Cluster, mode: str, host: Node, fence: int | None) -> list
 
 def failover(cluster: Cluster, watch: HolderWatch, mode: str, s: Settings) -> dict[str, Any]:
     lab = cluster.lab
-    snap, converged = cluster.wait_converged(s.reconverge_timeout)
+    steady = cluster.wait_settled(s.reconverge_timeout)
+    snap, converged = steady.snap, steady.at
     victim_role = max(sorted(snap.kernel), key=lambda r: len(snap.kernel[r]))
     victim = lab.host(victim_role)
     survivors = [h for h in lab.hosts if h.role != victim_role]
@@ -564,7 +591,9 @@ def failover(cluster: Cluster, watch: HolderWatch, mode: str, s: Settings) -> di
     fence = cluster.fence(victim)
     result: dict[str, Any] = {
         "mode": mode,
+        # From a settled cluster (placement's too, see the module's docstring).
         "converged_before": converged is not None,
+        "settle_before": steady.report(cluster.vips),
         "victim": victim_role,
         "moving": len(moving),
         "held_per_host_before": snap.held_per_host(),
@@ -639,12 +668,161 @@ def failover(cluster: Cluster, watch: HolderWatch, mode: str, s: Settings) -> di
             "wait_s": FAILOVER_WAIT[mode],
         }
     )
+    # Undone: the victim rejoins and, with preemption, gets its share back preempt_delay
+    # later. The next event starts only once that is over (settled, not only converged).
+    moved_away = cluster.snapshot().settled(cluster.vips)
     started = time.monotonic()
     result["notes"] = _restore(cluster, mode, victim, fence)
-    after, reconverged_at = cluster.wait_converged(s.reconverge_timeout)
-    result["reconverged"] = reconverged_at is not None
+    back = cluster.wait_settled(s.reconverge_timeout)
+    result["reconverged"] = back.at is not None
     result["reconverge_s"] = round(time.monotonic() - started, 1)
-    result["held_per_host_after"] = after.held_per_host()
+    result["settle_after"] = back.report(cluster.vips)
+    moved_back = changed_holders(moved_away, back.snap.settled(cluster.vips))
+    result["moved_back"] = len(moved_back)
+    result["moved_back_to_victim"] = sum(new == victim_role for _, new in moved_back.values())
+    result["held_per_host_after"] = back.snap.held_per_host()
+    return result
+
+
+def _log_time(text: str, needle: str) -> float | None:
+    """Unix time of the first agent log line containing ``needle`` (its own clock)."""
+    for line in text.splitlines():
+        if needle in line:
+            with contextlib.suppress(ValueError, IndexError):
+                return datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def _binds(
+    events: Sequence[AddressEvent],
+    ips: set[IPAddress],
+    t0: float,
+    t1: float,
+    host: str | None = None,
+    *,
+    not_on: str | None = None,
+) -> list[float]:
+    """Times of the kernel binds of ``ips`` in [t0, t1] that moved an address to a host
+    (:func:`bench.observe.arrivals`: lifetime refreshes left out), on ``host`` only or on
+    any host but ``not_on``, if given."""
+    return sorted(
+        e.at
+        for e in arrivals(events, t0, t1)
+        if e.ip in ips and (host is None or e.host == host) and e.host != not_on
+    )
+
+
+def _ms_after(t: float | None, origin: float) -> float | None:
+    return None if t is None else round((t - origin) * 1000.0, 1)
+
+
+def _doubles(events: Sequence[AddressEvent], ips: set[IPAddress], t0: float, t1: float) -> int:
+    by_ip: dict[IPAddress, list[AddressEvent]] = defaultdict(list)
+    for e in events:
+        if e.ip in ips:
+            by_ip[e.ip].append(e)
+    return sum(
+        bool(check_history(evs, [], ip, t1, since=t0).double_holder) for ip, evs in by_ip.items()
+    )
+
+
+def churn(cluster: Cluster, watch: HolderWatch, s: Settings) -> dict[str, Any]:
+    """The busiest host leaves gracefully, then rejoins (the module's docstring, phase 4)."""
+    lab = cluster.lab
+    hosts = [h.role for h in lab.hosts]
+    n, m = len(cluster.vips), len(hosts)
+    ips = set(cluster.vips.values())
+    steady = cluster.wait_settled(s.reconverge_timeout, hosts)
+    before = steady.snap.settled(cluster.vips)
+    load = {r: sum(h == r for h in before.values()) for r in hosts}
+    role = max(sorted(hosts), key=lambda r: load[r])
+    host = lab.host(role)
+    own = {v for v, h in before.items() if h == role}
+    own_ips = {cluster.vips[v] for v in own}
+    result: dict[str, Any] = {
+        "host": role,
+        "ideal": round(n / m, 1),  # N/M: what one host's leave or join should move
+        "from_settled": steady.at is not None,
+        "settle_before": steady.report(cluster.vips),
+        "placement": asdict(PLACEMENT),
+    }
+    recorder = start_address_recorder(lab, lab.hosts, tag="churn")
+    events: list[AddressEvent] = []
+    try:
+        rev0 = cluster.snapshot(hosts=[]).revision
+        fence = cluster.fence(host)
+        t_leave = time.time()
+        cluster.procs[role].send_signal(signal.SIGTERM)
+        notes = _stopped(cluster, "sigterm", host, fence)
+        left = cluster.wait_settled(s.reconverge_timeout, [r for r in hosts if r != role])
+        t_left = time.time()
+        after_leave = left.snap.settled(cluster.vips)
+        offset = len(lab.agent_log(host))
+        t_join = time.time()
+        notes += _rejoin(cluster, host)
+        joined = cluster.wait_settled(s.reconverge_timeout, hosts)
+        t_joined = time.time()
+    finally:
+        events = recorder.stop()
+    after_join = joined.snap.settled(cluster.vips)
+    watch.caught_up(joined.snap.revision)
+
+    # Leave: ideally exactly its own VIPs move, each once.
+    moved = changed_holders(before, after_leave)
+    leave_keys = count_key_events(watch.events(), rev0, left.snap.revision)
+    own_binds = _binds(events, own_ips, t_leave, t_left, not_on=role)
+    all_binds = _binds(events, ips, t_leave, t_left)
+    result["leave"] = {
+        "held": len(own),
+        "settled": left.at is not None,
+        "settle": left.report(cluster.vips),
+        "settle_s": None if left.at is None else round(left.at - t_leave, 2),
+        "changed": len(moved),
+        "changed_own": sum(v in own for v in moved),
+        "changed_others": sum(v not in own for v in moved),
+        "others_sample": dict(sorted((v, list(h)) for v, h in moved.items() if v not in own)[:20]),
+        "not_reheld": sorted(own - set(after_leave))[:MISPLACED_SAMPLE],
+        "acquires": leave_keys.acquires,
+        "releases": leave_keys.releases,
+        "kernel_binds": len(all_binds),
+        "first_ms": _ms_after(own_binds[0] if own_binds else None, t_leave),
+        "last_own_ms": _ms_after(own_binds[-1] if own_binds else None, t_leave),
+        "last_any_ms": _ms_after(all_binds[-1] if all_binds else None, t_leave),
+        "double_holders": _doubles(events, ips, t_leave, t_left),
+        "spread": spread(left.snap.held_per_host(), [r for r in hosts if r != role]),
+    }
+
+    # Rejoin: ideally about N/M VIPs move, all of them to the host that came back.
+    back = changed_holders(after_leave, after_join)
+    join_keys = count_key_events(watch.events(), left.snap.revision, joined.snap.revision)
+    log = lab.agent_log(host)[offset:]
+    member_at = _log_time(log, "granted lease") or _log_time(log, "adopted lease")
+    ready_at = _log_time(log, "start-up wait over")
+    to_it = _binds(events, ips, t_join, t_joined, role)
+    any_bind = _binds(events, ips, t_join, t_joined)
+    first, last = (to_it[0], any_bind[-1]) if to_it and any_bind else (None, None)
+    rebalance_s = None if first is None or last is None else round(last - first, 3)
+    result["rejoin"] = {
+        "settled": joined.at is not None,
+        "settle": joined.report(cluster.vips),
+        "settle_s": None if joined.at is None else round(joined.at - t_join, 2),
+        "changed": len(back),
+        "to_host": sum(new == role for _, new in back.values()),
+        "between_others": sum(new != role for _, new in back.values()),
+        "returned_home": sum(v in own and after_join.get(v) == role for v in back),
+        "acquires": join_keys.acquires,
+        "releases": join_keys.releases,
+        "kernel_binds": len(any_bind),
+        "member_s": None if member_at is None else round(member_at - t_join, 2),
+        "ready_s": None if ready_at is None else round(ready_at - t_join, 2),
+        "first_move_s": None if first is None else round(first - t_join, 2),
+        "last_move_s": None if last is None else round(last - t_join, 2),
+        "rebalance_s": rebalance_s,
+        "vips_per_s": round(len(back) / rebalance_s, 1) if rebalance_s else None,
+        "double_holders": _doubles(events, ips, t_join, t_joined),
+        "spread": spread(joined.snap.held_per_host(), hosts),
+    }
+    result["notes"] = notes
     return result
 
 
@@ -694,7 +872,17 @@ def run_n(
             + f", {cold['acquires']} acquires, {cold['releases']} releases, per host "
             f"{cold['held_per_host']}"
         )
-        if not cold["converged"]:
+        console.print(
+            "  placement: "
+            + (
+                f"settled in {cold['settled_s']:.2f} s"
+                if cold["settled"]
+                else f"[red]not settled: {why_unsettled(cold['settle'])}[/red]"
+            )
+            + f", spread {cold['spread']['per_host']} (max {cold['spread']['max_dev_pct']} % "
+            f"off N/M), {cold['acquires_per_vip']} acquires per VIP"
+        )
+        if not cold["converged"] or not cold["settled"]:
             # It may never converge: do not wait the full time before and after each failover.
             s = replace(s, reconverge_timeout=min(s.reconverge_timeout, UNSTEADY_WAIT))
         window = max(s.cpu_seconds, s.idle_minutes * 60.0) if n == max(s.vips) else s.cpu_seconds
@@ -719,6 +907,20 @@ def run_n(
                 f"{fo['double_holders']}, collateral {fo['collateral']}"
                 f" [dim](re-converged: {fo['reconverged']}, {fo['reconverge_s']} s)[/dim]"
                 + (f" [yellow]{'; '.join(fo['notes'])}[/yellow]" if fo["notes"] else "")
+                + ("" if fo["reconverged"] else f" [red]{why_unsettled(fo['settle_after'])}[/red]")
+            )
+        if s.churn:
+            ch = churn(cluster, watch, s)
+            result["churn"] = ch
+            lv, rj = ch["leave"], ch["rejoin"]
+            console.print(
+                f"  churn: {ch['host']} leaves with {lv['held']} VIPs (N/M {ch['ideal']}): "
+                f"{lv['changed']} changed holder ({lv['changed_others']} not its own), "
+                f"{lv['acquires']} acquires; rejoins: {rj['changed']} moved "
+                f"({rj['to_host']} to it) in {_fmt(rj['rebalance_s'])} s from "
+                f"{_fmt(rj['first_move_s'])} s after the start"
+                + ("" if lv["settled"] and rj["settled"] else " [red](not settled)[/red]")
+                + (f" [yellow]{'; '.join(ch['notes'])}[/yellow]" if ch["notes"] else "")
             )
         result["final"] = proc_figures(cluster)
     except (ScaleError, LabError, TimeoutError, subprocess.SubprocessError, OSError) as exc:
@@ -772,6 +974,11 @@ def per_n_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "cold_timeout_s": cold.get("timeout_s"),
                 "cold_acquires": cold.get("acquires"),
                 "cold_releases": cold.get("releases"),
+                "cold_acquires_per_vip": cold.get("acquires_per_vip"),
+                "cold_settled": cold.get("settled"),
+                "cold_settled_s": cold.get("settled_s"),
+                "cold_settle": cold.get("settle"),
+                "spread": cold.get("spread"),
                 "db_growth_bytes": cold.get("db_growth_bytes"),
                 "agent_rss_kb": _max([p.get("agent_rss_kb") for p in procs]),
                 "agent_hwm_kb": _max([p.get("agent_hwm_kb") for p in procs]),
@@ -797,6 +1004,7 @@ def per_n_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 else {},
                 "frames_fps_max_host": _max([h["total_fps"] for h in frames.values()]),
                 "failovers": fos,
+                "churn": r.get("churn"),
                 "error": r.get("error"),
             }
         )
@@ -916,6 +1124,96 @@ def print_tables(rows: Sequence[dict[str, Any]]) -> None:
                 f"{fo['reconverged']} ({fo['reconverge_s']} s)",
             )
     console.print(f)
+    p = _table(
+        "scale: placement (spread once settled; one host leaves, then rejoins)",
+        *PLACEMENT_COLUMNS,
+        left=PLACEMENT_COLUMNS[1:2] + PLACEMENT_COLUMNS[4:7],
+    )
+    for r in rows:
+        p.add_row(*placement_cells(r))
+    console.print(p)
+
+
+def _spread_text(sp: Mapping[str, Any] | None) -> str:
+    if not sp:
+        return "-"
+    counts = "/".join(str(c) for c in sp["per_host"].values())
+    return f"{counts} (N/M {sp['even']:g}, max {sp['max_dev_pct']:g} % off)"
+
+
+def _settled_after(fo: Mapping[str, Any]) -> str:
+    """A failover's restore: VIPs moved back to the victim, and how long placement took."""
+    back = f"{fo.get('moved_back_to_victim', '-')}/{fo.get('moved_back', '-')} to {fo['victim']}"
+    if fo["reconverged"]:
+        return f"{back}, settled in {fo['reconverge_s']} s"
+    why = why_unsettled(fo.get("settle_after"))
+    return f"{back}, **not settled** in {fo['reconverge_s']} s ({why})"
+
+
+def why_unsettled(report: Mapping[str, Any] | None) -> str:
+    """Why a settle wait timed out, in short (Settled.report)."""
+    if not report:
+        return "-"
+    why = [f"{report['misplaced']} misplaced"] if report.get("misplaced") else []
+    if report.get("unconverged"):
+        why.append(
+            f"{report['unconverged']} not held once: {', '.join(report['unconverged_vips'])}"
+        )
+    if report.get("starting"):
+        why.append(f"starting: {', '.join(report['starting'])}")
+    if not why and not report.get("converged", True):
+        why.append("not converged")
+    return "; ".join(why) or "members changed"
+
+
+def placement_cells(r: Mapping[str, Any]) -> list[str]:
+    """One row of the placement table (console and markdown)."""
+    ch = r.get("churn") or {}
+    lv, rj = ch.get("leave") or {}, ch.get("rejoin") or {}
+    settled = (
+        ""
+        if r.get("cold_settled")
+        else f" (**not settled**: {why_unsettled(r.get('cold_settle'))})"
+    )
+    leave = rejoin = rebalance = "-"
+    if lv:
+        leave = (
+            f"{ch['host']} ({lv['held']}): {lv['changed']} = {lv['changed_own']} own + "
+            f"{lv['changed_others']} others; {lv['acquires']} acquires"
+            + ("" if lv["settled"] else f"; **not settled** ({why_unsettled(lv['settle'])})")
+        )
+    if rj:
+        rejoin = (
+            f"{rj['changed']}: {rj['to_host']} to it + {rj['between_others']} others"
+            f" ({rj['returned_home']} home); {rj['acquires']} acquires"
+            + ("" if rj["settled"] else f"; **not settled** ({why_unsettled(rj['settle'])})")
+        )
+        rebalance = (
+            f"{_fmt(rj['first_move_s'])} → {_fmt(rj['last_move_s'])} s "
+            f"({_fmt(rj['rebalance_s'])} s, {_fmt(rj['vips_per_s'])}/s)"
+        )
+    return [
+        str(r["vips"]),
+        _spread_text(r.get("spread")) + settled,
+        _fmt(r.get("cold_acquires_per_vip")),
+        _fmt(ch.get("ideal")),
+        leave,
+        rejoin,
+        rebalance,
+        _fmt(None if not lv else lv["double_holders"] + rj.get("double_holders", 0)),
+    ]
+
+
+PLACEMENT_COLUMNS = (
+    "VIPs",
+    "spread after cold start",
+    "acquires / VIP",
+    "N/M",
+    "leave: host (held): changed",
+    "rejoin: moved back",
+    "rebalance after rejoin",
+    "double holders",
+)
 
 
 def _red(n: int) -> str:
@@ -954,6 +1252,50 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[Target]:
             None if rel is None or not cold_ok else rel <= big,
         )
     )
+    per_vip = top.get("cold_acquires_per_vip")
+    out.append(
+        (
+            "cold start: ≤ 1 acquire per VIP (to settled placement)",
+            f"{_fmt(per_vip)} ({top.get('cold_acquires')} for {big} VIPs)"
+            + ("" if top.get("cold_settled") else ", placement not settled"),
+            str(big),
+            None if per_vip is None else bool(top.get("cold_settled")) and per_vip <= 1.0,
+        )
+    )
+    sp = top.get("spread")
+    if sp:
+        out.append(
+            (
+                "cold start: spread within 20 % of N/M",
+                f"{'/'.join(str(c) for c in sp['per_host'].values())}, max "
+                f"{sp['max_dev_pct']:g} % off {sp['even']:g}",
+                str(big),
+                sp["max_dev_pct"] <= 20.0,
+            )
+        )
+    ch = top.get("churn")
+    if ch:
+        lv, rj = ch["leave"], ch["rejoin"]
+        out.append(
+            (
+                "a host leaves: only its own VIPs change holder",
+                f"{lv['changed_own']}/{lv['held']} own + {lv['changed_others']} others "
+                f"(N/M {ch['ideal']:g}); {lv['acquires']} acquires",
+                str(big),
+                lv["settled"] and lv["changed_others"] == 0 and lv["changed_own"] == lv["held"],
+            )
+        )
+        out.append(
+            (
+                "it rejoins: ≈ N/M move back, all to it (± 20 %)",
+                f"{rj['changed']} ({rj['to_host']} to it, {rj['between_others']} others), "
+                f"N/M {ch['ideal']:g}",
+                str(big),
+                rj["settled"]
+                and rj["between_others"] == 0
+                and abs(rj["changed"] - ch["ideal"]) <= 0.2 * ch["ideal"],
+            )
+        )
     rss, hwm = top.get("agent_rss_kb"), top.get("agent_hwm_kb")
     out.append(
         (
@@ -1019,6 +1361,12 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[Target]:
         )
     coll = [(r["vips"], m, fo["collateral"]) for r in rows for m, fo in r["failovers"].items()]
     dbl = [(r["vips"], m, fo["double_holders"]) for r in rows for m, fo in r["failovers"].items()]
+    dbl += [
+        (r["vips"], phase, r["churn"][phase]["double_holders"])
+        for r in rows
+        if r.get("churn")
+        for phase in ("leave", "rejoin")
+    ]
     for label, items in (("collateral outages 0", coll), ("double holders 0", dbl)):
         if items:
             total = sum(c for _, _, c in items)
@@ -1103,17 +1451,30 @@ def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
         )
     fo_head = (
         "| VIPs | event | victim (VIPs) | first re-held | last re-held | not moved "
-        "| double holders | collateral | from steady |\n"
-        "|--:|---|---|--:|--:|--:|--:|--:|---|\n"
+        "| double holders | collateral | from steady | undone: moved back, settled |\n"
+        "|--:|---|---|--:|--:|--:|--:|--:|---|---|\n"
     )
     fo_lines = [
         f"| {r['vips']} | {mode} | {fo['victim']} ({fo['moving']}) | {_fmt(fo['first_ms'])} ms "
         f"| {_fmt(fo['last_ms'])} ms | {fo['not_moved']} | {fo['double_holders']} "
-        f"| {fo['collateral']} | {'yes' if fo['converged_before'] else '**no**'} |"
+        f"| {fo['collateral']} | {'yes' if fo['converged_before'] else '**no**'} "
+        f"| {_settled_after(fo)} |"
         for r in rows
         for mode, fo in r["failovers"].items()
     ]
-    return head + "\n".join(lines) + "\n\n" + fo_head + "\n".join(fo_lines) + "\n"
+    pl_head = "| " + " | ".join(PLACEMENT_COLUMNS) + " |\n|--:|---|--:|--:|---|---|---|--:|\n"
+    pl_lines = ["| " + " | ".join(placement_cells(r)) + " |" for r in rows]
+    return (
+        head
+        + "\n".join(lines)
+        + "\n\n"
+        + fo_head
+        + "\n".join(fo_lines)
+        + "\n\n"
+        + pl_head
+        + "\n".join(pl_lines)
+        + "\n"
+    )
 
 
 def _met(ok: bool | None) -> str:
@@ -1157,6 +1518,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--modes", default=",".join(FAILOVER_MODES), help=f"({','.join(FAILOVER_MODES)})"
+    )
+    p.add_argument(
+        "--no-churn", action="store_true", help="skip the placement phase (a host leaves, rejoins)"
     )
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     args = p.parse_args(argv)
@@ -1207,6 +1571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         frames_seconds=args.frames_seconds,
         cold_timeout=args.cold_timeout,
         modes=[m for m in args.modes.split(",") if m],
+        churn=not args.no_churn,
     )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = args.out.resolve() / f"scale-{stamp}"
@@ -1218,6 +1583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": asdict(settings),
         "ttl": TTL,
         "margin": MARGIN,
+        "placement": asdict(PLACEMENT),  # the agents' (placement's defaults)
         "machine": machine(),
         "other_labs_at_start": other_labs(),
     }

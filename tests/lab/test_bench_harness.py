@@ -4,7 +4,9 @@
 such. Here a "system" that binds both VIPs on h1 by hand and never moves them — its daemon on
 each host is a `sleep` — goes through the real harness (lab, probes, address recorder,
 SIGTERM trials, judgement, summary). The pure judgement has its own unit tests
-(tests/unit/test_history.py).
+(tests/unit/test_history.py). And the one mode that asks something of haagent rather than
+breaking it, ``move``, goes through the same harness with real agents: the request it writes
+is one the agents act on.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 
 from bench.modes import MODES
 from bench.run import Runner, leftovers, summary_rows
-from bench.systems import Driver, HoldCheck, Timing
+from bench.systems import Driver, HaagentDriver, HoldCheck, Timing
 from haagent.lab.topology import Lab, Node
 from tests.lab.conftest import require
 
@@ -72,3 +74,21 @@ def test_a_system_that_never_fails_over_is_reported_as_such(
         assert trial["bound_ms"] is None  # no other host bound the VIP
         assert trial["result"]["new_holder"] is None
         assert all(by == "h1" for _ms, _rtt, by in trial["probes"] if by is not None)
+
+
+def test_a_move_request_hands_the_vip_to_the_host_ranked_next(tmp_path: Path) -> None:
+    require("ip", "etcd", "etcdctl", "nft")
+    runner = Runner(trials=1, run_dir=tmp_path, modes=["move"])
+    run = runner.run_config(HaagentDriver, "haagent")
+    assert run.error is None, run.error
+    assert leftovers(runner.lab_ids, tmp_path) == []
+    rows = summary_rows([run])
+    assert sorted(r["family"] for r in rows) == ["v4", "v6"]  # h1 held both: one trial
+    for r in rows:
+        assert (r["trials"], r["failed_over"], r["unstable_start"]) == (1, 1, 0), r
+        assert (r["double_holder_trials"], r["double_answer_trials"]) == (0, 0), r
+        assert r["noted_trials"] == 0, r  # no note: the VIP went where it was sent
+    for trial in run.trials:
+        assert trial["target"] == "h1"
+        assert trial["expected_holder"] not in (None, "h1")
+        assert trial["result"]["new_holder"] == trial["expected_holder"]

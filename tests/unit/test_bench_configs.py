@@ -1,18 +1,33 @@
-"""The benchmark's configuration rendering and log reading (bench/systems.py, bench/modes.py).
+"""The benchmark's configuration rendering and log reading (bench/systems.py, bench/modes.py),
+and its pure placement figures (bench/observe.py, bench/run.py's move/SIGTERM ratios).
 
 No lab, no daemons: a Lab object is only a workdir and addresses until ``up()``.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 from datetime import UTC, datetime
+from ipaddress import ip_address
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from bench.modes import MODES
-from bench.run import parse_args
+from bench.observe import (
+    Snapshot,
+    arrivals,
+    changed_holders,
+    expected_holders,
+    misplaced,
+    spread,
+    view_from_range,
+)
+from bench.run import FAMILIES, Plan, Runner, handover_ratios, parse_args, ratios_markdown
+from bench.scale import Settled, why_unsettled
 from bench.systems import (
     CHECK_FALL,
     CHECK_RISE,
@@ -29,9 +44,14 @@ from bench.systems import (
     haagent_extra,
     haagent_healthy,
     haagent_held_down_until,
+    haagent_ready,
     keepalived_states,
 )
+from haagent.cluster.schema import HEALTHY, Holder, Keys, MemberRecord, Request
 from haagent.config import ExecCheckConfig, parse_config
+from haagent.decide import rank
+from haagent.lab.history import AddressEvent
+from haagent.lab.probe import ProbeRecord
 from haagent.lab.topology import Lab
 
 VIPS = [("web4", "198.51.100.200"), ("web6", "2001:db8:100::200")]
@@ -156,7 +176,7 @@ def test_health_mode_waits_for_the_check_and_does_not_ask_for_a_rejoin() -> None
     assert health.systems == {"haagent", "keepalived"}
     assert (health.wait(timing), health.rejoin) == (3.0, False)
     assert MODES["sigterm"].wait(timing) == 1.0 and MODES["sigkill"].wait(timing) == 2.0
-    assert all(m.rejoin for name, m in MODES.items() if name != "health")
+    assert all(m.rejoin for name, m in MODES.items() if name not in ("health", "move"))
 
 
 def test_health_windows_cover_detection_with_room_to_spare(lab: Lab) -> None:
@@ -176,3 +196,228 @@ def test_variant_selection() -> None:
     assert parse_args(["--quick", "--haagent", "vmac"]).haagent == "vmac"
     with pytest.raises(SystemExit):
         parse_args(["--haagent", "nope"])
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def test_haagent_bench_config_places_without_preemption(lab: Lab) -> None:
+    """keepalived's nopreempt, for haagent: a restored host must not take its VIPs back in
+    the middle of the next trial (docs/benchmarks.md, "Configurations")."""
+    cfg = parse_config(_agent_config(lab, vmac=False))
+    assert cfg.placement.preempt is False
+    assert [v.preempt for v in cfg.vips] == [False, False]
+    assert cfg.placement.startup_wait == 2.0  # the default, written out
+
+
+def test_move_mode_is_a_graceful_handover_of_haagent_without_a_rejoin() -> None:
+    move = MODES["move"]
+    assert move.systems == {"haagent"}
+    assert (move.window, move.rejoin) == ("graceful", False)
+    assert move.prepare is not None
+    order = list(MODES)
+    assert order.index("move") == order.index("sigterm") + 1  # compared with it, run after it
+    assert parse_args(["--modes", "move,sigterm"]).modes == "move,sigterm"
+
+
+def test_a_restarted_agent_is_ready_only_after_its_start_up_wait(lab: Lab) -> None:
+    start = "x INFO haagent.agent: haagent 0.1.0 starting: cluster c, node h1\n"
+    ready = "x INFO haagent.agent: start-up wait over: campaigning by rank\n"
+    assert haagent_ready(start + ready)
+    assert not haagent_ready(start + ready + start)  # restarted: waiting again
+    assert not haagent_ready("")
+
+    class Running:
+        def poll(self) -> None:
+            return None
+
+    driver = HaagentDriver(lab)
+    driver.procs["h1"] = cast(subprocess.Popen[bytes], Running())
+    host = lab.host("h1")
+    risen = (
+        "x INFO haagent.agent: granted lease 1 (ttl 3s)\n"
+        "x INFO haagent.agent: vip web4 healthy on this node: check flagfile passed (2/2)\n"
+        "x INFO haagent.agent: vip web6 healthy on this node: check flagfile passed (2/2)\n"
+    )
+    lab.agent_log_path(host).write_text(start + risen)
+    assert not driver.recovered(host, 0)  # a lease and healthy, but still starting up
+    lab.agent_log_path(host).write_text(start + risen + ready)
+    assert driver.recovered(host, 0)
+
+
+CLUSTER = "hxabcde"
+
+
+def _kv(
+    key: str, value: bytes, *, lease: int = 0, created: int = 5, mod: int = 5
+) -> dict[str, Any]:
+    return {
+        "key": base64.b64encode(key.encode()).decode(),
+        "value": base64.b64encode(value).decode(),
+        "lease": lease,
+        "create_revision": created,
+        "mod_revision": mod,
+    }
+
+
+def _member(node: str, vips: list[str], *, lease: int, ready: bool = True) -> MemberRecord:
+    health = {v: HEALTHY for v in vips}
+    return MemberRecord(node, None, "0", 0.0, "d", lease, tuple(vips), health=health, ready=ready)
+
+
+def _range(
+    nodes: list[str], vips: list[str], held: dict[str, str], **extra: bytes
+) -> dict[str, Any]:
+    keys = Keys(CLUSTER)
+    kvs = [
+        _kv(keys.member(n), _member(n, vips, lease=i + 1).to_json(), lease=i + 1)
+        for i, n in enumerate(nodes)
+    ]
+    kvs += [
+        _kv(keys.holder(v), Holder(h, nodes.index(h) + 1).to_json(), lease=nodes.index(h) + 1)
+        for v, h in held.items()
+    ]
+    kvs += [_kv(keys.request(v), raw, mod=9) for v, raw in extra.items()]
+    kvs.append(_kv("/haagent/v1/other/members/h1", b"{}"))  # another cluster: left out
+    return {"header": {"revision": 12}, "kvs": kvs}
+
+
+def test_the_view_from_a_range_read_ranks_as_the_agents_do() -> None:
+    nodes, vips = ["h1", "h2", "h3"], ["web4", "web6"]
+    first = expected_holders(view_from_range(CLUSTER, _range(nodes, vips, {})), vips)
+    held = {v: next(n for n in nodes if n != first[v]) for v in vips}  # each on a wrong host
+    view = view_from_range(CLUSTER, _range(nodes, vips, held))
+    assert view.revision == 12 and sorted(view.members) == nodes
+    assert {v: h.node for v, h in view.holders.items()} == held
+    assert view.holders["web4"].lease == nodes.index(held["web4"]) + 1
+    assert first == {v: rank.candidates(view, v)[0] for v in vips}
+    assert misplaced(view, vips) == {v: (held[v], first[v]) for v in vips}
+    on_place = view_from_range(CLUSTER, _range(nodes, vips, first))
+    assert misplaced(on_place, vips) == {}
+
+
+def test_a_move_request_ranks_its_target_first() -> None:
+    nodes, vips = ["h1", "h2", "h3"], ["web4"]
+    first = expected_holders(view_from_range(CLUSTER, _range(nodes, vips, {})), vips)["web4"]
+    to = next(n for n in nodes if n != first)
+    req = Request("move", to=to, by="bench@h1", at=1.0).to_json()
+    view = view_from_range(CLUSTER, _range(nodes, vips, {"web4": first}, web4=req))
+    assert view.requests["web4"].to == to and view.requests["web4"].revision == 9
+    assert misplaced(view, vips) == {"web4": (first, to)}
+    junk = view_from_range(CLUSTER, _range(nodes, vips, {"web4": first}, web4=b"{nope"))
+    assert junk.requests == {} and misplaced(junk, vips) == {}
+
+
+def test_spread_counts_every_host_and_the_worst_deviation_from_even() -> None:
+    sp = spread({"h1": 3, "h2": 1}, ["h1", "h2", "h3"])
+    assert sp["per_host"] == {"h1": 3, "h2": 1, "h3": 0}
+    assert (sp["even"], sp["min"], sp["max"]) == (1.33, 0, 3)
+    assert sp["max_dev_pct"] == 125.0  # h1: 3 against 4/3
+    assert spread({"h1": 2, "h2": 2}, ["h1", "h2"])["max_dev_pct"] == 0.0
+    assert spread({}, ["h1"])["max_dev_pct"] == 0.0
+
+
+def test_changed_holders_only_counts_vips_held_in_both() -> None:
+    before = {"a": "h1", "b": "h2", "c": "h3"}
+    after = {"a": "h2", "b": "h2"}  # c not held (yet)
+    assert changed_holders(before, after) == {"a": ("h1", "h2")}
+
+
+def _row(config: str, mode: str, fam: str, gap: float, p95: float) -> dict[str, Any]:
+    return {
+        "system": "haagent",
+        "config": config,
+        "mode": mode,
+        "family": fam,
+        "trials": 3,
+        "failed_over": 3,
+        "gap_median_ms": gap,
+        "gap_p95_ms": p95,
+        "to_new_median_ms": gap + 2,
+        "to_new_p95_ms": p95 + 2,
+        "double_holder_trials": 0,
+    }
+
+
+def test_move_is_reported_against_the_same_runs_sigterm() -> None:
+    rows = [
+        _row("ttl 3s", "sigterm", "v4", 15.0, 20.0),
+        _row("ttl 3s", "move", "v4", 30.0, 25.0),
+        _row("ttl 3s", "move", "v6", 10.0, 10.0),  # no sigterm for v6: no ratio
+        _row("vmac", "sigterm", "v4", 20.0, 40.0),
+        _row("vmac", "sigkill", "v4", 20.0, 40.0),
+        {**_row("advert 1s", "sigterm", "v4", 15.0, 20.0), "system": "keepalived"},
+    ]
+    (r,) = handover_ratios(rows)
+    assert (r["config"], r["family"], r["mode"], r["base"]) == ("ttl 3s", "v4", "move", "sigterm")
+    assert (r["gap_median_ratio"], r["gap_p95_ratio"]) == (2.0, 1.25)
+    assert r["to_new_median_ratio"] == round(32 / 17, 2)
+    md = ratios_markdown([r])
+    assert md.count("\n") == 3 and "30 / 15 = 2.00" in md and "25 / 20 = 1.25" in md
+    assert ratios_markdown([]) == ""
+    zero = handover_ratios([_row("c", "sigterm", "v4", 0.0, 0.0), _row("c", "move", "v4", 5, 5)])
+    assert zero[0]["gap_median_ratio"] is None  # no ratio against nothing
+
+
+def test_a_move_that_lands_elsewhere_than_asked_is_noted() -> None:
+    ip = FAMILIES[4]
+    t = 1000.0
+    records = [
+        ProbeRecord(i, t - 0.2 + i * 0.005, 0.0002, "h1" if i < 40 else "h3") for i in range(80)
+    ]
+    events = [
+        AddressEvent("h1", t - 1.0, ip_address(str(ip)), True, "eth0", initial=True),
+        AddressEvent("h1", t + 0.01, ip_address(str(ip)), False, "eth0"),
+        AddressEvent("h3", t + 0.015, ip_address(str(ip)), True, "eth0"),
+    ]
+    notes = ["kept"]
+
+    def plan(expected: str) -> Plan:
+        return Plan(
+            "haagent", "c", "move", 4, 1, "h1", t, t - 0.2, t + 0.2, t + 0.3, 15.0, notes, expected
+        )
+
+    judged = Runner.judge(plan("h2"), records, events)
+    assert judged["result"]["new_holder"] == "h3"
+    assert judged["notes"] == ["kept", "new holder h3, expected h2"]
+    assert notes == ["kept"]  # the trial's list, shared by its families, is left alone
+    assert Runner.judge(plan("h3"), records, events)["notes"] == ["kept"]
+    assert json.dumps(judged)  # the report stays JSON
+
+
+def test_arrivals_are_holder_changes_not_lifetime_refreshes() -> None:
+    ip = ip_address("198.51.100.200")
+
+    def ev(host: str, at: float, added: bool = True, **kw: Any) -> AddressEvent:
+        return AddressEvent(host, at, ip, added, "eth0", **kw)
+
+    events = [
+        ev("h1", 0.0, initial=True),  # bound when the recorder started
+        ev("h1", 0.6),  # a refresh (ip monitor shows the replace as an add)
+        ev("h1", 1.0, False),
+        ev("h2", 1.01),  # moved to h2
+        ev("h2", 1.6),  # refresh
+        ev("h2", 2.0, False),
+        ev("h1", 2.1),  # and back
+    ]
+    assert [(e.host, e.at) for e in arrivals(events)] == [("h2", 1.01), ("h1", 2.1)]
+    assert [e.at for e in arrivals(events, 1.5, 3.0)] == [2.1]
+    vmac = [ev("h3", 3.0), AddressEvent("h3", 3.1, ip, True, "vrrp.51")]  # a second device
+    assert [e.at for e in arrivals(events + vmac)][-1] == 3.0
+
+
+def test_a_settle_that_timed_out_names_what_was_still_wrong() -> None:
+    a, b, c = ip_address("198.51.100.101"), ip_address("198.51.100.102"), ip_address("::1")
+    vips = {"a": a, "b": b, "c": c}
+    kernel = {"h1": frozenset({a}), "h2": frozenset({b}), "h3": frozenset({b})}
+    snap = Snapshot(0.0, kernel, {"a": "h1", "b": "h2", "c": "h1"}, 7)
+    view = view_from_range(CLUSTER, _range(["h1", "h2"], ["a"], {}))
+    report = Settled(snap, view, None, {"a": ("h1", "h2")}, ["h3"]).report(vips)
+    assert (report["settled"], report["converged"], report["misplaced"]) == (False, False, 1)
+    assert report["unconverged_vips"] == {
+        "b": "bound on ['h2', 'h3'], key: h2",  # two holders
+        "c": "bound on no host, key: h1",  # a key nobody binds
+    }
+    text = why_unsettled(report)
+    assert text == "1 misplaced; 2 not held once: b, c; starting: h3"
+    assert why_unsettled(None) == "-"
