@@ -274,6 +274,9 @@ class Core:
             if e.holder is not None:
                 rt.held_revision = rt.last_key = e.holder.create_revision
             if newly:
+                # Whoever ranked first during an earlier hold is no reason to leave now: the
+                # preemption delay starts afresh with this hold.
+                rt.better = None
                 self._consider_handover(rt, self._now)
         else:
             self.held.discard(rt.name)

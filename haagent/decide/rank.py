@@ -99,12 +99,13 @@ def assignment(view: ClusterView) -> Mapping[str, str]:
     if c is not None and c[0] is view.members and c[1] is view.drains and c[2] is view.requests:
         return c[3]
     vips = sorted({v for m in view.members.values() for v in m.vips})
+    pinned = sum(1 for v in vips if (r := view.requests.get(v)) is not None and r.to is not None)
     nodes = [n for n in view.members if not view.draining(n)]
     out: dict[str, str] = {}
     if nodes:
         # No slack above the even share: any slack e lets the last host fall (M - 1) * e
         # below it (5 % on 5 hosts left one at -30 %).
-        cap = -(-len(vips) // len(nodes))
+        cap = -(-(len(vips) - pinned) // len(nodes))
         load: Counter[str] = Counter()
         for vip in vips:
             # Health is left out: a check flapping on one host must not shift the balance
@@ -112,14 +113,19 @@ def assignment(view: ClusterView) -> Mapping[str, str]:
             order = hash_order(view, vip, configured=True)
             if not order:
                 continue
-            pick = top = order[0]
-            if not top.pinned:
-                for cand in order:
-                    if (cand.pinned, cand.priority) != (top.pinned, top.priority):
-                        break
-                    if load[cand.node] < cap:
-                        pick = cand
-                        break
+            top = order[0]
+            if top.pinned:
+                # Placed by the operator, and left out of the balance: moving one VIP must
+                # not shift where every other VIP belongs.
+                out[vip] = top.node
+                continue
+            pick = top
+            for cand in order:
+                if cand.priority != top.priority:
+                    break
+                if load[cand.node] < cap:
+                    pick = cand
+                    break
             load[pick.node] += 1
             out[vip] = pick.node
     _cache = (view.members, view.drains, view.requests, out)
