@@ -266,6 +266,11 @@ VipMode = Literal["node-mac", "vmac", "announce-only"]
 VIP_MODES: tuple[VipMode, ...] = ("node-mac", "vmac", "announce-only")
 
 
+# Addresses of one VIP (``addresses:`` in the config; keepalived's virtual_ipaddress list): a
+# service's v4 and v6 and a few more. The config refuses more, readers drop a longer list.
+MAX_VIP_ADDRESSES = 16
+
+
 @dataclass(frozen=True)
 class VipSpec:
     """What a VIP is on one host, as that host's config says: published so that a tool can
