@@ -2272,7 +2272,7 @@ def check_host(cfg: Config) -> list[ConfigError]:
 
 
 def _foreign_vips(cfg: Config, source: str) -> list[ConfigError]:
-    """VIPs whose address this host already has, configured outside haagent."""
+    """VIPs with an address this host already has, configured outside haagent."""
     # Lazy: placement imports this module, and only host checks need netlink.
     from haagent.net.addresses import AddressManager, NetError
     from haagent.net.placement import Placement, foreign_problem
@@ -2285,10 +2285,13 @@ def _foreign_vips(cfg: Config, source: str) -> list[ConfigError]:
     except NetError as exc:
         return [ConfigError(source, "vips", f"cannot list this host's addresses: {exc}")]
     vips = {vip.name: vip for vip in cfg.vips}
-    return [
-        ConfigError(source, f"vips[{index[name]}].address", foreign_problem(name, vips[name], what))
-        for name, what in found.items()
-    ]
+    out: list[ConfigError] = []
+    for name, what in found.items():
+        vip, key = vips[name], f"vips[{index[name]}].address"
+        if vip.extra_addresses:
+            key = f"vips[{index[name]}].addresses[{vip.ips.index(next(iter(what)))}]"
+        out.append(ConfigError(source, key, foreign_problem(name, vip, what)))
+    return out
 
 
 def _secs(v: float) -> str:
