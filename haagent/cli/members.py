@@ -26,7 +26,7 @@ def add_parser(sub: Any) -> None:
             "One row per live agent (its member record exists exactly as long as its etcd "
             "lease): node, address, haagent version, uptime, config digest, draining, and its "
             "health for each VIP with the failing check's detail. Warns when hosts disagree "
-            "about a VIP's address, interface, mode or checks.\n\n"
+            "about a VIP's addresses, interface, mode or checks.\n\n"
             "exit codes: 0 read, 2 etcd cannot be read or the cluster is unknown."
         ),
         examples=EXAMPLES,
