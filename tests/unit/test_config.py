@@ -895,9 +895,10 @@ def test_every_error_is_one_line_whatever_the_key():
 def test_example_file_loads():
     cfg = load_config(EXAMPLE)
     assert cfg.cluster == "db" and cfg.node == "pg1"
-    assert [v.name for v in cfg.vips] == ["db", "db6"]
+    assert [v.name for v in cfg.vips] == ["db", "db6", "web"]
     assert cfg.vip("db6").announce.count == 5
     assert cfg.vip("db6").announce.interval == cfg.announce.interval
+    assert cfg.vip("web").families == (4, 6)
 
 
 def test_example_file_mentions_every_option():
@@ -929,6 +930,7 @@ def test_example_file_mentions_every_option():
         "vips",
         "name",
         "address",
+        "addresses",
         "interface",
     ]
     missing = [o for o in options if not re.search(rf"^[ #-]*{o}:", text, re.M)]
