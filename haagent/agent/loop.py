@@ -826,11 +826,12 @@ class Agent:
             return
         for vip in gone:
             # Some address of it went (not necessarily all): place() binds what is missing
-            # and leaves the rest as it is.
+            # and leaves the rest as it is. "vanished from" is what bench/ counts.
             log.error(
-                "vip %s (%s) vanished in part or whole while held; binding it again",
+                "vip %s (%s) vanished from %s while held; binding it again",
                 vip.name,
-                self.place.shown(vip),
+                vip.addresses_text,
+                ", ".join(dict.fromkeys(ifname for ifname, _ in self.place.spots(vip))),
             )
             try:
                 self.place.place(vip, lifetime)
