@@ -305,3 +305,28 @@ def test_a_vmac_vip_with_two_families_moves_both_virtual_macs_together(
         3,
         what=f"the virtual MACs up on {new} only",
     )
+
+
+def test_a_half_bound_leftover_is_removed_whole_at_start_up(lab: Lab, agents: Agents) -> None:
+    """An agent starting with one address of the VIP bound (a leftover of an earlier run)
+    while etcd names another holder removes it: start-up counts a VIP as placed when any of
+    its addresses is, and keeps or removes it whole."""
+    ips = configure(agents)
+    agents.start_all()
+    holder = check_new_holder(agents, ips, None, 15)
+    other = lab.host(next(h.role for h in lab.hosts if h.role != holder))
+    agents.signal(other, signal.SIGTERM)
+    assert agents.wait_exit(other, 3) == 0, agents.log(other)
+    lab.add_address(other, ips[1])  # marked as haagent's, no lifetime: only IPv6
+    assert bound_on(agents, ips)[ips[1]] == sorted([holder, other.role])
+    agents.start(other)
+    wait_until(
+        lambda: ips[1] not in lab.bound(other),
+        10,
+        what=f"the restarted agent on {other.role} to remove the stale {ips[1]}",
+        detail=lambda: agents.log(other),
+    )
+    assert f"removed stale address of vip svc ({ips[0]}/32, {ips[1]}/128)" in agents.log(other)
+    for _ in range(5):  # and nothing comes back: both stay with the holder
+        assert bound_on(agents, ips) == {ips[0]: [holder], ips[1]: [holder]}
+        time.sleep(0.1)
