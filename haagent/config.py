@@ -41,7 +41,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from haagent.cluster.schema import DEFAULT_PRIORITY, MAX_PRIORITY, NAME_RE, valid_name
+from haagent.cluster.schema import (
+    DEFAULT_PRIORITY,
+    MAX_PRIORITY,
+    MAX_VIP_ADDRESSES,
+    NAME_RE,
+    valid_name,
+)
 
 __all__ = [
     "CHECK_TYPES",
@@ -50,6 +56,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_ERRORS",
     "MAX_VIPS",
+    "MAX_VIP_ADDRESSES",
     "MAX_YAML_DEPTH",
     "NAME_RE",
     "NOTIFY_KINDS",
@@ -411,14 +418,39 @@ class VipConfig:
     priority: int | None = None
     preempt: bool = PlacementConfig.preempt
     preempt_delay: float = PlacementConfig.preempt_delay
+    # The VIP's further addresses (``addresses:`` in the file; ``address`` is the first). One
+    # election for all of them: they are bound, announced and released together, so a v4/v6
+    # pair can never end up on two hosts.
+    extra_addresses: tuple[IPv4Interface | IPv6Interface, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[IPv4Interface | IPv6Interface, ...]:
+        """Every address of the VIP, the primary (``address``) first."""
+        return (self.address, *self.extra_addresses)
 
     @property
     def ip(self) -> IPv4Address | IPv6Address:
+        """The primary address's IP."""
         return self.address.ip
 
     @property
+    def ips(self) -> tuple[IPv4Address | IPv6Address, ...]:
+        return tuple(a.ip for a in self.addresses)
+
+    @property
     def family(self) -> int:
+        """The primary address's IP version (4 or 6)."""
         return self.address.version
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The IP versions of the VIP's addresses, each once, in the order they first occur."""
+        return tuple(dict.fromkeys(a.version for a in self.addresses))
+
+    @property
+    def addresses_text(self) -> str:
+        """``198.51.100.10/32, 2001:db8::10/128``: every address, for log and error lines."""
+        return ", ".join(str(a) for a in self.addresses)
 
 
 def derived_vrid(vip_name: str) -> int:
@@ -885,6 +917,7 @@ _ANNOUNCE_KEYS = ("count", "interval", "refresh", "arp_reply")
 _VIP_KEYS = (
     "name",
     "address",
+    "addresses",
     "interface",
     "announce",
     "checks",
@@ -1658,13 +1691,13 @@ def _parse_vips(
     out: list[VipConfig] = []
     where: list[int] = []  # the index in the file of each VIP in out
     names: dict[str, int] = {}
-    ips: dict[IPv4Address | IPv6Address, int] = {}
+    ips: dict[IPv4Address | IPv6Address, str] = {}  # IP -> the key that gave it
     for i, item in enumerate(value):
         vpath = f"{path}[{i}]"
         raw = col.mapping(item, vpath, _VIP_KEYS)
         if raw is None:
             continue
-        for required in ("name", "address", "interface"):
+        for required in ("name", "interface"):
             if raw.get(required) is None:
                 col.error(_join(vpath, required), "required")
         name = None
@@ -1678,21 +1711,7 @@ def _parse_vips(
                 )
             else:
                 names[name] = i
-        address = None
-        if raw.get("address") is not None:
-            akey = _join(vpath, "address")
-            text = col.string(raw["address"], akey, limit=MAX_ADDRESS)
-            if text is not None:
-                try:
-                    address = _parse_address(text)
-                except ValueError as exc:
-                    col.error(akey, f"{text!r}: {exc}")
-            if address is not None:
-                if address.ip in ips:
-                    j = ips[address.ip]
-                    col.error(akey, f"{address.ip} is already the address of {path}[{j}]")
-                else:
-                    ips[address.ip] = i
+        addresses = _parse_vip_addresses(col, raw, vpath, ips)
         interface = None
         if raw.get("interface") is not None:
             ikey = _join(vpath, "interface")
@@ -1749,22 +1768,100 @@ def _parse_vips(
                 s.bad.add("notify")
             else:
                 s.values["notify"] = notify
-        if name is not None and address is not None and interface is not None and not s.bad:
-            out.append(VipConfig(name, address, interface, vip_announce, **s.values))
+        if name is not None and addresses and interface is not None and not s.bad:
+            first, *more = addresses
+            out.append(
+                VipConfig(
+                    name, first, interface, vip_announce, extra_addresses=tuple(more), **s.values
+                )
+            )
             where.append(i)
-    # Two vmac VIPs of one family and VRID would share a virtual MAC and move together.
+    # Two vmac VIPs of one family and VRID would share a virtual MAC and move together. A VIP
+    # with addresses of both families has a vmac of each, both with its VRID.
     seen: dict[tuple[int, int], str] = {}
     for i, v in zip(where, out, strict=True):
         if not v.vmac:
             continue
-        other = seen.setdefault((v.family, v.vrid), v.name)
-        if other != v.name:
-            col.error(
-                f"{path}[{i}].vrid",
-                f"VRID {v.vrid} (IPv{v.family}) is already used by VIP {other!r}: each vmac VIP "
-                "needs its own virtual MAC; set vrid explicitly",
-            )
+        for family in v.families:
+            other = seen.setdefault((family, v.vrid), v.name)
+            if other != v.name:
+                col.error(
+                    f"{path}[{i}].vrid",
+                    f"VRID {v.vrid} (IPv{family}) is already used by VIP {other!r}: each vmac "
+                    "VIP needs its own virtual MAC; set vrid explicitly",
+                )
+                break
     return tuple(out)
+
+
+def _parse_vip_addresses(
+    col: _Collector,
+    raw: dict[str, Any],
+    vpath: str,
+    ips: dict[IPv4Address | IPv6Address, str],
+) -> list[IPv4Interface | IPv6Interface] | None:
+    """A VIP's ``address`` or ``addresses`` (exactly one of them), each address checked by
+    :func:`_parse_address` and unique in the whole file; None when there is an error.
+
+    ``ips`` maps every address seen so far to the key that gave it, and gains this VIP's.
+    """
+    one, many = raw.get("address"), raw.get("addresses")
+    if one is not None and many is not None:
+        col.error(
+            _join(vpath, "addresses"),
+            "set together with address; give either address (one) or addresses (a list), "
+            "and put every address of the VIP in addresses",
+        )
+        return None
+    if many is None:
+        if one is None:
+            col.error(_join(vpath, "address"), "required")
+            return None
+        items: list[tuple[str, object]] = [(_join(vpath, "address"), one)]
+    else:
+        key = _join(vpath, "addresses")
+        if not isinstance(many, list):
+            hint = "; write a list, or use address for one" if isinstance(many, str) else ""
+            col.error(key, f"expected a list of addresses, found {_found(many)}{hint}")
+            return None
+        if not many:
+            col.error(key, "must list at least one address")
+            return None
+        if len(many) > MAX_VIP_ADDRESSES:
+            col.error(
+                key,
+                f"{len(many)} addresses, more than {MAX_VIP_ADDRESSES}: make several VIPs "
+                "(each fails over on its own)",
+            )
+            return None
+        items = [(f"{key}[{j}]", item) for j, item in enumerate(many)]
+    out: list[IPv4Interface | IPv6Interface] = []
+    ok = True
+    for akey, value in items:
+        text = col.string(value, akey, limit=MAX_ADDRESS)
+        if text is None:
+            ok = False
+            continue
+        try:
+            address = _parse_address(text)
+        except ValueError as exc:
+            col.error(akey, f"{text!r}: {exc}")
+            ok = False
+            continue
+        if address.ip in ips:
+            first = ips[address.ip]
+            owner = first.rsplit(".", 1)[0]
+            if first.startswith(vpath + "."):
+                col.error(akey, f"{address.ip} is listed twice (also {first})")
+            elif first.endswith(".address"):
+                col.error(akey, f"{address.ip} is already the address of {owner}")
+            else:
+                col.error(akey, f"{address.ip} is already an address of {owner} ({first})")
+            ok = False
+            continue
+        ips[address.ip] = akey
+        out.append(address)
+    return out if ok else None
 
 
 # --------------------------------------------------------------------------- entry points
@@ -2175,7 +2272,7 @@ def check_host(cfg: Config) -> list[ConfigError]:
 
 
 def _foreign_vips(cfg: Config, source: str) -> list[ConfigError]:
-    """VIPs whose address this host already has, configured outside haagent."""
+    """VIPs with an address this host already has, configured outside haagent."""
     # Lazy: placement imports this module, and only host checks need netlink.
     from haagent.net.addresses import AddressManager, NetError
     from haagent.net.placement import Placement, foreign_problem
@@ -2188,10 +2285,13 @@ def _foreign_vips(cfg: Config, source: str) -> list[ConfigError]:
     except NetError as exc:
         return [ConfigError(source, "vips", f"cannot list this host's addresses: {exc}")]
     vips = {vip.name: vip for vip in cfg.vips}
-    return [
-        ConfigError(source, f"vips[{index[name]}].address", foreign_problem(name, vips[name], what))
-        for name, what in found.items()
-    ]
+    out: list[ConfigError] = []
+    for name, what in found.items():
+        vip, key = vips[name], f"vips[{index[name]}].address"
+        if vip.extra_addresses:
+            key = f"vips[{index[name]}].addresses[{vip.ips.index(next(iter(what)))}]"
+        out.append(ConfigError(source, key, foreign_problem(name, vip, what)))
+    return out
 
 
 def _secs(v: float) -> str:
@@ -2222,7 +2322,7 @@ def describe(cfg: Config) -> str:
             if v.when_all_unhealthy == "keep":
                 health += ", kept when no host is healthy"
         lines.append(
-            f"  {v.name:<{width}}  {v.address} on {v.interface} "
+            f"  {v.name:<{width}}  {v.addresses_text} on {v.interface} "
             f"(announce {a.count} x {_secs(a.interval)}, {refresh}{health})"
         )
     used = _used_checks(cfg)

@@ -103,7 +103,7 @@ class Agent:
         self.store = Store(cfg.etcd, self.keys)
         self.core = Core(cfg)
         self.vips = {v.name: v for v in cfg.vips}
-        self._vip_ips = frozenset(v.ip for v in cfg.vips)
+        self._vip_ips = frozenset(ip for v in cfg.vips for ip in v.ips)
         # SimpleQueue: its put() may be called from a signal handler (SIGHUP, SIGTERM) that
         # interrupts the loop's own get(), where a Queue's lock would deadlock.
         self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
@@ -303,7 +303,7 @@ class Agent:
                 log.info(
                     "removed stale address of vip %s (%s): %s",
                     name,
-                    vip.address,
+                    vip.addresses_text,
                     reason,
                     extra=fields("stale-removed", name, reason),
                 )
@@ -338,7 +338,12 @@ class Agent:
         return lease_id, ttl, sent, False
 
     def _reconcile_addresses(self, holders: Mapping[str, Holder], lease_id: int) -> None:
-        """Remove VIP addresses left bound by an earlier run unless etcd says they are ours."""
+        """Remove VIP addresses left bound by an earlier run unless etcd says they are ours.
+
+        A VIP counts as placed when any of its addresses is (Placement.placed): it is kept or
+        removed as a whole. One kept with an address missing gets it back from the Bind its
+        election answers with (place() is idempotent).
+        """
         placed = self.place.placed(self.vips.values())
         for name, vip in self.vips.items():
             if name not in placed:
@@ -352,7 +357,7 @@ class Agent:
                 log.info(
                     "kept address of vip %s (%s): %s",
                     name,
-                    vip.address,
+                    vip.addresses_text,
                     d.reason,
                     extra=fields("stale-kept", name, d.reason),
                 )
@@ -361,7 +366,7 @@ class Agent:
             log.info(
                 "removed stale address of vip %s (%s): %s",
                 name,
-                vip.address,
+                vip.addresses_text,
                 d.reason,
                 extra=fields("stale-removed", name, d.reason),
             )
@@ -543,9 +548,9 @@ class Agent:
                 log.info(
                     "vip %s released at %s on %s; elected anew at %s on %s",
                     old.name,
-                    old.address,
+                    old.addresses_text,
                     old.interface,
-                    new.address,
+                    new.addresses_text,
                     new.interface,
                     extra=fields("moved", old.name, "address or interface changed by a reload"),
                 )
@@ -554,7 +559,7 @@ class Agent:
     def _known_ips(self) -> frozenset[IPv4Address | IPv6Address]:
         """Every VIP address of the config in force and of VIPs still being released: none of
         them is the node's own address (``_node_address``)."""
-        return frozenset(v.ip for v in (*self.cfg.vips, *self.vips.values()))
+        return frozenset(ip for v in (*self.cfg.vips, *self.vips.values()) for ip in v.ips)
 
     # -- actions -------------------------------------------------------------------------
 
@@ -616,20 +621,32 @@ class Agent:
 
     def _bind(self, action: Bind) -> None:
         vip = self.vips[action.vip]
-        # The fence learns of the address before it exists: if we die right after binding,
+        # The fence learns of the addresses before they exist: if we die right after binding,
         # it still knows what to remove.
         self._tell_fence(add=vip)
         try:
             self.place.place(vip, self._lifetime())
         except NetError as exc:
             log.error(
-                "cannot bind vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, exc
+                "cannot bind vip %s (%s on %s): %s",
+                vip.name,
+                vip.addresses_text,
+                vip.interface,
+                exc,
             )
-            self._tell_fence(remove=vip)
+            # All or nothing: the addresses bound before the failing one go at once, not
+            # with the release that follows, so the VIP is never answered in part.
+            try:
+                self.place.remove(vip, link_later=True)
+            except NetError as undo:
+                log.error("cannot remove what was bound of vip %s: %s", vip.name, undo)
+            else:
+                self._tell_fence(remove=vip)
             self.core.bind_failed(vip.name, time.monotonic())
             return
         self.core.placed(vip.name)
-        # Announce before anything else: clients and switches move on the first one.
+        # Announce before anything else (every address, all of them bound by now): clients
+        # and switches move on the first one.
         self._announce(vip, vip.announce.count)
         if (sent := self._campaign_sent.pop(vip.name, None)) is not None:
             self.metrics.takeover.observe(time.monotonic() - sent)
@@ -639,10 +656,9 @@ class Agent:
         epoch = f", epoch {holder.epoch}" if holder else ""
         self.notifier.fire("acquire", vip, action.reason)
         log.info(
-            "acquired vip %s (%s on %s%s): %s",
+            "acquired vip %s (%s%s): %s",
             vip.name,
-            vip.address,
-            self.place.where(vip),
+            self.place.shown(vip),
             epoch,
             action.reason,
             extra=fields("acquired", vip.name, action.reason),
@@ -658,7 +674,11 @@ class Agent:
             removed = self.place.remove(vip, link_later=True, verify=not was_bound)
         except NetError as exc:
             log.error(
-                "cannot unbind vip %s (%s on %s): %s", vip.name, vip.address, vip.interface, exc
+                "cannot unbind vip %s (%s on %s): %s",
+                vip.name,
+                vip.addresses_text,
+                vip.interface,
+                exc,
             )
         self.core.removed(vip.name)
         self._tell_fence(remove=vip)
@@ -672,10 +692,9 @@ class Agent:
             )
             return
         log.info(
-            "released vip %s (%s on %s): %s%s",
+            "released vip %s (%s): %s%s",
             vip.name,
-            vip.address,
-            self.place.where(vip),
+            self.place.shown(vip),
             action.reason,
             ""
             if removed or not vip.bind or self.core.stopping  # shutdown removed it first
@@ -770,19 +789,17 @@ class Agent:
         return None if lifetime is None else lifetime + int(self._keep_slack)
 
     def _tell_fence(self, *, add: VipConfig | None = None, remove: VipConfig | None = None) -> None:
-        """The fence's deadline, lease and hold, and the one address a bind adds or an unbind
-        removes: O(1) per call however many VIPs are held (fence/client.py ``update``). The
-        fence guards exactly what the loop has bound, told before each bind."""
+        """The fence's deadline, lease and hold, and the addresses of the one VIP a bind adds
+        or an unbind removes: O(1) per call however many VIPs are held (fence/client.py
+        ``update``). The fence guards exactly what the loop has bound, told before each bind."""
         core = self.core
         deadline = core.clock.deadline if core.lease_ok else None
         if deadline is not None:
             deadline += self._keep_slack
-        added = self.place.fenced(add) if add is not None else None
-        gone = self.place.fenced(remove) if remove is not None else None
         self._fence.update(
             deadline,
-            add=() if added is None else (added,),
-            remove=() if gone is None else (gone,),
+            add=self.place.fenced(add) if add is not None else (),
+            remove=self.place.fenced(remove) if remove is not None else (),
             hold=core.outage_keep,
             lease=core.clock.lease_id,
         )
@@ -808,16 +825,18 @@ class Agent:
             log.error("cannot refresh the vips' address lifetimes: %s", exc)
             return
         for vip in gone:
+            # Some address of it went (not necessarily all): place() binds what is missing
+            # and leaves the rest as it is. "vanished from" is what bench/ counts.
             log.error(
                 "vip %s (%s) vanished from %s while held; binding it again",
                 vip.name,
-                vip.address,
-                self.place.where(vip),
+                vip.addresses_text,
+                ", ".join(dict.fromkeys(ifname for ifname, _ in self.place.spots(vip))),
             )
             try:
                 self.place.place(vip, lifetime)
             except NetError as exc:
-                log.error("cannot bind vip %s (%s) again: %s", vip.name, vip.address, exc)
+                log.error("cannot bind vip %s (%s) again: %s", vip.name, vip.addresses_text, exc)
 
     def _publish_member(self, *, claim: bool = False) -> None:
         """Write our member record. ``claim``: at start-up, where errors must stop the start."""
@@ -855,11 +874,21 @@ class Agent:
         self.core.member_written(time.monotonic(), record)
 
     def _node_address(self, vip: VipConfig) -> str | None:
-        """The node's own address on the VIP's interface: what operators ssh to (never one of
-        the VIPs, which this host may hold by the hundred)."""
-        for ip in sorted(self.net.bound_ips(vip.interface), key=str):
-            if ip.version == vip.family and not ip.is_link_local and ip not in self._vip_ips:
-                return str(ip)
+        """The node's own address on the VIP's interface, of the VIP's first family that has
+        one: what operators ssh to (never one of the VIPs, which this host may hold by the
+        hundred)."""
+        own = sorted(
+            (
+                ip
+                for ip in self.net.bound_ips(vip.interface)
+                if not ip.is_link_local and ip not in self._vip_ips
+            ),
+            key=str,
+        )
+        for family in vip.families:
+            for ip in own:
+                if ip.version == family:
+                    return str(ip)
         return None
 
     def _regrant(self) -> None:
@@ -893,17 +922,19 @@ class Agent:
             return
         key = f"announce:{vip.name}"
         if remaining > 0:
-            try:
-                # Read each time (an ioctl, ~11 µs): a re-created interface has a new MAC.
-                self._announcer.announce(
-                    self.place.where(vip),
-                    vip.ip,
-                    self.place.mac(vip),
-                    arp_reply=vip.announce.arp_reply,
-                )
-                self.metrics.announcements.labels(vip.name).inc()
-            except (OSError, NetError) as exc:
-                log.warning("announcement for vip %s failed: %s", vip.name, exc)
+            # Every address of the VIP in each round: one failing does not silence the others.
+            for ifname, address in self.place.spots(vip):
+                try:
+                    # Read each time (an ioctl, ~11 µs): a re-created interface has a new MAC.
+                    self._announcer.announce(
+                        ifname,
+                        address.ip,
+                        self.place.mac(vip, address),
+                        arp_reply=vip.announce.arp_reply,
+                    )
+                    self.metrics.announcements.labels(vip.name).inc()
+                except (OSError, NetError) as exc:
+                    log.warning("announcement of %s for vip %s failed: %s", address, vip.name, exc)
             if remaining > 1:
                 self._timers.set(
                     key,

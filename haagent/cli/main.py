@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from haagent.net.addresses import AddressManager, NetError
-    from haagent.net.placement import Placement
+    from haagent.net.placement import Placement, foreign_text
 
     cfg = _load(args.config)
     if cfg is None:
@@ -118,15 +118,19 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         for vip in cfg.vips:
             try:
-                removed = place.remove(vip)  # haagent's own entry only, never the host's
+                # Every address of the VIP, haagent's own entries only, never the host's; one
+                # that cannot be removed does not keep the others.
+                removed = place.remove(vip)
             except NetError as exc:
                 print(f"error: vip {vip.name}: {exc}", file=sys.stderr)
                 status = EXIT_ERROR
                 continue
             state = "removed" if removed else "not bound"
             if vip.name in foreign:
-                state += f"; left alone: {foreign[vip.name]}, configured outside haagent"
-            print(f"vip {vip.name} ({vip.address} on {place.where(vip)}): {state}")
+                state += (
+                    f"; left alone: {foreign_text(foreign[vip.name])}, configured outside haagent"
+                )
+            print(f"vip {vip.name} ({place.shown(vip)}): {state}")
     return status
 
 

@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
             "(with per-VIP overrides), ready (past its start-up wait), draining (drained by "
             "haagent drain, or saying so in its record), and its health for each VIP with the "
             "failing check's detail. Lists drained nodes that are not running. Warns when "
-            "hosts disagree about a VIP's address, interface, mode or checks.\n\n"
+            "hosts disagree about a VIP's addresses, interface, mode or checks.\n\n"
             "exit codes: 0 read, 2 etcd cannot be read or the cluster is unknown."
         ),
         examples=EXAMPLES,

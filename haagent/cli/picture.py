@@ -187,7 +187,7 @@ def disagreements(view: ClusterView) -> list[Disagreement]:
     for vip in vip_names(view):
         specs = {n: m.vip_specs[vip] for n, m in sorted(view.members.items()) if vip in m.vip_specs}
         for name, value in (
-            ("address", lambda s: s.cidr),
+            ("address", lambda s: ", ".join(s.cidrs)),
             ("interface", lambda s: s.interface),
             ("mode", lambda s: s.mode),
             ("checks", lambda s: ",".join(s.checks) or "(none)"),

@@ -58,7 +58,7 @@ def status_table(p: Picture, rows: list[VipRow], now: float) -> Table:
         reason = v.reason + (f" [{', '.join(notes)}]" if notes else "")
         table.add_row(
             cell(v.name),
-            cell(spec.cidr if spec else "?"),
+            cell("\n".join(spec.cidrs) if spec else "?"),  # a v4/v6 pair: a line each
             cell(spec.interface if spec else "?"),
             cell(holder),
             cell(ago(v.since, now) if v.since is not None else "-"),

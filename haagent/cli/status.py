@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
         "status",
         help="who holds each VIP (exit 0: all held, 1: one is not, 2: etcd unreadable)",
         description=(
-            "One row per VIP: its address and interface, the holder and for how long, the "
+            "One row per VIP: its addresses and interface, the holder and for how long, the "
             "epoch, the healthy standby hosts in the order they would take over, a move "
             'request ("move to NODE pending" until NODE holds it, then "pinned to NODE" '
             "until haagent move --clear), and why it last changed. Red: not held; magenta: no "

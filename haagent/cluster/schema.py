@@ -266,6 +266,27 @@ VipMode = Literal["node-mac", "vmac", "announce-only"]
 VIP_MODES: tuple[VipMode, ...] = ("node-mac", "vmac", "announce-only")
 
 
+# Addresses of one VIP (``addresses:`` in the config; keepalived's virtual_ipaddress list): a
+# service's v4 and v6 and a few more. The config refuses more, readers drop a longer list.
+MAX_VIP_ADDRESSES = 16
+# The longest "ip/prefix" a reader keeps (IPv6 with a prefix takes at most 49 characters).
+_MAX_CIDR = 64
+
+
+def _extra_cidrs(value: object, first: str) -> tuple[str, ...]:
+    """The further addresses of a spec's ``addresses`` list, after ``first``; () when the
+    field is absent or is not what an agent writes (a list of at most MAX_VIP_ADDRESSES
+    strings that starts with the spec's own address): informational, so a malformed one is
+    dropped and the spec keeps its first address, as a reader that knows no ``addresses``."""
+    if not isinstance(value, list) or not 2 <= len(value) <= MAX_VIP_ADDRESSES:
+        return ()
+    if not all(isinstance(v, str) and 0 < len(v) <= _MAX_CIDR for v in value):
+        return ()
+    if value[0] != first:
+        return ()
+    return tuple(value[1:])
+
+
 @dataclass(frozen=True)
 class VipSpec:
     """What a VIP is on one host, as that host's config says: published so that a tool can
@@ -275,29 +296,48 @@ class VipSpec:
     its own config says (docs/security.md).
     """
 
-    address: str  # the IP, without prefix
+    address: str  # the IP, without prefix (of the first address, if it has several)
     prefix: int
     interface: str
     mode: VipMode = "node-mac"  # node MAC (bound normally), vmac, or announce-only
     checks: tuple[str, ...] = ()  # names of the health checks this host runs for it
+    # The VIP's further addresses as "ip/prefix" (configuration.md: ``addresses``), after the
+    # first one above; in JSON, ``addresses`` lists all of them, and only when there are more
+    # than one, so that single-address records stay as they were.
+    extra: tuple[str, ...] = ()
 
     @property
     def cidr(self) -> str:
         return f"{self.address}/{self.prefix}"
 
+    @property
+    def cidrs(self) -> tuple[str, ...]:
+        """Every address as "ip/prefix", the first one first."""
+        return (self.cidr, *self.extra)
+
     @classmethod
     def of_config(cls, vip: VipConfig) -> VipSpec:
         mode: VipMode = "vmac" if vip.vmac else "node-mac" if vip.bind else "announce-only"
-        return cls(str(vip.ip), vip.address.network.prefixlen, vip.interface, mode, vip.checks)
+        return cls(
+            str(vip.ip),
+            vip.address.network.prefixlen,
+            vip.interface,
+            mode,
+            vip.checks,
+            tuple(str(a) for a in vip.extra_addresses),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "address": self.address,
             "prefix": self.prefix,
             "interface": self.interface,
             "mode": self.mode,
             "checks": list(self.checks),
         }
+        if self.extra:
+            out["addresses"] = list(self.cidrs)
+        return out
 
     @classmethod
     def from_dict(cls, data: object) -> VipSpec | None:
@@ -315,7 +355,9 @@ class VipSpec:
             return None
         if not isinstance(checks, list) or not all(isinstance(c, str) for c in checks):
             return None
-        return cls(address[:64], prefix, interface[:64], mode, tuple(checks))
+        address = address[:64]
+        extra = _extra_cidrs(data.get("addresses"), f"{address}/{prefix}")
+        return cls(address, prefix, interface[:64], mode, tuple(checks), extra)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 from haagent.config import Config, VipConfig
 
-# What makes a VIP another VIP: where and how its address is answered for.
-PLACE_FIELDS = ("address", "interface", "vmac", "vrid", "bind")
+# What makes a VIP another VIP: where and how its addresses are answered for. A changed
+# address list is a move too: released whole under the old list, then elected anew, so that no
+# address of the old list is left behind or taken over without its election.
+PLACE_FIELDS = ("address", "extra_addresses", "interface", "vmac", "vrid", "bind")
 # Config sections a reload cannot apply: the etcd connection, the lease, the identity and the
 # metrics listener.
 RESTART_FIELDS = ("cluster", "node", "etcd", "lease", "metrics")

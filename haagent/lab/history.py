@@ -49,16 +49,36 @@ Definitions (what "held" and "answered at once" mean)
   ``double_answer`` is true when there is at least one interleaving. Answers are ordered by
   *send* time, so a late reply from A to a probe sent before B's first answer is not an
   interleaving.
+
+Several addresses of one VIP (``addresses:``): a **split**
+----------------------------------------------------------
+The addresses of one VIP must always be on one host. Two definitions, one per half:
+
+* From the kernels, :func:`split_windows`: every maximal window ``(t0, t1)``, ``t0 < t1``, in
+  which host A held one address of the VIP and a host B ≠ A held another (holding intervals
+  as above, half-open, so a clean handover that touches is no split).
+* From the client, :func:`splits`: host B answered a probe to address Y while host A was
+  answering address X ≠ Y both before and after it, and nobody else answered X in between.
+  Precisely: answered probes p1, p2 to X, both from A with no answer to X from another host
+  between them (in send order), and an answered probe q to Y from B ≠ A with
+  ``p1.sent + p1.rtt <= q.sent`` and ``q.sent + q.rtt <= p2.sent``. A's reply to p1
+  arrived before q was sent and p2 was sent after B's reply arrived, so A had X at a moment
+  before and at a moment after the moment B had Y: A had X while B had Y, unless A lost X
+  and got it back in between without anyone answering X meanwhile (the tests that use this
+  keep every holder long enough to be heard on each address). A probe that waited in the
+  client (a neighbour queue) before reaching B has a late arrival, so it makes no split.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
+import itertools
 import re
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -341,6 +361,67 @@ def _origin(events: Sequence[AddressEvent], since: float | None) -> float | None
     if since is not None and events:
         return min(since, min(e.at for e in events))
     return since
+
+
+@dataclass(frozen=True)
+class Split:
+    """The client heard ``host`` answer ``ip`` while ``other_host`` was answering ``other_ip``
+    (another address of the same VIP) before and after it: see the module doc."""
+
+    at: float  # send time of the probe to `ip` that `host` answered
+    ip: IPAddress
+    host: str
+    other_ip: IPAddress
+    other_host: str
+    between: Interval  # send times of other_host's answers to other_ip around it
+
+
+def splits(probes: Mapping[IPAddress, Iterable[ProbeRecord]]) -> list[Split]:
+    """Every split in the client's probe records of the addresses of one VIP (module doc).
+
+    Per address, its answers in send order fall into runs of one host each; a split is an
+    answer to another address, from another host, sent after some answer of such a run
+    arrived and arriving before some later answer of the run was sent. O(n log n): each
+    run looks up, by send time, only the answers to the other addresses within its span.
+    """
+    answered = {
+        ip: sorted((p for p in records if p.by is not None), key=lambda p: (p.sent, p.seq))
+        for ip, records in probes.items()
+    }
+    sent = {ip: [p.sent for p in ps] for ip, ps in answered.items()}
+    found: list[Split] = []
+    for x, y in itertools.permutations(answered, 2):
+        ys, y_sent = answered[y], sent[y]
+        for host, group in itertools.groupby(answered[x], key=lambda p: p.by):
+            run = list(group)
+            assert host is not None
+            # The earliest arrival of the run and its last send: A had X at some moment
+            # before the first and after the second.
+            since = min(p.sent + (p.rtt or 0.0) for p in run)
+            until = run[-1].sent
+            for q in ys[bisect.bisect_left(y_sent, since) : bisect.bisect_right(y_sent, until)]:
+                if q.by != host and q.sent + (q.rtt or 0.0) <= until:
+                    assert q.by is not None
+                    found.append(Split(q.sent, y, q.by, x, host, (run[0].sent, until)))
+    return sorted(found, key=lambda s: s.at)
+
+
+def split_windows(
+    intervals: Mapping[IPAddress, dict[str, list[Interval]]],
+) -> list[tuple[float, float, tuple[tuple[str, IPAddress], tuple[str, IPAddress]]]]:
+    """Windows in which one host held an address of a VIP and another host held another one:
+    ``(t0, t1, ((host A, ip X), (host B, ip Y)))``, from the holding intervals of each
+    address (:func:`holding_intervals`). Each pair is reported once."""
+    out: list[tuple[float, float, tuple[tuple[str, IPAddress], tuple[str, IPAddress]]]] = []
+    for x, y in itertools.combinations(intervals, 2):
+        for (a, a_ivs), (b, b_ivs) in itertools.product(intervals[x].items(), intervals[y].items()):
+            if a == b:
+                continue
+            for (s1, e1), (s2, e2) in itertools.product(a_ivs, b_ivs):
+                lo, hi = max(s1, s2), min(e1, e2)
+                if lo < hi:
+                    out.append((lo, hi, ((a, x), (b, y))))
+    return sorted(out)
 
 
 # --------------------------------------------------------------------------- recorders

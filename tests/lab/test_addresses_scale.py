@@ -23,7 +23,7 @@ import pytest
 
 from haagent.config import VipConfig
 from haagent.net.addresses import AddressManager, ForeignAddress, RefreshError
-from haagent.net.placement import Placement
+from haagent.net.placement import Placement, foreign_problem, foreign_text
 from tests.lab.nsutil import ip, run_in_ns, unique_prefix
 
 pytestmark = pytest.mark.lab
@@ -267,7 +267,7 @@ def do_owned(dev: str) -> set[str]:
 
 def do_foreign(vips_: list[VipConfig]) -> dict[str, str]:
     with AddressManager() as m:
-        return Placement(m).foreign(vips_)
+        return {name: foreign_text(found) for name, found in Placement(m).foreign(vips_).items()}
 
 
 def test_haagents_own_entry_is_renewed_and_removed_beside_a_foreign_one(box: Box) -> None:
@@ -332,3 +332,103 @@ def test_a_refused_replace_fails_the_pass_but_not_the_other_vips(box: Box) -> No
     valid = {a["local"]: int(a["valid_life_time"]) for i in addrs for a in i["addr_info"]}
     assert valid["198.51.100.30"] <= 10, valid
     assert 48 <= valid["2001:db8::30"] <= 50 and 48 <= valid["203.0.113.30"] <= 50, valid
+
+
+# -- a VIP with several addresses ----------------------------------------------------------
+
+
+def pair(dev: str, **kw: Any) -> VipConfig:
+    """A VIP with three addresses, both families."""
+    return VipConfig(
+        "pair",
+        IPv4Interface("198.51.100.40/32"),
+        dev,
+        extra_addresses=(IPv6Interface("2001:db8::40/128"), IPv4Interface("203.0.113.40/32")),
+        **kw,
+    )
+
+
+def do_place(vip: VipConfig, lifetime: int | None) -> dict[str, Any]:
+    with AddressManager() as m:
+        place = Placement(m)
+        place.place(vip, lifetime)
+        return {
+            "fenced": [(i, str(a)) for i, a in place.fenced(vip)],
+            "placed": place.placed([vip]),
+        }
+
+
+def do_half(vips_: list[VipConfig], lifetime: int) -> dict[str, Any]:
+    """What start-up and a refresh pass see of a VIP with an address missing, and the
+    requests a refresh pass costs."""
+    with AddressManager() as m:
+        place = Placement(m)
+        placed = place.placed(vips_)
+        sent = m.requests_sent
+        vanished = [v.name for v in place.refresh_all(vips_, lifetime)]
+        return {"placed": placed, "vanished": vanished, "requests": m.requests_sent - sent}
+
+
+def do_remove(vip: VipConfig) -> list[bool]:
+    with AddressManager() as m:
+        place = Placement(m)
+        return [place.remove(vip), place.remove(vip)]
+
+
+def test_every_address_of_a_vip_is_placed_refreshed_and_removed_together(box: Box) -> None:
+    ns, dev = box.ns, box.dev
+    vip = pair(dev)
+    got = run_in_ns(ns, do_place, vip, 30)
+    spots = [(dev, "198.51.100.40/32"), (dev, "2001:db8::40/128"), (dev, "203.0.113.40/32")]
+    assert got == {"fenced": spots, "placed": {"pair"}}
+    life = lifetimes(box)
+    for key in (("198.51.100.40", 32), ("2001:db8::40", 128), ("203.0.113.40", 32)):
+        assert 28 <= life[key] <= 30, life
+    # One address gone (by hand, or its lifetime ran out): start-up still counts the VIP as
+    # placed (kept or removed whole), and a refresh reports it vanished once, the others
+    # renewed. Ten more VIPs of two addresses each: still one dump for the interface.
+    others = [
+        VipConfig(
+            f"o{i}",
+            IPv4Interface(f"198.51.100.{50 + i}/32"),
+            dev,
+            extra_addresses=(IPv6Interface(f"2001:db8::{50 + i:x}/128"),),
+        )
+        for i in range(10)
+    ]
+    for o in others:
+        run_in_ns(ns, do_place, o, 30)
+    ip("addr", "del", "2001:db8::40/128", "dev", dev, ns=ns)
+    half = run_in_ns(ns, do_half, [vip, *others], 50)
+    assert half["placed"] == {"pair", *(o.name for o in others)}
+    assert half["vanished"] == ["pair"]
+    # 1 dump + one replace per present address (2 of pair's 3, 20 of the others').
+    assert half["requests"] == 1 + 2 + 20, half
+    life = lifetimes(box)
+    assert ("2001:db8::40", 128) not in life
+    assert 48 <= life[("198.51.100.40", 32)] <= 50 and 48 <= life[("203.0.113.40", 32)] <= 50
+    # Binding again completes it (place is idempotent) ...
+    run_in_ns(ns, do_place, vip, 30)
+    assert ("2001:db8::40", 128) in lifetimes(box)
+    # ... and removing takes every address, then finds nothing.
+    assert run_in_ns(ns, do_remove, vip) == [True, False]
+    left = {k for k in entries(box) if k[0].endswith("::40") or k[0].endswith(".40")}
+    assert left == set(), left
+    for o in others:
+        run_in_ns(ns, do_remove, o)
+
+
+def do_foreign_problem(vip: VipConfig) -> str:
+    with AddressManager() as m:
+        found = Placement(m).foreign([vip])
+        return foreign_problem(vip.name, vip, found["pair"])
+
+
+def test_an_address_of_a_vip_configured_outside_haagent_is_found(box: Box) -> None:
+    ns, dev = box.ns, box.dev
+    ip("addr", "add", "2001:db8::40/64", "dev", dev, "nodad", ns=ns)
+    line = run_in_ns(ns, do_foreign_problem, pair(dev))
+    assert line.startswith(
+        "vip pair: 2001:db8::40 is already configured on this host outside haagent "
+        f"(2001:db8::40/64 on {dev}); haagent would take it over"
+    ), line

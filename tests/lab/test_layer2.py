@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_interface
 from multiprocessing.connection import Connection
@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from haagent.config import VipConfig
 from haagent.net.addresses import AddressManager
 from haagent.net.announce import Announcer
 from haagent.net.frames import (
@@ -51,6 +52,7 @@ from haagent.net.frames import (
     parse_nd,
     solicited_node,
 )
+from haagent.net.placement import Placement
 from haagent.net.responder import (
     ETH_P_ALL,
     PACKET_OUTGOING,
@@ -868,6 +870,77 @@ def test_responder_errors_and_recovery(net: Net) -> None:
         assert got["after_recreate"] == ["02:00:00:00:00:99"], got
     finally:
         ip("link", "del", dev, ns=ns, check=False)
+
+
+def dual_vmac_vip(parent: str) -> VipConfig:
+    """One vmac VIP carrying an IPv4 and an IPv6 address."""
+    v4, v6 = ip_interface(f"{VMAC_VIP[4]}/32"), ip_interface(f"{VMAC_VIP[6]}/128")
+    return VipConfig("pair", v4, parent, vmac=True, vrid=VRID, extra_addresses=(v6,))
+
+
+def do_place_announce(vip: VipConfig) -> list[tuple[str, str, str]]:
+    """What the agent does on winning the VIP: place every address, then announce each from
+    where it lives with its MAC. (interface, address, MAC) of each."""
+    with AddressManager() as am, closing(Placement(am)) as place, Announcer() as an:
+        place.place(vip, None)
+        spots = [(i, str(a), place.mac(vip, a)) for i, a in place.spots(vip)]
+        for ifname, address, mac in spots:
+            an.announce(ifname, ip_interface(address).ip, mac)
+        return spots
+
+
+def do_remove_in_two_steps(vip: VipConfig) -> dict[str, Any]:
+    """The agent's release: the addresses first (links kept for tidy()), then the links."""
+    with AddressManager() as am, closing(Placement(am)) as place:
+        removed = place.remove(vip, link_later=True)
+        after_remove = {i: sorted(str(a) for a in am.owned(i)) for i, _ in place.spots(vip)}
+        links_kept = [i for i, _ in place.spots(vip) if am.exists(i)]
+        place.tidy()
+        return dict(
+            removed=removed,
+            owned=after_remove,
+            kept=links_kept,
+            left=[i for i, _ in place.spots(vip) if am.exists(i)],
+        )
+
+
+def test_a_vmac_vip_with_both_families_has_a_vmac_each_and_moves_whole(net: Net) -> None:
+    """One VIP, an IPv4 and an IPv6 address: a vmac of each family with the VIP's VRID, each
+    address answered with its own family's virtual MAC, and both gone from A (addresses at
+    once, links at tidy) before B places them."""
+    names = [vmac_ifname(VRID, FAMILY[4]), vmac_ifname(VRID, FAMILY[6])]
+    macs = {4: vrrp_mac(VRID, FAMILY[4]), 6: vrrp_mac(VRID, FAMILY[6])}
+    c = net.ns("c")
+    try:
+        for m, other in (("a", None), ("b", "a")):
+            if other is not None:
+                got = run_in_ns(
+                    net.ns(other), do_remove_in_two_steps, dual_vmac_vip(net.dev(other))
+                )
+                assert got["removed"] is True
+                assert got["owned"] == {names[0]: [], names[1]: []}, got
+                assert got["kept"] == names and got["left"] == [], got
+                assert net.vmacs(other) == []
+            spots = run_in_ns(net.ns(m), do_place_announce, dual_vmac_vip(net.dev(m)))
+            assert spots == [
+                (names[0], f"{VMAC_VIP[4]}/32", macs[4]),
+                (names[1], f"{VMAC_VIP[6]}/128", macs[6]),
+            ]
+            assert net.vmacs(m) == names
+            for version in (4, 6):
+                for proto in ("udp", "tcp"):
+                    talk = run_in_ns(c, do_talk, net.dev("c"), VMAC_VIP[version], proto)
+                    assert talk["answer"].startswith(f"{m} "), (version, proto, talk)
+                    assert talk["sources"] == {macs[version]}, (version, proto, talk)
+                assert net.neigh(VMAC_VIP[version])[0] == macs[version]
+                assert net.fdb_port(macs[version]) == net.port(m)
+        got = run_in_ns(net.ns("b"), do_remove_in_two_steps, dual_vmac_vip(net.dev("b")))
+        assert got["left"] == [] and net.vmacs("b") == []
+    finally:
+        for m in ("a", "b"):
+            for name in names:
+                cleanup_vmac(net.ns(m), name)
+        ip("neigh", "flush", "dev", net.dev("c"), ns=c, check=False)
 
 
 def test_nothing_left_behind(net: Net) -> None:

@@ -108,6 +108,31 @@ def test_disagreements_between_hosts_are_found():
     )
 
 
+def test_a_vip_with_several_addresses_shows_them_all_and_disagrees_on_any():
+    pair = VipSpec("198.51.100.200", 32, "eth0", extra=("2001:db8::200/128",))
+    view = ClusterView.of(
+        1,
+        members={
+            "h1": member("h1", 1, {"web": HEALTHY}, specs={"web": pair}),
+            "h2": member("h2", 2, {"web": HEALTHY}),  # its config has the IPv4 address only
+        },
+        holders={"web": holder("h1", 1)},
+    )
+    p = picture.build(view, "c")
+    assert [d.text() for d in p.disagreements] == [
+        "hosts disagree about vip web's address: 198.51.100.200/32 on h2; "
+        "198.51.100.200/32, 2001:db8::200/128 on h1"
+    ]
+    from rich.console import Console
+
+    out = Console(width=200, record=True)
+    out.print(status_table(p, list(p.vips), NOW))
+    text = out.export_text()
+    assert "198.51.100.200/32" in text and "2001:db8::200/128" in text
+    spec = picture.status_json(p, NOW)["vips"][0]["spec"]
+    assert spec["addresses"] == ["198.51.100.200/32", "2001:db8::200/128"]
+
+
 def test_status_json_has_the_table_content():
     p = picture.build(three(), "c")
     data = json.loads(json.dumps(picture.status_json(p, NOW)))

@@ -895,9 +895,10 @@ def test_every_error_is_one_line_whatever_the_key():
 def test_example_file_loads():
     cfg = load_config(EXAMPLE)
     assert cfg.cluster == "db" and cfg.node == "pg1"
-    assert [v.name for v in cfg.vips] == ["db", "db6"]
+    assert [v.name for v in cfg.vips] == ["db", "db6", "web"]
     assert cfg.vip("db6").announce.count == 5
     assert cfg.vip("db6").announce.interval == cfg.announce.interval
+    assert cfg.vip("web").families == (4, 6)
 
 
 def test_example_file_mentions_every_option():
@@ -929,6 +930,7 @@ def test_example_file_mentions_every_option():
         "vips",
         "name",
         "address",
+        "addresses",
         "interface",
     ]
     missing = [o for o in options if not re.search(rf"^[ #-]*{o}:", text, re.M)]
@@ -1059,3 +1061,127 @@ def test_layer2_errors():
         _l2({"name": "a", "vmac": True, "vrid": 9}, {"name": "b", "vmac": True, "vrid": 9})
     )
     assert key == "vips[1].vrid" and "already used by VIP 'a'" in reason
+
+
+# --------------------------------------------------------------------------- several addresses
+
+
+def test_addresses_make_one_vip_with_its_first_address_as_primary():
+    cfg = parse_config(
+        vip_doc(
+            {
+                "name": "web",
+                "addresses": ["198.51.100.10/24", "2001:db8::10", "203.0.113.10"],
+                "interface": "eth0",
+            },
+            V("one", "198.51.100.11"),
+        )
+    )
+    web, one = cfg.vips
+    assert web.address == IPv4Interface("198.51.100.10/24")
+    assert web.extra_addresses == (
+        IPv6Interface("2001:db8::10/128"),
+        IPv4Interface("203.0.113.10/32"),
+    )
+    assert web.addresses == (web.address, *web.extra_addresses)
+    assert [str(ip) for ip in web.ips] == ["198.51.100.10", "2001:db8::10", "203.0.113.10"]
+    assert web.families == (4, 6) and web.family == 4
+    # A single address, however written, is the VIP it always was.
+    assert one.addresses == (one.address,) and one.extra_addresses == () and one.families == (4,)
+    listed = parse_config(vip_doc({**V(address=None), "addresses": ["198.51.100.10"]}))
+    assert listed.vips[0] == parse_config(vip_doc(V())).vips[0]
+    assert "198.51.100.10/24, 2001:db8::10/128, 203.0.113.10/32 on eth0" in describe(cfg)
+
+
+def test_vip_config_keeps_its_positional_constructor():
+    v = VipConfig("db", IPv4Interface("198.51.100.10/32"), "eth0", AnnounceConfig(count=2))
+    assert v.addresses == (IPv4Interface("198.51.100.10/32"),) and v.announce.count == 2
+    w = VipConfig(
+        "db", IPv4Interface("198.51.100.10/32"), "eth0", extra_addresses=(IPv6Interface("::2/128"),)
+    )
+    assert w.families == (4, 6) and w.addresses_text == "198.51.100.10/32, ::2/128"
+
+
+def test_address_and_addresses_together_is_one_error():
+    key, reason = one_error(vip_doc(V(addresses=["2001:db8::10"])))
+    assert key == "vips[0].addresses"
+    assert "either address (one) or addresses (a list)" in reason
+
+
+@pytest.mark.parametrize(
+    "addresses,key,reason",
+    [
+        ("198.51.100.10", "vips[0].addresses", "write a list, or use address for one"),
+        ({"a": 1}, "vips[0].addresses", "expected a list of addresses, found a mapping"),
+        ([], "vips[0].addresses", "at least one address"),
+        (
+            [f"198.51.100.{i}" for i in range(1, 18)],
+            "vips[0].addresses",
+            "17 addresses, more than 16",
+        ),
+        (["198.51.100.10", 7], "vips[0].addresses[1]", "expected a string"),
+        (["198.51.100.10", "2001:db8::zz"], "vips[0].addresses[1]", "Only hex digits"),
+        (["198.51.100.0/24"], "vips[0].addresses[0]", "network address"),
+        (["fe80::1", "198.51.100.10"], "vips[0].addresses[0]", "link-local"),
+        (
+            ["198.51.100.10", "2001:db8::1", "198.51.100.10/24"],
+            "vips[0].addresses[2]",
+            "198.51.100.10 is listed twice (also vips[0].addresses[0])",
+        ),
+    ],
+)
+def test_bad_address_lists(addresses, key, reason):
+    got_key, got = one_error(vip_doc({**V(address=None), "addresses": addresses}))
+    assert got_key == key and reason in got, got
+
+
+def test_sixteen_addresses_are_accepted():
+    many = [f"198.51.100.{i}" for i in range(1, 9)] + [f"2001:db8::{i}" for i in range(1, 9)]
+    vip = parse_config(vip_doc({**V(address=None), "addresses": many})).vips[0]
+    assert len(vip.addresses) == 16 and vip.families == (4, 6)
+
+
+def test_neither_address_nor_addresses():
+    assert errors(vip_doc({"name": "v", "interface": "eth0"})) == {"vips[0].address": "required"}
+
+
+def test_every_address_is_unique_across_the_whole_config():
+    errs = errors(
+        vip_doc(
+            V("a", "198.51.100.10"),
+            {"name": "b", "addresses": ["2001:db8::1", "198.51.100.10/24"], "interface": "eth0"},
+            {"name": "c", "addresses": ["203.0.113.1", "2001:DB8::1/64"], "interface": "eth0"},
+            V("d", "203.0.113.1"),
+        )
+    )
+    assert errs == {
+        "vips[1].addresses[1]": "198.51.100.10 is already the address of vips[0]",
+        "vips[2].addresses[1]": (
+            "2001:db8::1 is already an address of vips[1] (vips[1].addresses[0])"
+        ),
+        "vips[3].address": "203.0.113.1 is already an address of vips[2] (vips[2].addresses[0])",
+    }
+
+
+def test_vmac_vrid_is_unique_per_family_for_every_family_a_vip_uses():
+    v4 = {"name": "a", "address": "198.51.100.10", "vmac": True, "vrid": 9}
+    v6 = {"name": "b", "address": "2001:db8::10", "vmac": True, "vrid": 9}
+    both = {"name": "c", "addresses": ["198.51.100.11", "2001:db8::11"], "vmac": True, "vrid": 9}
+    two4 = {"name": "d", "addresses": ["198.51.100.12", "198.51.100.13"], "vmac": True, "vrid": 8}
+
+    def cfg(*vips: dict[str, object]) -> dict[str, object]:
+        return doc(vips=[{"interface": "eth0", **v} for v in vips])
+
+    # One VRID per family: an IPv4-only and an IPv6-only VIP may share it, and two addresses
+    # of one family of one VIP share their VIP's vmac.
+    parsed = parse_config(cfg(v4, v6, two4))
+    assert [v.families for v in parsed.vips] == [(4,), (6,), (4,)]
+    assert parse_config(cfg(both)).vips[0].families == (4, 6)
+    # A v4+v6 VIP needs the VRID free in both families.
+    for other in (v4, v6):
+        key, reason = one_error(cfg(other, both))
+        family = 4 if other is v4 else 6
+        assert key == "vips[1].vrid", (key, reason)
+        assert f"VRID 9 (IPv{family}) is already used by VIP {other['name']!r}" in reason
+    key, reason = one_error(cfg(both, {**v6, "vrid": 9}))
+    assert key == "vips[1].vrid" and "(IPv6) is already used by VIP 'c'" in reason

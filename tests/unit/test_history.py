@@ -20,6 +20,8 @@ from haagent.lab.history import (
     overlaps,
     parse_monitor_line,
     parse_monitor_output,
+    split_windows,
+    splits,
 )
 from haagent.lab.probe import ProbeRecord
 
@@ -305,3 +307,60 @@ def test_summary_statistics() -> None:
     assert s.trials == 2 and s.failed_over == 1 and s.gap_censored == 1
     assert s.to_new_max_ms is not None and s.to_new_max_ms == pytest.approx(100.2, abs=1)
     assert s.double_holder_trials == 0 and s.double_answer_trials == 0
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def test_a_clean_handover_of_both_addresses_is_no_split() -> None:
+    # h1 answers both until 1.0, nobody for 20 ms, then h2 answers both.
+    got = {
+        VIP: probes((0.0, 1.0, "h1"), (1.0, 1.02, None), (1.02, 2.0, "h2")),
+        VIP6: probes((0.0025, 1.0025, "h1"), (1.0025, 1.0225, None), (1.0225, 2.0, "h2")),
+    }
+    assert splits(got) == []
+
+
+def test_addresses_answered_by_two_hosts_at_once_are_a_split() -> None:
+    # h2 answers the IPv6 address from 1.0 on, while h1 keeps answering IPv4 until 1.05.
+    got = {
+        VIP: probes((0.0, 1.05, "h1"), (1.05, 2.0, "h2")),
+        VIP6: probes((0.0025, 1.0025, "h1"), (1.0025, 2.0, "h2")),
+    }
+    found = splits(got)
+    # Seen from both addresses: h2's IPv6 answers inside h1's IPv4 run, and h1's IPv4 answers
+    # inside h2's IPv6 run; all of them within the 50 ms it lasted.
+    assert {(s.ip, s.host, s.other_ip, s.other_host) for s in found} == {
+        (VIP6, "h2", VIP, "h1"),
+        (VIP, "h1", VIP6, "h2"),
+    }
+    assert all(1.0 <= s.at < 1.05 for s in found), found
+    assert all(s.between[0] <= s.at <= s.between[1] for s in found), found
+    # Split for good: each address stays on its own host.
+    stuck = {VIP: probes((0.0, 1.0, "h1")), VIP6: probes((0.0025, 1.0, "h2"))}
+    assert {s.host for s in splits(stuck)} == {"h1", "h2"}
+
+
+def test_a_late_reply_through_the_client_queue_is_no_split() -> None:
+    # A probe to IPv6 sent at 0.999 waited 30 ms in the client's neighbour queue and reached
+    # h2 after the handover: sent inside h1's IPv4 run, but its reply came after h1's last
+    # IPv4 probe was sent.
+    v4 = probes((0.0, 1.0, "h1"), (1.0, 1.02, None), (1.02, 2.0, "h2"))
+    v6 = [ProbeRecord(0, 0.999, 0.03, "h2"), *probes((1.03, 2.0, "h2"))]
+    assert splits({VIP: v4, VIP6: v6}) == []
+    # The same answer arriving while h1 still answered IPv4 is a split.
+    v4_late = probes((0.0, 1.1, "h1"), (1.1, 2.0, "h2"))
+    assert [s.at for s in splits({VIP: v4_late, VIP6: v6})][:1] == [0.999]
+
+
+def test_split_windows_from_the_kernels() -> None:
+    clean = {
+        VIP: {"h1": [(0.0, 1.0)], "h2": [(1.01, 2.0)]},
+        VIP6: {"h1": [(0.0, 1.0003)], "h2": [(1.0102, 2.0)]},
+    }
+    assert split_windows(clean) == []
+    # Touching is no overlap; h2 binding IPv6 before h1 dropped IPv4 is.
+    touching = {VIP: {"h1": [(0.0, 1.0)]}, VIP6: {"h2": [(1.0, 2.0)]}}
+    assert split_windows(touching) == []
+    bad = {VIP: {"h1": [(0.0, 1.0)], "h2": [(1.2, 2.0)]}, VIP6: {"h2": [(0.9, 2.0)]}}
+    assert split_windows(bad) == [(0.9, 1.0, (("h1", VIP), ("h2", VIP6)))]

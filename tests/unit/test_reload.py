@@ -48,6 +48,16 @@ def test_diff_tells_moved_from_updated_in_place():
     for field, value in (("interface", "eth1"), ("vmac", True), ("bind", False)):
         moved = reload.diff_vips(cfg(A).vips, cfg({**A, field: value}).vips)
         assert moved.moved == ("a",), field
+    # Another list of addresses, even with the same first one, is another VIP: released
+    # whole, so that no address of the old list stays bound behind the new election.
+    pair = {"name": "a", "addresses": ["198.51.100.10", "2001:db8::10"], "interface": "eth0"}
+    for before, after in (
+        (A, pair),
+        (pair, A),
+        (pair, {**pair, "addresses": ["198.51.100.10", "2001:db8::11"]}),
+    ):
+        assert reload.diff_vips(cfg(before).vips, cfg(after).vips).moved == ("a",), after
+    assert reload.diff_vips(cfg(pair).vips, cfg(pair).vips).empty
 
 
 def test_etcd_lease_cluster_and_node_need_a_restart():

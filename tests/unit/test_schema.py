@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -315,3 +316,54 @@ def test_vip_spec_of_config_names_the_mode():
     assert specs["a"] == VipSpec("198.51.100.200", 24, "eth0", "node-mac")
     assert specs["b"].mode == "vmac" and specs["b"].prefix == 128
     assert specs["c"].mode == "announce-only"
+
+
+def test_vip_spec_of_a_vip_with_several_addresses_round_trips():
+    from haagent.config import parse_config
+
+    vip = parse_config(
+        {
+            "node": "h1",
+            "vips": [
+                {
+                    "name": "web",
+                    "addresses": ["198.51.100.200/24", "2001:db8::5"],
+                    "interface": "eth0",
+                }
+            ],
+        }
+    ).vips[0]
+    spec = VipSpec.of_config(vip)
+    assert (spec.address, spec.prefix, spec.extra) == ("198.51.100.200", 24, ("2001:db8::5/128",))
+    assert spec.cidrs == ("198.51.100.200/24", "2001:db8::5/128")
+    data = spec.to_dict()
+    # Old readers take address/prefix (the first address) and ignore the list.
+    assert data["address"] == "198.51.100.200" and data["prefix"] == 24
+    assert data["addresses"] == ["198.51.100.200/24", "2001:db8::5/128"]
+    assert VipSpec.from_dict(json.loads(json.dumps(data))) == spec
+    rec = dataclasses.replace(full_member(), vip_specs={"web": spec})
+    again = MemberRecord.from_json(rec.to_json())
+    assert again.vip_specs["web"] == spec and again.to_json() == rec.to_json()
+    # A single address writes no list: records of such VIPs stay byte for byte as before.
+    assert "addresses" not in SPEC.to_dict()
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        "198.51.100.200/24",
+        {"0": "198.51.100.200/24"},
+        [],
+        ["198.51.100.200/24"],
+        ["198.51.100.201/24", "2001:db8::5/128"],  # does not start with the spec's address
+        ["198.51.100.200/24", 5],
+        ["198.51.100.200/24", None],
+        ["198.51.100.200/24", ""],
+        ["198.51.100.200/24", "x" * 65],
+        ["198.51.100.200/24"] + ["2001:db8::5/128"] * 16,  # 17 > 16
+    ],
+)
+def test_vip_spec_with_a_malformed_address_list_keeps_its_first_address(addresses):
+    data = {**SPEC.to_dict(), "addresses": addresses}
+    spec = VipSpec.from_dict(data)
+    assert spec == SPEC and spec is not None and spec.cidrs == ("198.51.100.200/24",)
