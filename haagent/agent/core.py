@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from haagent.agent.runtime import VipRuntime
 from haagent.agent.status import AgentStatus, VipStatus
 from haagent.agent.timers import Timers
-from haagent.cluster.schema import Health, HealthState, Holder, MemberRecord
+from haagent.cluster.schema import MAX_EARLIER, Health, HealthState, Holder, MemberRecord
 from haagent.cluster.view import (
     Change,
     ClusterView,
@@ -562,6 +562,12 @@ class Core:
         if rev is None or resigning or self.stopping or not self.lease_ok:
             return
         self._queue(ConfirmRelease(rt.name, rev))
+
+    def release_chain(self, vip: str) -> tuple[tuple[str, int], ...]:
+        """The releases a new release record of ``vip`` carries forward (Released.earlier):
+        the one it overwrites and those that one carried."""
+        rel = self.view.released.get(vip)
+        return () if rel is None else rel.chain()[:MAX_EARLIER]
 
     def take_state_changes(self) -> dict[str, State]:
         """Elections whose state may have changed since the last call (for exec checks)."""

@@ -707,7 +707,13 @@ class Agent:
 
     def _resign(self, action: Resign) -> None:
         lease = self.core.clock.lease_id or 0
-        released = Released(self.node, action.create_revision, time.time(), reason=action.reason)
+        released = Released(
+            self.node,
+            action.create_revision,
+            time.time(),
+            reason=action.reason,
+            earlier=self.core.release_chain(action.vip),
+        )
         try:
             done = self.store.resign(action.vip, action.create_revision, released, lease)
         except ETCD_ERRORS as exc:
@@ -740,7 +746,11 @@ class Agent:
             self.store.confirm_release(
                 vip,
                 Released(
-                    self.node, create_revision, time.time(), reason="key taken by another write"
+                    self.node,
+                    create_revision,
+                    time.time(),
+                    reason="key taken by another write",
+                    earlier=self.core.release_chain(vip),
                 ),
                 lease,
             )

@@ -531,26 +531,26 @@ class MemberRecord:
             draining=data.get("draining") is True,
             health=parsed_health,
             vip_specs=specs,
-            priority=_priority(data.get("priority", DEFAULT_PRIORITY), "priority"),
-            priorities=_priorities(data.get("priorities", {})),
+            # Optional, like every field added in a version: a malformed one is dropped (the
+            # default), never the record, which would hide a live agent.
+            priority=_priority(data.get("priority")),
+            priorities=_priorities(data.get("priorities")),
             ready=data.get("ready", True) is not False,
         )
 
 
-def _priority(value: object, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_PRIORITY:
-        raise SchemaError(f"field {name!r} is not a priority (0-{MAX_PRIORITY})")
-    return value
+def _is_priority(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_PRIORITY
+
+
+def _priority(value: object) -> int:
+    return value if isinstance(value, int) and _is_priority(value) else DEFAULT_PRIORITY
 
 
 def _priorities(value: object) -> dict[str, int]:
     if not isinstance(value, dict):
-        raise SchemaError("field 'priorities' is not an object")
-    return {
-        vip: _priority(p, f"priorities.{vip[:64]}")
-        for vip, p in value.items()
-        if isinstance(vip, str)
-    }
+        return {}
+    return {v: p for v, p in value.items() if isinstance(v, str) and _is_priority(p)}
 
 
 @dataclass(frozen=True)
@@ -616,6 +616,10 @@ class Released:
     # Why the holder let go ("unhealthy: check pg failed: …", "shutdown"): for readers; ""
     # when the writer did not say (older agents, or a key taken by someone else's write).
     reason: str = ""
+    # (node, create_revision) of the release records this one overwrote, newest first:
+    # carried forward so that a release is not lost when the next holder lets go before the
+    # one after it could read it (a handover chain during a rebalance).
+    earlier: tuple[tuple[str, int], ...] = ()
 
     def to_json(self) -> bytes:
         return _encode(
@@ -625,8 +629,13 @@ class Released:
                 "create_revision": self.create_revision,
                 "at": round(self.at, 3),
                 "reason": self.reason,
+                "earlier": [{"node": n, "create_revision": r} for n, r in self.earlier],
             }
         )
+
+    def chain(self) -> tuple[tuple[str, int], ...]:
+        """This release and the ones it carries, newest first, at most MAX_EARLIER + 1."""
+        return ((self.node, self.create_revision), *self.earlier)[: MAX_EARLIER + 1]
 
     @classmethod
     def from_json(cls, raw: bytes) -> Released:
@@ -640,10 +649,30 @@ class Released:
             create_revision=_field(data, "create_revision", int),
             at=_time(at, "at"),
             reason=reason if isinstance(reason, str) else "",
+            earlier=_earlier(data.get("earlier", [])),
         )
 
     def vouches_for(self, holder: Holder) -> bool:
-        return self.node == holder.node and self.create_revision == holder.create_revision
+        return (holder.node, holder.create_revision) in self.chain()
+
+
+MAX_EARLIER = 8
+
+
+def _earlier(value: object) -> tuple[tuple[str, int], ...]:
+    """The carried releases; malformed entries are dropped (optional, never fatal)."""
+    if not isinstance(value, list):
+        return ()
+    out: list[tuple[str, int]] = []
+    for item in value[:MAX_EARLIER]:
+        if not isinstance(item, dict):
+            continue
+        node, rev = item.get("node"), item.get("create_revision")
+        good_rev = isinstance(rev, int) and not isinstance(rev, bool) and rev > 0
+        if isinstance(node, str) and valid_name(node) and good_rev:
+            assert isinstance(rev, int)
+            out.append((node, rev))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from haagent.agent.core import Core
-from haagent.cluster.schema import HEALTHY, Drain, Holder, MemberRecord, Request
-from haagent.cluster.view import ClusterView, DrainChange, HolderChange, MemberChange, RequestChange
+from haagent.cluster.schema import HEALTHY, Drain, Holder, MemberRecord, Released, Request
+from haagent.cluster.view import (
+    ClusterView,
+    DrainChange,
+    HolderChange,
+    MemberChange,
+    ReleasedChange,
+    RequestChange,
+)
 from haagent.config import Config, parse_config
 from haagent.decide import placement, rank
 from haagent.decide.election import Campaign, Resign, State, Unbind
@@ -329,3 +336,32 @@ def test_a_move_request_hands_over_at_once_and_a_drain_releases_everything():
     sim.core.apply([DrainChange(ME, None, sim.revision)], sim.now)
     advance(sim, 10)
     assert "v1" in sim.keys  # undrained: campaigns again
+
+
+def test_regression_a_release_overwritten_in_a_handover_chain_still_counts():
+    """bench-scale, 1000 VIPs: h5 handed a VIP over, h3 took it and handed it on before the
+    next holder read h5's release record, and h3's record replaced it; h5's lease lives, so
+    the next holder waited for ever. A release record now carries the ones it overwrote."""
+    sim = Sim(Core(cfg(1)), keys={"v0": Holder("h5", 0xB5, 11)}, revision=11)
+    sim.alive_leases = {0xB5, 0xB3}
+    sim.core.start(sim.view(), LEASE, sim.now, TTL, "lease granted", sim.now)
+    sim.run()
+    h5 = Released("h5", 11)
+    h3 = Released("h3", 13, earlier=h5.chain())
+    del sim.keys["v0"]
+    sim.revision = 14
+    sim.released["v0"] = h3
+    sim.core.apply(
+        [
+            HolderChange("v0", None, 12),
+            ReleasedChange("v0", h5, 12),
+            HolderChange("v0", Holder("h3", 0xB3, 13), 13),
+            HolderChange("v0", None, 14),
+            ReleasedChange("v0", h3, 14),
+        ],
+        sim.now,
+    )
+    sim.run()
+    assert sim.keys["v0"].node == ME
+    assert sim.placed == {"v0"}, "the bind still waits for h5"
+    assert sim.core.release_chain("v0") == (("h3", 13), ("h5", 11))
