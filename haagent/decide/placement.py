@@ -21,6 +21,9 @@ from haagent.cluster.schema import Request
 from haagent.decide.rank import Candidate
 
 MAX_RANK = 5  # ranks beyond wait no longer: a bounded delay, whatever the cluster's size
+# Seconds a starting peer's first campaigns may take (it is ready once they are answered):
+# 200 VIPs per host on a loaded 2-core machine took several seconds.
+FIRST_PASS = 10.0
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def when_to_campaign(f: CampaignFacts) -> CampaignWhen:
     starting = [c.node for c in better if not c.ready]
     if starting:
         return CampaignWhen(
-            f.free_since + f.startup_wait + wait,
+            f.free_since + f.startup_wait + FIRST_PASS + wait,
             f"rank {rank + 1}: waiting for {', '.join(starting)} to finish starting up",
         )
     since = max([f.free_since, *(f.ready_at.get(c.node, f.free_since) for c in better)])

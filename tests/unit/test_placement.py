@@ -169,7 +169,8 @@ def test_best_ranked_campaigns_at_once_others_wait_by_rank_bounded():
 def test_a_better_candidate_starting_up_is_waited_for_within_a_bound():
     order = [Candidate("a", 1, ready=False), Candidate("b", 1)]
     w = placement.when_to_campaign(facts("b", order))
-    assert w.at == 10.0 + 2.0 + 0.1 and "a to finish starting up" in w.reason
+    assert w.at == 10.0 + 2.0 + placement.FIRST_PASS + 0.1
+    assert "a to finish starting up" in w.reason
     # once it became ready (seen at 11.0), the rank's wait counts from then
     ready = [Candidate("a", 1), Candidate("b", 1)]
     assert placement.when_to_campaign(facts("b", ready, ready_at={"a": 11.0})).at == 11.1
@@ -277,11 +278,14 @@ def test_a_lower_ranked_agent_campaigns_when_the_best_does_not():
     assert sim.keys["v0"].node == ME and sim.placed == {"v0"}
 
 
-def test_start_up_wait_holds_every_campaign_back():
+def test_start_up_wait_holds_every_campaign_back_and_ready_follows_the_first_answers():
     sim = Sim.started(cfg(2, startup_wait=2.0))
     sim.run()
     assert not sim.keys and not sim.core.member_record(sim.member).ready
-    advance(sim, 2.01)
+    sim.now += 2.002  # the wait is over and the campaigns queued, but not yet answered
+    sim.core.tick(sim.now)
+    assert sim.core.busy and not sim.core.member_record(sim.member).ready
+    advance(sim, 0.01)
     assert set(sim.keys) == {"v0", "v1"} and sim.core.member_record(sim.member).ready
 
 
