@@ -283,6 +283,7 @@ def test_start_up_wait_holds_every_campaign_back_and_ready_follows_the_first_ans
     sim.run()
     assert not sim.keys and not sim.core.member_record(sim.member).ready
     sim.now += 2.002  # the wait is over and the campaigns queued, but not yet answered
+    sim.ack()
     sim.core.tick(sim.now)
     assert sim.core.busy and not sim.core.member_record(sim.member).ready
     advance(sim, 0.01)
