@@ -1,9 +1,10 @@
 """One VIP, two addresses (an IPv4 and an IPv6): one election, never split between hosts.
 
 Three real agents hold a VIP configured with ``addresses: [198.51.100.200, 2001:db8:100::200]``
-through every way a holder can go: a graceful stop, a SIGKILL of the agent (its fence removes
-both addresses, then revokes the lease), its link cut, the agent frozen (SIGSTOP: the fence
-acts at the deadline), and a failed health check. A client probes both addresses every 5 ms
+through every failure mode of ``make bench``: a graceful stop, a SIGKILL of the agent (its
+fence removes both addresses, then revokes the lease), its link cut, the agent frozen
+(SIGSTOP: the fence acts at the deadline), SIGKILL with the link cut, an etcd partition of
+the holder, ``haagent move``, and a failed health check. A client probes both addresses every 5 ms
 throughout and every host's kernel address events are recorded; haagent/lab/history.py
 judges both: per address no two holders and no interleaved answers, and across the two
 addresses no *split* (its module doc defines one from the probes and from the kernels).
@@ -15,6 +16,7 @@ import itertools
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -229,6 +231,36 @@ def test_two_addresses_fail_over_together_through_every_failure(lab: Lab, agents
 
         return back
 
+    def sigkill_cut(host: Node) -> Callable[[], None]:
+        # Agent and link together: nothing of the old host can act, the lease expires.
+        agents.signal(host, signal.SIGKILL, group=True)
+        lab.cut_link(host)
+        agents.wait_exit(host, 3)
+
+        def back() -> None:
+            lab.restore_link(host)
+            restart(host)
+
+        return back
+
+    def etcd_partition(host: Node) -> Callable[[], None]:
+        lease = lease_of(agents, host.role)
+        lab.block_etcd(host)  # clients still reach it; etcd does not
+
+        def back() -> None:
+            lab.unblock_etcd(host)
+            rejoin(agents, host, lease, agents.ttl + 10)
+
+        return back
+
+    def move(host: Node) -> Callable[[], None]:
+        target = next(h.role for h in lab.hosts if h.role != host.role)
+        argv = [sys.executable, "-m", "haagent", "move", "svc", "--to", target, "--wait"]
+        argv += ["--endpoints", ",".join(lab.etcd_endpoints), "--cluster", agents.cluster]
+        proc = lab.run(lab.client, argv, check=False, timeout=30)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return lambda: None
+
     def unhealthy(host: Node) -> Callable[[], None]:
         (flag_dir(lab) / host.role).unlink()
         return lambda: (flag_dir(lab) / host.role).touch()
@@ -238,6 +270,9 @@ def test_two_addresses_fail_over_together_through_every_failure(lab: Lab, agents
         "sigkill": sigkill,
         "link cut": link_cut,
         "sigstop": freeze,
+        "sigkill and link cut": sigkill_cut,
+        "etcd partition": etcd_partition,
+        "move": move,
         "health check": unhealthy,
     }
     with watching(lab, ips) as w:

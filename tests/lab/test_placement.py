@@ -23,21 +23,12 @@ from haagent.lab.history import check_history, start_address_recorder
 from haagent.lab.probe import read_records, summarize
 from haagent.lab.topology import Lab
 from haagent.lab.wait import poll_until, wait_until
-from tests.lab.conftest import Agents, etcd_holder, remove_addresses, require, start_probe
+from tests.lab.conftest import Agents, etcd_holder, remove_addresses, start_probe
 
 pytestmark = pytest.mark.lab
 
 FAST = {"preempt_delay": 1.0, "startup_wait": 0.5}  # seconds, so the tests stay short
 _N = iter(range(1, 1000))
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    require("ip", "etcd", "etcdctl", "nft")
-    with Lab(hosts=3) as lab:
-        for h in lab.hosts:
-            lab.start_responder(h)
-        yield lab
 
 
 @pytest.fixture
