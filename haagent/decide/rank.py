@@ -98,7 +98,8 @@ def assignment(view: ClusterView) -> Mapping[str, str]:
     c = _cache
     if c is not None and c[0] is view.members and c[1] is view.drains and c[2] is view.requests:
         return c[3]
-    vips = sorted({v for m in view.members.values() for v in m.vips})
+    configured = {node: frozenset(m.vips) for node, m in view.members.items()}
+    vips = sorted(set().union(*configured.values()))
     pinned = sum(1 for v in vips if (r := view.requests.get(v)) is not None and r.to is not None)
     nodes = [n for n in view.members if not view.draining(n)]
     out: dict[str, str] = {}
@@ -110,7 +111,7 @@ def assignment(view: ClusterView) -> Mapping[str, str]:
         for vip in vips:
             # Health is left out: a check flapping on one host must not shift the balance
             # of every other VIP. A VIP whose place is unhealthy goes by ``ranked``'s order.
-            order = hash_order(view, vip, configured=True)
+            order = hash_order(view, vip, configured=configured)
             if not order:
                 continue
             top = order[0]
@@ -133,10 +134,15 @@ def assignment(view: ClusterView) -> Mapping[str, str]:
 
 
 def hash_order(
-    view: ClusterView, vip: str, me: Me | None = None, *, configured: bool = False
+    view: ClusterView,
+    vip: str,
+    me: Me | None = None,
+    *,
+    configured: Mapping[str, frozenset[str]] | None = None,
 ) -> list[Candidate]:
     """The candidates by pin, priority and rendezvous hash, without balancing. With
-    ``configured``, every member configured for the VIP counts, healthy or not."""
+    ``configured`` (node -> its VIPs), every member configured for the VIP counts, healthy
+    or not."""
     request = view.requests.get(vip)
     pin = request.to if request is not None and request.action == "move" else None
     out: list[Candidate] = []
@@ -144,7 +150,7 @@ def hash_order(
         if me is not None and node == me.node:
             continue
         h = m.health.get(vip)
-        fit = vip in m.vips if configured else h is not None and h.healthy
+        fit = vip in configured[node] if configured is not None else h is not None and h.healthy
         if not fit or view.draining(node):
             continue
         out.append(Candidate(node, m.priority_for(vip), m.ready, node == pin))
