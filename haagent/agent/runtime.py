@@ -31,7 +31,7 @@ class VipRuntime:
     # Placement (decide.placement): the create_revision of the last key seen for it (whose
     # release record names the host that just let go); a campaign deferred by rank, and since
     # when the key is free; the candidate seen ranking first while we hold it, and since when;
-    # a handover under way (why, to whom).
+    # why a handover is under way (a move, a preemption).
     last_key: int = 0
     deferred: str | None = None
     free_since: float = 0.0

@@ -28,7 +28,7 @@ class EligibilityFacts:
     link_down: str | None = None  # why the VIP's interface cannot carry traffic, if it cannot
     retiring: str | None = None  # why a reload takes this VIP away (removed, or moved)
     drained: str | None = None  # why: haagent drain asked this node to hold nothing
-    yielding: str | None = None  # handing the VIP over (a move, a preemption), and to whom
+    yielding: str | None = None  # why the VIP is being handed over (a move, a preemption)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 Campaign: the best-ranked candidate campaigns at once; the candidate of rank r (0 is best)
 waits ``r * campaign_step`` (rank capped at :data:`MAX_RANK`) so the best one normally wins
 and there is no herd. A better-ranked candidate still in its start-up wait is waited for, but
-only until this node's own bound (``startup_wait + r * step`` after the key went free): a
-peer stuck starting up cannot keep a VIP unserved.
+only until this node's own bound (``startup_wait + FIRST_PASS + r * step`` after the key
+went free): a peer stuck starting up cannot keep a VIP unserved.
 
 Handover: a holder yields to a move request that is newer than its key at once, and to a
 better-ranked ready candidate once that one has stayed better for ``preempt_delay`` (only
