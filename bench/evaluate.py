@@ -16,6 +16,13 @@ failure was injected on ``old_holder`` at ``t_fail`` (all unix times, one machin
 * ``double_holder`` / ``double_answer``: :func:`haagent.lab.history.check_history` on the
   window.
 * ``stable_start``: the last answer before ``t_fail`` came from ``old_holder``.
+* ``expect``: what the mode calls right (``Mode.expect``): ``"move"`` — another host must take
+  the VIP over — or ``"stay"`` — the VIP must stay where it is (a peer's broken link alone
+  must not move it). ``moved_ms``: the first bind of the VIP on another host after
+  ``t_fail`` (kernel address events), ``None`` if none. ``outcome``: ``"moved"`` when another
+  host bound the VIP or answered for it, else ``"stayed"``; ``as_expected`` compares the two.
+  A "stay" trial is judged on the same figures — the client gap, two holders, two
+  answering — and a move in it is a failure of the system, not a failover.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from haagent.lab.history import AddressEvent, IPAddress, check_history
+from haagent.lab.history import AddressEvent, IPAddress, check_history, holding_intervals
 from haagent.lab.probe import ProbeRecord
 
 OPEN_AFTER = 0.05  # s of silence at the end of a window that make its outage "open"
+EXPECTATIONS = ("move", "stay")
 
 
 @dataclass
@@ -50,10 +58,21 @@ class TrialResult:
     double_holder: list[tuple[float, float, tuple[str, ...]]] = field(default_factory=list)
     double_answer: bool = False
     interleavings: int = 0
+    expect: str = "move"
+    moved_ms: float | None = None
 
     @property
     def double_holder_ms(self) -> float:
         return sum(t1 - t0 for t0, t1, _ in self.double_holder) * 1000.0
+
+    @property
+    def outcome(self) -> str:
+        """``"moved"``: another host bound the VIP or answered for it; else ``"stayed"``."""
+        return "moved" if self.failed_over or self.moved_ms is not None else "stayed"
+
+    @property
+    def as_expected(self) -> bool:
+        return self.outcome == ("moved" if self.expect == "move" else "stayed")
 
 
 def evaluate_trial(
@@ -64,7 +83,12 @@ def evaluate_trial(
     t_fail: float,
     since: float,
     until: float,
+    *,
+    expect: str = "move",
 ) -> TrialResult:
+    if expect not in EXPECTATIONS:
+        raise ValueError(f"expect must be one of {EXPECTATIONS}, not {expect!r}")
+    events = list(events)
     window = sorted((p for p in probes if since <= p.sent < until), key=lambda p: (p.sent, p.seq))
     answered = [p for p in window if p.by is not None]
     before = [p for p in answered if p.sent < t_fail]
@@ -83,6 +107,8 @@ def evaluate_trial(
         gap, gap_start, censored = trailing, last, True
 
     report = check_history(events, window, ip, until, since=since)
+    ivs = holding_intervals(events, ip, until, since=since)
+    binds = [s for h, spans in ivs.items() if h != old_holder for s, _e in spans if s >= t_fail]
     return TrialResult(
         old_holder=old_holder,
         t_fail=t_fail,
@@ -102,6 +128,8 @@ def evaluate_trial(
         double_holder=report.double_holder,
         double_answer=report.double_answer,
         interleavings=len(report.interleavings),
+        expect=expect,
+        moved_ms=(min(binds) - t_fail) * 1000.0 if binds else None,
     )
 
 
@@ -129,14 +157,21 @@ class Summary:
     double_holder_max_ms: float
     double_answer_trials: int
     unstable_start: int
+    expect: str = "move"
+    stayed: int = 0  # trials where no other host bound the VIP or answered for it
+    as_expected: int = 0  # trials whose outcome is the mode's expectation
 
 
-def summarize_trials(results: Sequence[TrialResult]) -> Summary:
+def summarize_trials(results: Sequence[TrialResult], *, expect: str = "move") -> Summary:
     """Median / p95 / max over trials. Gaps: every trial (censored ones are lower bounds);
-    time to the new holder: the trials that failed over."""
+    time to the new holder: the trials that failed over. ``expect``: the mode's, for a
+    summary of no trials (otherwise the trials' own)."""
     gaps = [r.gap_ms for r in results if r.gap_ms is not None]
     to_new = [r.to_new_ms for r in results if r.to_new_ms is not None]
     return Summary(
+        expect=results[0].expect if results else expect,
+        stayed=sum(r.outcome == "stayed" for r in results),
+        as_expected=sum(r.as_expected for r in results),
         trials=len(results),
         failed_over=sum(r.failed_over for r in results),
         gap_median_ms=statistics.median(gaps) if gaps else None,

@@ -9,6 +9,15 @@ VRRP master-down interval) or a failing health check (``health``: the check's fa
 sets how long the benchmark waits before calling the failover "none". ``rejoin`` says
 whether the disturbed host has to rejoin the cluster after the restore (a restart, a new
 lease) or only become healthy again. ``systems`` names the systems the mode applies to.
+
+``expect`` is what the mode calls right: ``"move"`` (another host takes the VIP over: the
+failover is measured) or ``"stay"`` (the VIP must stay where it is: a partition that leaves
+the holder serving and confirmed, or a broken standby; bench/evaluate.py reports "stayed" or
+"moved" and the client gap, two holders and two answering, and a move is the system's
+failure). ``victim`` says whom the failure is done to: the VIP's ``holder``, or a
+``standby`` (:meth:`Driver.standby`: the host that would take the VIP over). Partitions are
+nftables drops in the disturbed host's namespace (haagent.lab.partition), by the node
+addresses of its peers (and etcd): the client always reaches it.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from bench.systems import (
     Timing,
     fail_flag,
 )
+from haagent.lab import partition
 from haagent.lab.topology import Node
 
 Action = Callable[[Driver, Node], None]
@@ -45,6 +55,8 @@ class Mode:
     systems: frozenset[str] = ALL_SYSTEMS
     rejoin: bool = True
     prepare: Prepare | None = None
+    expect: Literal["move", "stay"] = "move"
+    victim: Literal["holder", "standby"] = "holder"
 
     def wait(self, timing: Timing) -> float:
         """How long the benchmark waits for another host to bind the VIP."""
@@ -79,6 +91,23 @@ def _sigstop(driver: Driver, host: Node) -> None:
 
 def _etcd_partition(driver: Driver, host: Node) -> None:
     driver.lab.block_etcd(host)
+
+
+def _peers_cut(driver: Driver, host: Node) -> None:
+    partition.cut_peers(driver.lab, host)
+
+
+def _peers_cut_out(driver: Driver, host: Node) -> None:
+    partition.cut_peers(driver.lab, host, "out")
+
+
+def _etcd_peers_cut(driver: Driver, host: Node) -> None:
+    partition.cut_etcd_and_peers(driver.lab, host)
+
+
+def _deaf(driver: Driver, host: Node) -> None:
+    # UDP (haagent's heartbeats) and VRRP (keepalived's adverts) from the peers.
+    partition.break_receive(driver.lab, host, protocols=("udp", "vrrp"))
 
 
 def _fail_check(driver: Driver, host: Node) -> None:
@@ -122,6 +151,10 @@ def _sigcont(driver: Driver, host: Node) -> None:
 
 def _unblock_etcd(driver: Driver, host: Node) -> None:
     driver.lab.unblock_etcd(host)
+
+
+def _heal(driver: Driver, host: Node) -> None:
+    partition.heal(driver.lab, host)
 
 
 def _pass_check(driver: Driver, host: Node) -> None:
@@ -195,6 +228,50 @@ MODES: dict[str, Mode] = {
             inject=_etcd_partition,
             restore=_unblock_etcd,
             systems=frozenset({"haagent"}),
+        ),
+        Mode(
+            "peers-cut",
+            "nftables drop of all IP both ways between the holder and the other hosts; "
+            "clients and etcd still reach it, so it stays a confirmed holder: the VIP must "
+            "stay (keepalived: VRRP between the pair is cut); lifted after the trial",
+            window="hard",
+            inject=_peers_cut,
+            restore=_heal,
+            rejoin=False,
+            expect="stay",
+        ),
+        Mode(
+            "peers-cut-out",
+            "the asymmetric partition: what the holder sends the other hosts is dropped, "
+            "what they send it arrives; clients and etcd fine: the VIP must stay; lifted "
+            "after the trial",
+            window="hard",
+            inject=_peers_cut_out,
+            restore=_heal,
+            rejoin=False,
+            expect="stay",
+        ),
+        Mode(
+            "etcd+peers-cut",
+            "nftables drop both ways between the holder and etcd and the other hosts; the "
+            "client still reaches it: it must give the VIP up and another host take it "
+            "(keepalived: the same as peers-cut, etcd is not its business); lifted after "
+            "the trial",
+            window="hard",
+            inject=_etcd_peers_cut,
+            restore=_heal,
+        ),
+        Mode(
+            "standby-deaf",
+            "one standby (the host that would take over) receives no datagram from its "
+            "peers (UDP and VRRP dropped on its input; it still sends, etcd and clients "
+            "fine): the VIP must stay on the holder; lifted after the trial",
+            window="hard",
+            inject=_deaf,
+            restore=_heal,
+            rejoin=False,
+            expect="stay",
+            victim="standby",
         ),
         Mode(
             "health",

@@ -7,7 +7,9 @@ the whole run, and then, per failure mode, repeatedly: waits until exactly one h
 VIP and nothing changed for a moment, injects the failure on the holder, waits until another
 host binds the VIP (or a time limit), lets the client settle, undoes the failure, waits
 until the cluster is whole again. Every trial is judged afterwards from the probe records
-and the address history (bench/evaluate.py).
+and the address history (bench/evaluate.py). A mode that must leave the VIP where it is (a
+partition of the holder from its peers only, a deaf standby: ``Mode.expect == "stay"``)
+waits the same time limit and is reported as "stayed" or "moved".
 
 Results: ``bench-results/bench-<stamp>.json`` (every trial, every probe in its window, the
 configs, the machine) and a table on stdout; ``bench-results/bench-<stamp>.png`` with one
@@ -49,8 +51,11 @@ from bench.systems import (
     fail_flag,
     haagent_variants,
     keepalived_variants,
+    liveness_supported,
     wait_for,
 )
+from bench.targets import evaluate_targets, targets_markdown, targets_table
+from haagent.lab import partition
 from haagent.lab.history import (
     AddressEvent,
     Recorder,
@@ -75,6 +80,10 @@ PROBE_DURATION = 3000.0  # the probe runs for a whole configuration; stopped by 
 FAMILIES: dict[int, IPv4Address | IPv6Address] = {4: Lab.vip4(0), 6: Lab.vip6(0)}
 DEFAULT_TRIALS = 10
 QUICK_TRIALS = 3
+# The systems of one run unless told otherwise, --quick too: haagent with fast failover on
+# and off, keepalived at its default advert interval and tuned (the vmac variants on request).
+DEFAULT_HAAGENT = "fast,lease"
+DEFAULT_KEEPALIVED = "default,tuned"
 
 # Wide enough for the table even when stdout is a pipe or a make log.
 console = Console(width=None if sys.stdout.isatty() else 170)
@@ -104,6 +113,10 @@ class Plan:
     restore_s: float = 0.0  # until -> the disturbed host is back in the cluster
     steady_s: float = 0.0  # -> one holder per VIP, no change for QUIET
     client_back_s: float = 0.0  # -> the client gets answers from that holder again
+    name: str = ""  # the system's name in results ("haagent fast"); system + config if ""
+    expect: str = "move"  # Mode.expect
+    disturbed: str = ""  # the host the failure was done to (target, or a standby)
+    detected_ms: float | None = None  # another host said it noticed (Driver.detected_at)
 
 
 @dataclass
@@ -113,6 +126,7 @@ class ConfigRun:
     lab_id: str
     configs: dict[str, str]
     modes: list[str]
+    name: str = ""
     plans: list[Plan] = field(default_factory=list)
     trials: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
@@ -120,6 +134,12 @@ class ConfigRun:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def driver_name(driver: Driver) -> str:
+    """How results and pictures name a system configuration: ``Driver.name`` ("haagent
+    fast", "keepalived 0.1s"), or system and config for a driver without one."""
+    return driver.name or f"{driver.system} {driver.config}"
 
 
 def holders_now(
@@ -180,9 +200,12 @@ class Runner:
         lab = Lab(hosts=3, workdir=workdir)
         driver = make(lab)
         modes = [MODES[m] for m in self.mode_names if driver.system in MODES[m].systems]
-        run = ConfigRun(driver.system, driver.config, lab.lab_id, {}, [m.name for m in modes])
+        name = driver_name(driver)
+        run = ConfigRun(
+            driver.system, driver.config, lab.lab_id, {}, [m.name for m in modes], name=name
+        )
         self.runs.append(run)
-        console.rule(f"{driver.system} {driver.config}  (lab {lab.lab_id})")
+        console.rule(f"{name}: {driver.config}  (lab {lab.lab_id})")
         recorder: Recorder | None = None
         probes: dict[int, tuple[Path, subprocess.Popen[bytes]]] = {}
         try:
@@ -202,7 +225,14 @@ class Runner:
             console.print(f"  [dim]lab and cluster up in {time.monotonic() - started:.1f} s[/dim]")
             for mode in modes:
                 self.run_mode(lab, driver, recorder, mode, run)
-        except (BenchError, LabError, TimeoutError, subprocess.SubprocessError, OSError) as exc:
+        except (
+            BenchError,
+            LabError,
+            TimeoutError,
+            ValueError,
+            subprocess.SubprocessError,
+            OSError,
+        ) as exc:
             run.error = f"{type(exc).__name__}: {exc}"
             gone = sorted(set(lab.namespaces) - set(list_netns()))
             if gone and lab.lab_id in str(exc):
@@ -210,7 +240,7 @@ class Runner:
                     f" (namespaces {', '.join(gone)} were removed from outside the bench:"
                     " `haagent lab down --all` or `make lab-clean` run meanwhile?)"
                 )
-            console.print(f"[red]aborted {driver.system} {driver.config}: {run.error}[/red]")
+            console.print(f"[red]aborted {name}: {run.error}[/red]")
         finally:
             with interrupts_deferred():
                 self._teardown(lab, driver, recorder, probes, run, workdir)
@@ -287,28 +317,30 @@ class Runner:
             fam = min(need, key=lambda f: (counts[f], f))
             target = lab.host(holders[fam])
             measured = [f for f in need if holders[f] == target.role]
-            token = driver.ready_token(target)
+            victim = target if mode.victim == "holder" else driver.standby(target)
+            token = driver.ready_token(victim)
             notes: list[str] = [reach_note] if reach_note else []
             expected = mode.prepare(driver, target) if mode.prepare is not None else {}
             since = time.time()
             time.sleep(PRE)
             t_fail = time.time()
-            mode.inject(driver, target)
+            mode.inject(driver, victim)
             bound: dict[int, float] = {}
             moved = partial(self._moved, recorder, measured, target.role, t_fail, bound)
             wait_for(moved, window, 0.02)  # bounded: no new holder by then is "failover: none"
             time.sleep(SETTLE)
             until = time.time()
             time.sleep(RESTORE_GUARD)
+            detected = driver.detected_at(target, t_fail, until)
             try:
-                mode.restore(driver, target)
+                mode.restore(driver, victim)
             except (LabError, OSError, subprocess.SubprocessError) as exc:
                 notes.append(f"restore failed: {exc}")
-            driver.after_restore(target)
-            back = partial(driver.recovered, target, token, rejoin=mode.rejoin)
+            driver.after_restore(victim)
+            back = partial(driver.recovered, victim, token, rejoin=mode.rejoin)
             if not wait_for(back, RECOVER_TIMEOUT):
-                notes.append(f"{target.role} not back after {RECOVER_TIMEOUT:g}s; restarted")
-                self.force_restart(lab, driver, target)
+                notes.append(f"{victim.role} not back after {RECOVER_TIMEOUT:g}s; restarted")
+                self.force_restart(lab, driver, victim)
             recovered_at = time.time()
             holders = self.wait_steady(driver, recorder)
             steady_at = time.time()
@@ -335,6 +367,10 @@ class Runner:
                         restore_s=recovered_at - until,
                         steady_s=steady_at - recovered_at,
                         client_back_s=reached_at - steady_at,
+                        name=driver_name(driver),
+                        expect=mode.expect,
+                        disturbed=victim.role,
+                        detected_ms=None if detected is None else (detected - t_fail) * 1000.0,
                     )
                 )
             fams = ",".join(f"v{f}" for f in measured)
@@ -344,8 +380,11 @@ class Runner:
                 else f"v{f} not bound elsewhere"
                 for f in measured
             )
+            if mode.expect == "stay":
+                took += " (must stay)"
+            who = target.role if victim == target else f"{victim.role} (holder {target.role})"
             console.print(
-                f"  {mode.name:<15} {fams:<6} #{counts[measured[0]]:<3} {target.role}: {took}"
+                f"  {mode.name:<15} {fams:<6} #{counts[measured[0]]:<3} {who}: {took}"
                 f" [dim](restore {recovered_at - until:.1f} s, steady "
                 f"{steady_at - recovered_at:.1f} s, client {reached_at - steady_at:.1f} s)[/dim]"
                 + (f"  [yellow]{'; '.join(notes)}[/yellow]" if notes else "")
@@ -400,6 +439,7 @@ class Runner:
         driver.wait_gone(host, 5.0)
         lab.restore_link(host)
         lab.unblock_etcd(host)
+        partition.heal(lab, host)
         fail_flag(lab, host).unlink(missing_ok=True)
         token = driver.ready_token(host)
         driver.start(host)
@@ -411,7 +451,14 @@ class Runner:
     def judge(plan: Plan, records: list[ProbeRecord], events: list[AddressEvent]) -> dict[str, Any]:
         ip = FAMILIES[plan.family]
         result = evaluate_trial(
-            records, events, ip, plan.target, plan.t_fail, plan.since, plan.until
+            records,
+            events,
+            ip,
+            plan.target,
+            plan.t_fail,
+            plan.since,
+            plan.until,
+            expect=plan.expect,
         )
         restore = check_history(events, [], ip, plan.steady_at, since=plan.until)
         window = [r for r in records if plan.since <= r.sent < plan.until]
@@ -433,6 +480,7 @@ class Runner:
             **asdict(plan),
             "notes": notes,
             "result": asdict(result),
+            "outcome": result.outcome,
             "double_holder_ms": result.double_holder_ms,
             "restore_double_holder_ms": restore.double_holder_s * 1000.0,
             "probes": _compact_probes(window, plan.t_fail),
@@ -471,10 +519,12 @@ def summary_rows(runs: Sequence[ConfigRun]) -> list[dict[str, Any]]:
                 if not trials:
                     continue
                 judged = [_result(t) for t in trials]
-                s = summarize_trials([r for r in judged if r.stable_start])
+                expect = MODES[mode].expect if mode in MODES else "move"
+                s = summarize_trials([r for r in judged if r.stable_start], expect=expect)
                 s.unstable_start = sum(not r.stable_start for r in judged)
                 rows.append(
                     {
+                        "name": run.name or f"{run.system} {run.config}",
                         "system": run.system,
                         "config": run.config,
                         "mode": mode,
@@ -513,6 +563,7 @@ def handover_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         out.append(
             {
+                "name": r.get("name", system),
                 "system": system,
                 "config": config,
                 "mode": mode,
@@ -541,7 +592,7 @@ def _x(v: float | None) -> str:
 
 def ratio_cells(r: dict[str, Any]) -> list[str]:
     return [
-        r["system"],
+        r.get("name", r["system"]),
         r["config"],
         f"{r['mode']} / {r['base']}",
         r["family"],
@@ -591,7 +642,11 @@ def _ms(v: float | None, *, censored: bool = False) -> str:
 
 
 def _failover(r: dict[str, Any]) -> str:
-    text = f"{r['failed_over']}/{r['trials']}"
+    """Failed over / trials; for a mode where the VIP must stay: "stayed" / trials."""
+    if r.get("expect") == "stay":
+        text = f"stayed {r['stayed']}/{r['trials']}"
+    else:
+        text = f"{r['failed_over']}/{r['trials']}"
     return text + (f" ({r['unstable_start']} excl.)" if r["unstable_start"] else "")
 
 
@@ -607,7 +662,7 @@ def _cells(r: dict[str, Any], *, markdown: bool) -> list[str]:
     else:
         holders, answers = f"[red]{dh} {longest}[/red]", f"[red]{da}[/red]"
     return [
-        r["system"],
+        r.get("name", r["system"]),
         r["config"],
         r["mode"],
         r["family"],
@@ -755,16 +810,12 @@ def leftovers(lab_ids: Sequence[str], run_dir: Path) -> list[str]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="per mode and family")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"smoke run: {QUICK_TRIALS} trials, without vmac (unless --haagent/--keepalived)",
-    )
+    p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_TRIALS} trials")
     p.add_argument("--systems", default="haagent,keepalived", help="comma-separated")
     h_variants = ",".join(haagent_variants())
-    p.add_argument("--haagent", help=f"variants (default: {h_variants})")
+    p.add_argument("--haagent", help=f"variants of {h_variants} (default: {DEFAULT_HAAGENT})")
     variants = ",".join(keepalived_variants())
-    p.add_argument("--keepalived", help=f"variants (default: {variants})")
+    p.add_argument("--keepalived", help=f"variants of {variants} (default: {DEFAULT_KEEPALIVED})")
     p.add_argument("--modes", default=",".join(MODES), help=f"({','.join(MODES)})")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument("--no-plot", action="store_true")
@@ -772,9 +823,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick:
         args.trials = QUICK_TRIALS
     if args.haagent is None:
-        args.haagent = "default" if args.quick else h_variants
+        args.haagent = DEFAULT_HAAGENT
     if args.keepalived is None:
-        args.keepalived = "default,tuned" if args.quick else variants
+        args.keepalived = DEFAULT_KEEPALIVED
     if args.trials < 1:
         p.error("--trials must be at least 1")
     for m in args.modes.split(","):
@@ -814,10 +865,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = args.modes.split(",")
     runner = Runner(args.trials, run_dir, modes)
     plan: list[tuple[str, Callable[[Lab], Driver]]] = []
+    skipped: list[str] = []
     if "haagent" in systems:
         for name in args.haagent.split(","):
-            make_agent = partial(HaagentDriver, vmac=haagent_variants()[name])
+            variant = haagent_variants()[name]
+            if variant.liveness == "fast" and not liveness_supported():
+                why = f"haagent-{name}: this haagent has no liveness section (fast failover)"
+                console.print(f"[yellow]skipped {why}[/yellow]")
+                skipped.append(why)
+                continue
+            make_agent = partial(HaagentDriver, vmac=variant.vmac, liveness=variant.liveness)
             plan.append((f"haagent-{name}", make_agent))
+    meta["skipped"] = skipped
     if "keepalived" in systems:
         for name in args.keepalived.split(","):
             advert, vmac = keepalived_variants()[name]
@@ -838,6 +897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["leftovers"] = left
     rows = summary_rows(runs)
     ratios = handover_ratios(rows)
+    goals = evaluate_targets(rows)
     report = {
         "meta": meta,
         "modes": {m: MODES[m].description for m in modes},
@@ -846,13 +906,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
         "summary": rows,
         "ratios": ratios,
+        "targets": goals,
         "trials": [t for r in runs for t in r.trials],
     }
     out = args.out / f"bench-{stamp}.json"
     out.write_text(json.dumps(report, default=str) + "\n")
     ratio_md = ratios_markdown(ratios)
+    goals_md = targets_markdown(goals)
     (args.out / "summary-latest.md").write_text(
-        markdown_table(rows) + (f"\n{ratio_md}" if ratio_md else "")
+        markdown_table(rows)
+        + (f"\n{ratio_md}" if ratio_md else "")
+        + (f"\n{goals_md}" if goals_md else "")
     )
     title = (
         f"failover, {args.trials} trial(s) per mode and family, probe every "
@@ -860,25 +924,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print_table(rows, title)
     console.print(
-        "failover: trials where another host answered / trials; gap: longest client gap "
+        "failover: trials where another host answered / trials (stayed: trials where no other "
+        "host bound the VIP or answered, for modes where it must stay); gap: longest client gap "
         "around the failure; new: failure -> first answer from another host; 2 holders: "
         "trials where two hosts had the VIP bound at once (longest, within the trial); 2 answer: "
         "trials where an answer came from a host already taken over from; back max: after "
         "the failure was undone, the longest wait for the client to reach the holder again"
     )
     print_ratios(ratios)
+    if goals:
+        console.print(targets_table(goals))
     for r in runs:
         console.print(
-            f"{r.system} {r.config}: {r.seconds:.0f} s" + (f" — {r.error}" if r.error else "")
+            f"{r.name or r.system} ({r.config}): {r.seconds:.0f} s"
+            + (f" — {r.error}" if r.error else "")
         )
+    for why in skipped:
+        console.print(f"[yellow]skipped {why}[/yellow]")
     console.print(f"results: {out}  (total {meta['seconds']:.0f} s)")
     if not args.no_plot:
-        from bench.plot import plot
+        from bench.plot import plot, plot_timeline
 
         png = args.out / f"bench-{stamp}.png"
         if plot(report, png):
             shutil.copyfile(png, args.out / "failover-latest.png")
             console.print(f"picture: {png}")
+        death = args.out / f"bench-{stamp}-host-death.png"
+        if plot_timeline(report, death):
+            console.print(f"host-death timeline: {death}")
     if left:
         console.print(f"[red]left behind: {left}[/red]")
         return 1

@@ -8,6 +8,7 @@ cluster, and how long a failover may take before it is called "none".
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -21,11 +22,11 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, Literal
 
 from bench.observe import cluster_view
 from haagent.cluster.schema import Keys, Request
-from haagent.config import PlacementConfig
+from haagent.config import ConfigErrors, PlacementConfig, parse_config
 from haagent.decide import rank
 from haagent.lab.topology import Lab, Node, pid_alive, stat_fields
 from haagent.lab.wait import poll_until
@@ -85,6 +86,48 @@ KEEPALIVED_SCRIPT_INTERVAL = 1
 KEEPALIVED_SCRIPT_TIMEOUT = 1
 
 
+# Fast failover (issue 16): haagent's ``liveness`` section. "fast": on, with a key file every
+# host shares (LIVENESS_KEY in the lab's workdir, 32 random bytes, 0600) and haagent's default
+# timing; "lease": ``enabled: false``, the lease alone (what haagent did before it). A
+# haagent that does not know the section refuses it: then "lease" writes none (the same
+# behaviour) and "fast" cannot run (liveness_supported()).
+LIVENESS_KEY = "liveness.key"
+LIVENESS_KEY_BYTES = 32
+Liveness = Literal["fast", "lease"]
+# A surviving agent's log line saying it suspects a silent peer: the "detection" of the
+# host-death timeline (bench/plot.py). "2026-12-02T17:01:00.123Z WARNING haagent.liveness…:
+# … suspect …"
+_HAAGENT_DETECTED = re.compile(r"^(\S+) \S+ haagent\.liveness\S*: [^\n]*\bsuspect", re.M | re.I)
+
+
+@functools.cache
+def liveness_settings() -> dict[str, Any] | None:
+    """haagent's default liveness timing (``interval``, ``multiplier``, ``hold`` …) as its
+    config parser fills them in, or None while haagent has no ``liveness`` section."""
+    probe = {
+        "cluster": "bench",
+        "node": "h1",
+        "etcd": {"endpoints": ["http://127.0.0.1:2379"], "timeout": 0.5},
+        "lease": {"ttl": HAAGENT_TTL, "margin": HAAGENT_MARGIN},
+        "vips": [{"name": n, "address": a, "interface": "eth0"} for n, a in HAAGENT_VIPS],
+        "liveness": {"enabled": False},
+    }
+    try:
+        cfg = parse_config(probe)
+    except ConfigErrors:
+        return None
+    live = getattr(cfg, "liveness", None)
+    if live is None:
+        return None
+    names = ("interval", "multiplier", "hold", "refute_window", "etcd_loss", "port")
+    return {n: getattr(live, n) for n in names if hasattr(live, n)}
+
+
+def liveness_supported() -> bool:
+    """Does this haagent take a ``liveness`` section (fast failover)?"""
+    return liveness_settings() is not None
+
+
 def wait_for(pred: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
     """Poll `pred` every `interval` s until it is true (True) or `timeout` s passed (False):
     the lab's bounded wait (:func:`haagent.lab.wait.poll_until`) as a yes or no."""
@@ -101,8 +144,9 @@ class Timing:
 
 
 class Driver(ABC):
-    system: str
-    config: str
+    system: str  # "haagent", "keepalived": what Mode.systems names
+    config: str  # the configuration, in short
+    name: str = ""  # as results and pictures name it ("haagent fast"); "" is system + config
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
@@ -139,6 +183,17 @@ class Driver(ABC):
 
     def proc(self, host: Node) -> subprocess.Popen[bytes]:
         return self.procs[host.role]
+
+    def standby(self, holder: Node) -> Node:
+        """The host that would take the VIPs of ``holder`` over (a mode's ``standby`` victim):
+        by default the first other host the system runs on."""
+        return next(h for h in self.hosts if h != holder)
+
+    def detected_at(self, old: Node, since: float, until: float) -> float | None:
+        """When another host first said it had noticed that ``old`` was gone (unix time, in
+        ``[since, until]``), from its log; None if the system logs no such thing apart from
+        taking over (then the bind is its detection)."""
+        return None
 
     def signal_group(self, host: Node, sig: signal.Signals) -> None:
         """Signal the daemon's whole process group (its check scripts, keepalived's VRRP
@@ -279,23 +334,79 @@ def haagent_held_down_until(log: str, hold_down: float) -> float:
     return datetime.fromisoformat(releases[-1]).timestamp() + hold_down
 
 
+def _log_time(stamp: str) -> float | None:
+    with contextlib.suppress(ValueError):
+        return datetime.fromisoformat(stamp).timestamp()
+    return None
+
+
+def haagent_detected_at(log: str, since: float, until: float) -> float | None:
+    """The first liveness suspicion an agent logged in ``[since, until]`` (unix time)."""
+    for m in _HAAGENT_DETECTED.finditer(log):
+        at = _log_time(m.group(1))
+        if at is not None and since <= at <= until:
+            return at
+    return None
+
+
+def liveness_section(liveness: Liveness | None, key: Path) -> dict[str, Any] | None:
+    """The ``liveness`` section of a bench agent config (None: write none)."""
+    if liveness is None:
+        return None
+    if not liveness_supported():
+        if liveness == "fast":
+            raise ValueError("this haagent has no liveness section: fast failover cannot run")
+        return None  # the lease alone is all it does
+    if liveness == "fast":
+        return {"enabled": True, "key_file": str(key)}
+    return {"enabled": False}
+
+
+def write_liveness_key(path: Path) -> None:
+    """A fresh cluster key, root only (the agent refuses a key others can read)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(os.urandom(LIVENESS_KEY_BYTES))
+
+
 class HaagentDriver(Driver):
     system = "haagent"
 
-    def __init__(self, lab: Lab, *, vmac: bool = False) -> None:
+    def __init__(self, lab: Lab, *, vmac: bool = False, liveness: Liveness | None = None) -> None:
         super().__init__(lab)
         self.vmac = vmac
-        self.config = f"ttl {HAAGENT_TTL}s margin {HAAGENT_MARGIN:g}s" + (" vmac" if vmac else "")
+        self.liveness = liveness
+        base = f"ttl {HAAGENT_TTL}s margin {HAAGENT_MARGIN:g}s"
+        if liveness == "fast":
+            live = liveness_settings() or {}
+            timing = ""
+            if "interval" in live and "multiplier" in live:
+                timing = f" {live['interval'] * 1000:g}ms x{live['multiplier']}"
+            base += f", liveness{timing}"
+        elif liveness == "lease":
+            base += ", no liveness"
+        self.config = base + (" vmac" if vmac else "")
+        self.name = "haagent" + (f" {liveness}" if liveness else "") + (" vmac" if vmac else "")
         self._paths: dict[str, Path] = {}
         self._moves: dict[str, str] = {}  # VIP name -> node, of the move being tried
 
+    @property
+    def key_file(self) -> Path:
+        return self.lab.workdir / LIVENESS_KEY
+
     def configs(self) -> dict[str, str]:
         # write_agent_config writes the file itself; read it back for the report.
+        live = liveness_section(self.liveness, self.key_file)
+        if live is not None and live.get("enabled"):
+            write_liveness_key(self.key_file)
         out = {}
         for host in self.lab.hosts:
             extra = haagent_extra(
                 HAAGENT_VIPS, host.ifname, fail_flag(self.lab, host), vmac=self.vmac
             )
+            if live is not None:
+                extra["liveness"] = live
             path = self.lab.write_agent_config(
                 host, HAAGENT_VIPS, ttl=HAAGENT_TTL, margin=HAAGENT_MARGIN, extra=extra
             )
@@ -345,6 +456,28 @@ class HaagentDriver(Driver):
             and haagent_healthy(log, [name for name, _ in HAAGENT_VIPS])
             and haagent_held_down_until(log, HAAGENT_HOLD_DOWN) <= time.time()
         )
+
+    def standby(self, holder: Node) -> Node:
+        """The host placement ranks first once ``holder`` is left out (decide.rank over what
+        etcd holds now), for the first VIP ``holder`` holds: the one that would take over."""
+        view = cluster_view(self.lab, self.lab.lab_id)
+        for name, _address in HAAGENT_VIPS:
+            held = view.holders.get(name)
+            if held is None or held.node != holder.role:
+                continue
+            others = rank.candidates(view, name, exclude={holder.role})
+            if others:
+                return self.lab.host(others[0])
+        return super().standby(holder)
+
+    def detected_at(self, old: Node, since: float, until: float) -> float | None:
+        found = [
+            at
+            for h in self.hosts
+            if h != old
+            and (at := haagent_detected_at(self.lab.agent_log(h), since, until)) is not None
+        ]
+        return min(found, default=None)
 
     # Mode "move": what `haagent move` does, written by hand (docs/keys.md): a request on no
     # lease; the holder hands over while its key is older than the request.
@@ -415,6 +548,7 @@ class KeepalivedDriver(Driver):
         self.advert_int = advert_int
         self.vmac = vmac
         self.config = f"advert_int {advert_int:g}s" + (" vmac" if vmac else "")
+        self.name = f"keepalived {advert_int:g}s" + (" vmac" if vmac else "")
         self._heard_at_restore: dict[str, int] = {}
         self._log_seen: dict[str, tuple[int, dict[str, str]]] = {}
 
@@ -568,9 +702,24 @@ class KeepalivedDriver(Driver):
         return Timing(graceful=graceful, hard=4 * self.advert_int + 1.5, health=detect + graceful)
 
 
-def haagent_variants() -> dict[str, bool]:
-    """Name -> vmac (both VIPs on a macvlan with the VRRP virtual MAC)."""
-    return {"default": False, "vmac": True}
+@dataclass(frozen=True)
+class HaagentVariant:
+    vmac: bool  # both VIPs on a macvlan with the VRRP virtual MAC
+    liveness: Liveness | None  # None: no liveness section (whatever haagent does without)
+
+
+def haagent_variants() -> dict[str, HaagentVariant]:
+    """Name -> variant. ``fast`` / ``lease``: fast failover on / off (the ``liveness``
+    section, above); ``default`` / ``vmac``: no ``liveness`` section written, as before it
+    existed (with one, haagent's default; without a key file that is the lease alone)."""
+    return {
+        "fast": HaagentVariant(False, "fast"),
+        "lease": HaagentVariant(False, "lease"),
+        "fast-vmac": HaagentVariant(True, "fast"),
+        "lease-vmac": HaagentVariant(True, "lease"),
+        "default": HaagentVariant(False, None),
+        "vmac": HaagentVariant(True, None),
+    }
 
 
 def keepalived_variants() -> dict[str, tuple[float, bool]]:

@@ -176,7 +176,11 @@ def test_health_mode_waits_for_the_check_and_does_not_ask_for_a_rejoin() -> None
     assert health.systems == {"haagent", "keepalived"}
     assert (health.wait(timing), health.rejoin) == (3.0, False)
     assert MODES["sigterm"].wait(timing) == 1.0 and MODES["sigkill"].wait(timing) == 2.0
-    assert all(m.rejoin for name, m in MODES.items() if name not in ("health", "move"))
+    # Every mode that takes the holder out of the cluster has it rejoin; the ones that leave
+    # it a member (a failing check, a move, a partition the VIP must stay through) do not.
+    stays = {name for name, m in MODES.items() if m.expect == "stay"}
+    assert all(m.rejoin for name, m in MODES.items() if name not in {"health", "move"} | stays)
+    assert not any(MODES[name].rejoin for name in stays)
 
 
 def test_health_windows_cover_detection_with_room_to_spare(lab: Lab) -> None:
@@ -191,9 +195,12 @@ def test_health_windows_cover_detection_with_room_to_spare(lab: Lab) -> None:
 
 def test_variant_selection() -> None:
     args = parse_args([])
-    assert (args.haagent, args.keepalived.split(",")[0]) == ("default,vmac", "default")
-    assert parse_args(["--quick"]).haagent == "default"
+    # One run: fast failover on and off, keepalived at its default advert and tuned.
+    assert (args.haagent, args.keepalived) == ("fast,lease", "default,tuned")
+    quick = parse_args(["--quick"])
+    assert (quick.haagent, quick.keepalived, quick.trials) == ("fast,lease", "default,tuned", 3)
     assert parse_args(["--quick", "--haagent", "vmac"]).haagent == "vmac"
+    assert parse_args(["--keepalived", "default-vmac,tuned-vmac"]).keepalived.count("vmac") == 2
     with pytest.raises(SystemExit):
         parse_args(["--haagent", "nope"])
 
