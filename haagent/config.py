@@ -398,6 +398,56 @@ class PlacementConfig:
     campaign_step: float = 0.1
 
 
+DEFAULT_LIVENESS_KEY = Path("/etc/haagent/liveness.key")
+LIVENESS_PORT = 7470
+MIN_LIVENESS_KEY = 16  # bytes of HMAC key
+LIVENESS_INTERVAL_RANGE = (0.005, 1.0)
+LIVENESS_MULTIPLIER_RANGE = (3, 50)
+LIVENESS_HOLD_RANGE = (0.01, 5.0)
+LIVENESS_REFUTE_RANGE = (0.0, 1.0)
+LIVENESS_ETCD_LOSS_RANGE = (0.05, 10.0)
+# The drift of one monotonic clock against real time that every liveness timing tolerates:
+# 1 %, ten thousand times an NTP-disciplined clock's and a hundred times a free-running
+# crystal's. Two clocks apart by 2 x this are still inside the argument (docs/safety.md).
+MAX_CLOCK_DRIFT = 0.01
+
+
+@dataclass(frozen=True)
+class LivenessConfig:
+    """Fast failover (docs/safety.md, "Fast failover"): heartbeats between the agents and a
+    quorum of them witnessing a holder's silence, so a dead holder costs a fraction of a second
+    instead of a lease TTL. ``enabled=None``: on when the key file exists."""
+
+    enabled: bool | None = None
+    key_file: Path = DEFAULT_LIVENESS_KEY
+    port: int = LIVENESS_PORT
+    interval: float = 0.02  # seconds between two heartbeats to each peer
+    multiplier: int = 3  # heartbeats missed before a peer is suspected (as BFD's default)
+    # Seconds a holder that no quorum of peers vouches for keeps its VIPs after the send time
+    # of its last acknowledged keepalive; a new holder waits this long after a verdict.
+    hold: float = 0.06
+    # Seconds a quorum's suspicion must stand before the verdict: the suspect's chance to refute.
+    refute_window: float = 0.01
+    # Seconds without a keepalive answer after which a holder whose peers still reach etcd
+    # gives its VIPs up and asks them to revoke its lease.
+    etcd_loss: float = 0.3
+
+    @property
+    def detection(self) -> float:
+        """Seconds of silence after which a peer is suspected."""
+        return self.interval * self.multiplier
+
+    @property
+    def keepalive(self) -> float:
+        """The keepalive interval while a quorum of peers vouches for this host."""
+        return self.etcd_loss / 3
+
+    @property
+    def fast_keepalive(self) -> float:
+        """The keepalive interval while none does: ``hold`` must see an answer in time."""
+        return self.hold / 3
+
+
 @dataclass(frozen=True)
 class VipConfig:
     name: str
@@ -509,6 +559,7 @@ class Config:
     log_level: str = "info"
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
     # Named health checks, referenced by VipConfig.checks; read-only.
     checks: Mapping[str, CheckConfig] = field(default_factory=CheckMap)
     source: Path | None = None  # the file it came from
@@ -891,8 +942,19 @@ _TOP_KEYS = (
     "announce",
     "metrics",
     "placement",
+    "liveness",
     "checks",
     "vips",
+)
+_LIVENESS_KEYS = (
+    "enabled",
+    "key_file",
+    "port",
+    "interval",
+    "multiplier",
+    "hold",
+    "refute_window",
+    "etcd_loss",
 )
 _PLACEMENT_KEYS = (
     "priority",
@@ -1636,6 +1698,54 @@ def _parse_placement(col: _Collector, value: object) -> PlacementConfig:
     return PlacementConfig(**s.values)
 
 
+def _parse_liveness(col: _Collector, value: object, lease: LeaseConfig) -> LivenessConfig:
+    """The ``liveness`` section and the timing rules the safety argument rests on
+    (docs/safety.md, "Fast failover: the timing rules")."""
+    if value is None:
+        return LivenessConfig()
+    raw = col.mapping(value, "liveness", _LIVENESS_KEYS)
+    s = _Section(col, raw, "liveness")
+    s.take("enabled", col.boolean)
+    s.take("key_file", col.path)
+    s.take("port", col.integer, _whole(1, 65535))
+    s.take("interval", col.number, _seconds(*LIVENESS_INTERVAL_RANGE))
+    s.take("multiplier", col.integer, _whole(*LIVENESS_MULTIPLIER_RANGE, "heartbeats"))
+    s.take("hold", col.number, _seconds(*LIVENESS_HOLD_RANGE))
+    s.take("refute_window", col.number, _seconds(*LIVENESS_REFUTE_RANGE))
+    s.take("etcd_loss", col.number, _seconds(*LIVENESS_ETCD_LOSS_RANGE))
+    if s.bad:
+        return LivenessConfig()
+    cfg = LivenessConfig(**s.values)
+    if cfg.enabled is False:
+        return cfg
+    budget = lease.ttl - lease.margin
+    if cfg.etcd_loss >= budget:
+        col.error(
+            s.key("etcd_loss"),
+            f"must be less than lease.ttl - lease.margin ({budget:g} s), found "
+            f"{cfg.etcd_loss:g}: a holder cut off from etcd must give up before its lease "
+            "deadline would make it anyway",
+        )
+    if cfg.hold >= budget:
+        col.error(
+            s.key("hold"),
+            f"must be less than lease.ttl - lease.margin ({budget:g} s), found {cfg.hold:g}",
+        )
+    if cfg.hold < 3 * cfg.interval:
+        col.error(
+            s.key("hold"),
+            f"must be at least 3 x liveness.interval ({3 * cfg.interval:g} s), found "
+            f"{cfg.hold:g}: a holder no quorum vouches for needs a keepalive answer every "
+            "hold / 3 seconds, and that must not be more often than the heartbeats",
+        )
+    if cfg.detection * (1 - 2 * MAX_CLOCK_DRIFT) <= cfg.interval:
+        col.error(
+            s.key("multiplier"),
+            "liveness.interval x multiplier leaves no room for clock drift; raise multiplier",
+        )
+    return cfg
+
+
 def _take_vip_placement(
     col: _Collector, s: _Section, node: str | None, placement: PlacementConfig
 ) -> None:
@@ -1921,6 +2031,7 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
     metrics = _parse_metrics(col, raw.get("metrics"))
     checks, defined = _parse_checks(col, raw.get("checks"))
     placement = _parse_placement(col, raw.get("placement"))
+    liveness = _parse_liveness(col, raw.get("liveness"), lease)
     vips = _parse_vips(col, raw.get("vips"), announce, checks, defined, node, placement)
     _check_exec_sharing(col, checks, vips)
 
@@ -1937,6 +2048,7 @@ def parse_config(data: object, source: str = "<config>", *, base_dir: Path | Non
         log_level=top.values.get("log_level", Config.log_level).lower(),
         metrics=metrics,
         placement=placement,
+        liveness=liveness,
         checks=CheckMap(checks),
     )
 

@@ -18,6 +18,7 @@ later fact already decided again. Releases are never dropped.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from collections.abc import Set as AbstractSet
@@ -26,6 +27,16 @@ from dataclasses import dataclass, replace
 from haagent.agent.runtime import VipRuntime
 from haagent.agent.status import AgentStatus, VipStatus
 from haagent.agent.timers import Timers
+from haagent.agent.witness import (
+    DropSuspicion,
+    LivenessFacts,
+    Refute,
+    RevokeLease,
+    Witness,
+    WitnessAction,
+    WriteSuspicion,
+    WriteVerdict,
+)
 from haagent.cluster.schema import MAX_EARLIER, Health, HealthState, Holder, MemberRecord
 from haagent.cluster.view import (
     Change,
@@ -35,9 +46,11 @@ from haagent.cluster.view import (
     MemberChange,
     ReleasedChange,
     RequestChange,
+    SuspicionChange,
+    VerdictChange,
 )
-from haagent.config import Config, NotifyKind, VipConfig
-from haagent.decide import eligibility, handover, outage, placement, purge, rank
+from haagent.config import MAX_CLOCK_DRIFT, Config, NotifyKind, VipConfig
+from haagent.decide import eligibility, handover, outage, placement, purge, quorum, rank
 from haagent.decide.election import Action as ElectionAction
 from haagent.decide.election import Bind, Campaign, Resign, State, Unbind
 from haagent.decide.lease import LeaseClock
@@ -50,7 +63,9 @@ CAMPAIGN_RETRY = 0.5  # seconds before retrying a campaign or resign that got no
 # Member record writes at most this often: a burst of health changes (a start-up, a check
 # shared by hundreds of VIPs) costs one write of the record as it is then, not one per VIP.
 MEMBER_WRITE_INTERVAL = 0.25
-REGRANT_RETRY = 0.5  # seconds between attempts to get a new lease
+# Seconds between attempts to get a new lease (etcd said the old one is gone, so it answers):
+# the retry that follows a failed grant right after a partition heals.
+REGRANT_RETRY = 0.2
 LEASE_RECHECK = 0.25  # seconds between questions about a predecessor's lease
 GONE_LEASES_KEPT = 256  # leases remembered as gone
 # Seconds a handover for placement (a move, a preemption) waits for the other host to take
@@ -121,6 +136,15 @@ class Reread:
     reason: str
 
 
+@dataclass(frozen=True)
+class Probe:
+    """Ask the segment whether anyone still answers for the VIP's addresses (after a verdict
+    on its previous holder, whose agent and fence may both be dead while its kernel still
+    has the address)."""
+
+    vip: str
+
+
 Action = (
     ElectionAction
     | PurgeKey
@@ -132,11 +156,28 @@ Action = (
     | Refresh
     | Regrant
     | Reread
+    | Probe
+    | WitnessAction
 )
 
 # At most one of each pending at a time: they act on the state as it is when they run.
 _COALESCED = (PublishMember, TellFence, Refresh, Regrant, Reread)
-_PROMPT = (Bind, Unbind, Resign, ConfirmRelease, CheckLease, Refresh, TellFence)
+_PROMPT = (
+    Bind,
+    Unbind,
+    Resign,
+    ConfirmRelease,
+    CheckLease,
+    Refresh,
+    TellFence,
+    Probe,
+    WriteSuspicion,
+    DropSuspicion,
+    WriteVerdict,
+    RevokeLease,
+    Refute,
+)
+PROBE_RETRY = 0.05  # seconds between probes while someone still answers for a VIP
 
 
 @dataclass(frozen=True)
@@ -188,6 +229,18 @@ class Core:
         self._rebalance_wait: set[str] = set()
         self._drained: str | None = None
         self._first_pass = False
+        # Fast failover (docs/safety.md): on once the loop has the liveness service running.
+        self.fast = False
+        self.witness = Witness(self.node, cfg.liveness.refute_window)
+        self.protected_until = -math.inf
+        self.surrendered: int | None = None  # the lease we gave up, until peers revoke it
+        # Leases condemned by a verdict and seen gone: the time a new holder may bind (the old
+        # holder's last keepalive may have been answered just before the revoke).
+        self._condemned: dict[int, float] = {}
+        self._refreshed_at = -math.inf
+        # Send time of the newest etcd call that proved our lease alive (a keepalive answer,
+        # a key won on it): nobody can have revoked it before then.
+        self._proof = -math.inf
         for rt in self.vips.values():
             if not rt.health.known:
                 self._feed(rt, rt.election.set_eligible(False, rt.health.reason))
@@ -485,6 +538,7 @@ class Core:
             },
             ready=self._ready,
             draining=self._drained is not None,
+            liveness=self.fast,
         )
 
     # -- handover: break before make (decide.handover) ---------------------------------
@@ -500,12 +554,18 @@ class Core:
                 members=self.view.members,
             )
             if why is not None:
+                if h.lease in self._condemned:
+                    rt.probe = True
                 del rt.predecessors[node]
         return list(rt.predecessors.values())
 
     def _gate_bind(self, rt: VipRuntime, bind: Bind) -> None:
         doubt = self._settle_predecessors(rt)
         d = handover.may_bind(doubt)
+        if d.yes and rt.probe and not rt.probed:
+            rt.pending_bind = bind
+            self._queue(Probe(rt.name))
+            return
         if d.yes:
             rt.pending_bind = None
             self._queue(Bind(bind.vip, bind.reason), rt.election.gen)
@@ -538,6 +598,8 @@ class Core:
     def lease_checked(self, vip: str, lease: int, alive: bool | None, now: float) -> None:
         """The loop asked etcd about an earlier holder's lease (None: no answer)."""
         self._checking.discard(lease)
+        if alive is False and self._condemn(lease, now):
+            return
         if alive is False:
             self._gone_leases[lease] = None
             while len(self._gone_leases) > GONE_LEASES_KEPT:
@@ -560,6 +622,36 @@ class Core:
                 self._ask_lease(names[0], lease)
 
         self.timers.set(f"lease?:{lease:x}", now + LEASE_RECHECK, again)
+
+    def _condemn(self, lease: int, now: float) -> bool:
+        """A lease a verdict revoked is gone, but its holder may have had a keepalive
+        answered just before: it unbinds within ``liveness.hold`` of that (its hold
+        deadline), so the VIPs waiting for it bind only after that, and after a probe of the
+        segment (its agent and fence may both be dead). True: still waiting."""
+        until = self._condemned.get(lease)
+        if until is None:
+            if not any(v.lease == lease for v in self.view.verdicts.values()):
+                return False
+            wait = self.cfg.liveness.hold * (1 + 2 * MAX_CLOCK_DRIFT) + 0.002
+            until = self._condemned[lease] = now + wait
+            while len(self._condemned) > GONE_LEASES_KEPT:
+                del self._condemned[next(iter(self._condemned))]
+            log.info(
+                "lease %x is gone after a verdict: its vips are bound after %.0f ms and a probe",
+                lease,
+                wait * 1000,
+            )
+            self.timers.set(
+                f"condemned:{lease:x}", until, lambda: self.lease_checked("", lease, False, until)
+            )
+        if now >= until:
+            return False
+        for name in self._waiting.get(lease, ()):
+            if (rt := self.vips.get(name)) is not None and not rt.probe:
+                rt.probe = True
+                rt.probed = False
+                self._queue(Probe(name))  # meanwhile: the wait and the probe overlap
+        return True
 
     def _serving(self, name: str) -> bool:
         rt = self.vips.get(name)
@@ -598,7 +690,38 @@ class Core:
         whens = [t] if (t := self.timers.next_at()) is not None else []
         if self.lease_ok and not self.outage_keep and self.clock.deadline is not None:
             whens.append(self.clock.deadline)
+            if self.fast and (self.held or self.bound):
+                if (hd := self.hold_deadline()) is not None:
+                    whens.append(hd)
+                # The moment the quorum's protection thins: keepalives speed up from then.
+                thin = self.protected_until - self.cfg.liveness.detection / 2
+                if math.isfinite(thin) and thin > now:
+                    whens.append(thin)
+                if self.clock.last_ack is not None:
+                    whens.append(self.clock.last_ack + self.cfg.liveness.etcd_loss)
         return max(0.0, min(whens) - now) if whens else None
+
+    def hold_deadline(self) -> float | None:
+        """When this holder must have let its VIPs go (decide.quorum.hold_deadline)."""
+        if not self.fast:
+            return self.clock.deadline
+        ack = self.clock.last_ack
+        if ack is not None and self._proof > ack:
+            ack = self._proof
+        return quorum.hold_deadline(
+            self.clock.deadline, ack, self.cfg.liveness.hold, self.protected_until
+        )
+
+    def lease_proven(self, lease_id: int, sent: float) -> None:
+        """An etcd call sent at ``sent`` used our lease and succeeded (a key put on it)."""
+        if lease_id == self.clock.lease_id:
+            self._proof = max(self._proof, sent)
+
+    @property
+    def vouched(self) -> bool:
+        """A quorum of peers vouches for us now (no verdict can be reached before
+        ``protected_until``): the keepalive may run at its slower pace."""
+        return self.protected_until > self._now + self.cfg.liveness.detection / 2
 
     # -- facts: time -------------------------------------------------------------------
 
@@ -610,6 +733,9 @@ class Core:
             fn()
 
     def _check_deadline(self, now: float) -> None:
+        if self.fast and self.lease_ok and not self.outage_keep and self.clock.valid(now):
+            self._check_hold(now)
+            return
         if not self.lease_ok or self.outage_keep or self.clock.valid(now):
             return
         ack = self.clock.last_ack
@@ -621,6 +747,118 @@ class Core:
             self._keep_through_outage(d.reason)
         else:
             self._set_lease_ok(False, d.reason, now)
+
+    def _check_hold(self, now: float) -> None:
+        """Fast failover's two rules for a holder (decide.quorum): give up at the hold
+        deadline, and surrender when etcd is lost here but not elsewhere."""
+        if not (self.held or self.bound):
+            return
+        ack = self.clock.last_ack
+        d = quorum.surrender(
+            ack, self.cfg.liveness.etcd_loss, now, list(self.witness.facts.etcd_elsewhere)
+        )
+        if d.yes:
+            self._surrender(d.reason, now)
+            return
+        hd = self.hold_deadline()
+        if hd is not None and now >= hd and ack is not None:
+            self._set_lease_ok(
+                False,
+                f"no quorum of peers vouches for this host and etcd last answered a keepalive "
+                f"sent {now - ack:.3f}s ago (liveness.hold {self.cfg.liveness.hold:g}s)",
+                now,
+            )
+
+    def _surrender(self, why: str, now: float) -> None:
+        """Give every VIP up and the lease with it: unbind all, then ask the peers (in our
+        heartbeats, once nothing is bound) to revoke the lease we can no longer reach."""
+        lease = self.clock.lease_id
+        if lease is None:
+            return
+        log.warning(
+            "giving up every vip and lease %x: %s",
+            lease,
+            why,
+            extra=fields("surrender", reason=why),
+        )
+        self.surrendered = lease
+        self.outage_keep = False
+        self._proof = -math.inf
+        self.clock.forget()
+        self.witness.lease_lost()
+        self._set_lease_ok(False, f"surrendered: {why}", now)
+        self._want(Regrant())
+
+    @property
+    def surrender_ask(self) -> int | None:
+        """The lease our heartbeats ask the peers to revoke: only once nothing is bound."""
+        return self.surrendered if self.surrendered is not None and not self.bound else None
+
+    # -- facts: liveness (haagent.liveness) -----------------------------------------------
+
+    def liveness_changed(self, facts: LivenessFacts, now: float) -> None:
+        self._now = max(self._now, now)
+        self.witness.facts = facts
+        self.protected_until = facts.protected_until
+        self._witness(now)
+
+    def _witness(self, now: float) -> None:
+        if not self.fast or self.stopping:
+            return
+        my_lease = self.clock.lease_id if self.lease_ok else None
+        for action in self.witness.step(self.view, self.lease_ok, my_lease, now):
+            if isinstance(action, WriteVerdict):
+                log.warning(
+                    "verdict on %s (lease %x): %s",
+                    action.evidence.target,
+                    action.evidence.lease,
+                    action.reason,
+                    extra=fields("verdict", reason=action.reason),
+                )
+            self._queue(action)
+        if (at := self.witness.wake_at) is not None:
+            self.timers.set("witness", at, lambda: self._witness(self._now))
+        v = self.view.verdicts.get(self.node)
+        if self.lease_ok and v is not None and v.lease == self.clock.lease_id:
+            self._surrender(f"a quorum's verdict by {v.by}: peers do not hear this host", now)
+
+    def suspicion_written(self, target: str, ok: bool, now: float) -> None:
+        self.witness.written(target, ok)
+        self._witness(now)
+
+    def suspicion_dropped(self, target: str, ok: bool, now: float) -> None:
+        self.witness.dropped(target, ok)
+        self._witness(now)
+
+    def verdict_written(self, action: WriteVerdict, ok: bool) -> None:
+        ev = action.evidence
+        if ok:
+            self._queue(RevokeLease(ev.target, ev.lease, "a quorum's verdict"))
+        else:
+            self.witness.verdicts.discard(ev.lease)  # refuted, or decided again on the view
+
+    def refute_done(self, action: Refute, ok: bool | None, now: float) -> None:
+        """``ok`` False: a verdict came first; None: no answer (the hold deadline decides)."""
+        self.witness.refuted(action, ok is True)
+        if ok is True:
+            log.info(
+                "refuted the suspicions of %s: this host still reaches etcd",
+                ", ".join(by for by, _ in action.suspecters),
+            )
+        elif ok is False and self.lease_ok:
+            self._surrender("a quorum's verdict came before our refute", now)
+
+    def probe_done(self, vip: str, in_use: str | None, now: float) -> None:
+        rt = self.vips.get(vip)
+        if rt is None or rt.pending_bind is None or rt.state is not State.HOLDER:
+            return
+        if in_use is None:
+            rt.probed = True  # nobody answered: only the wait may still hold the bind back
+            self._gate_bind(rt, rt.pending_bind)
+            return
+        rt.probed = False
+        log.warning("vip %s won, not binding: %s; probing again", vip, in_use)
+        self.timers.set(f"probe:{vip}", now + PROBE_RETRY, lambda: self._queue(Probe(vip)))
 
     def _keep_through_outage(self, why: str) -> None:
         """Hold on past the deadline, loudly. The fence and the address lifetimes would remove
@@ -666,19 +904,27 @@ class Core:
             self._want(Reread("keepalive answered again after an etcd outage"))
         if not self.lease_ok and valid:
             self._want(Reread("keepalive answered again before the lease expired"))
-        elif self.lease_ok:
+        elif self.lease_ok and now - self._refreshed_at >= self.cfg.lease.interval:
+            # Address lifetimes at the lease's own pace: fast failover's quicker keepalives
+            # (liveness.etcd_loss / 3) would otherwise cost a pass over every held VIP each.
+            self._refreshed_at = now
             self._want(Refresh())
+        elif self.lease_ok:
+            self._want(TellFence())
 
     def lease_gone(self, lease_id: int, reason: str, now: float) -> None:
         if lease_id != self.clock.lease_id:
             return
         self.outage_keep = False
+        self._proof = -math.inf
         self.clock.forget()
+        self.witness.lease_lost()
         self._set_lease_ok(False, f"lease lost: {reason}", now)
         self._want(Regrant())
 
     def lease_granted(self, lease_id: int, sent: float, ttl: int) -> None:
         """A Regrant succeeded: publish ourselves again, then re-read and hold again."""
+        self.surrendered = None
         self.clock.acknowledged(lease_id, sent, ttl)
         log.info("granted lease %x (ttl %ds)", lease_id, ttl)
         self._want(PublishMember())
@@ -756,6 +1002,11 @@ class Core:
         if reranked is None or reranked:
             self._reconsider_held(reranked, now)
             self._recheck_deferred()
+        if self.fast and any(
+            isinstance(ch, SuspicionChange | VerdictChange | MemberChange | HolderChange)
+            for ch in fresh
+        ):
+            self._witness(now)
         if peers_changed:
             # A peer's health matters only to VIPs unhealthy here: "keep" and the
             # no-healthy-host warning (decide.eligibility); for every other VIP the verdict
@@ -937,6 +1188,8 @@ class Core:
 
     def placed(self, vip: str) -> None:
         self.bound.add(vip)
+        if (rt := self.vips.get(vip)) is not None:
+            rt.probe = rt.probed = False
 
     def removed(self, vip: str) -> None:
         self.bound.discard(vip)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 from dataclasses import dataclass
 
+from haagent.agent.witness import LivenessFacts
 from haagent.health.events import VipHealthChanged
 from haagent.net.linkwatch import LinkChanged
 from haagent.store.events import StoreEvent
@@ -29,4 +30,4 @@ class StatusRequest:
     reply: queue.SimpleQueue[object]
 
 
-Event = StoreEvent | VipHealthChanged | LinkChanged | Stop | Reload | StatusRequest
+Event = StoreEvent | VipHealthChanged | LinkChanged | LivenessFacts | Stop | Reload | StatusRequest

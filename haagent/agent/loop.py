@@ -33,6 +33,7 @@ from haagent.agent.core import (
     ConfirmRelease,
     Core,
     Notify,
+    Probe,
     PublishMember,
     PurgeKey,
     Refresh,
@@ -41,8 +42,17 @@ from haagent.agent.core import (
     TellFence,
 )
 from haagent.agent.events import Event, Reload, StatusRequest, Stop
+from haagent.agent.fast import FastFailover, probe_vip
 from haagent.agent.status import AgentStatus
 from haagent.agent.timers import Timers
+from haagent.agent.witness import (
+    DropSuspicion,
+    LivenessFacts,
+    Refute,
+    RevokeLease,
+    WriteSuspicion,
+    WriteVerdict,
+)
 from haagent.cluster.schema import Holder, Keys, MemberRecord, Released
 from haagent.cluster.view import (
     Change,
@@ -51,6 +61,8 @@ from haagent.cluster.view import (
     MemberChange,
     ReleasedChange,
     RequestChange,
+    SuspicionChange,
+    VerdictChange,
 )
 from haagent.config import Config, ConfigErrors, VipConfig, check_host, load_config
 from haagent.decide import reload, startup
@@ -60,6 +72,7 @@ from haagent.fence.setup import setup_message
 from haagent.health.events import VipHealthChanged
 from haagent.health.monitor import HealthMonitor
 from haagent.health.notify import Notifier
+from haagent.liveness.key import KeyProblem
 from haagent.logs import fields
 from haagent.metrics import Metrics
 from haagent.net.addresses import LIFETIME_FOREVER, AddressManager, NetError, RefreshError
@@ -72,6 +85,7 @@ from haagent.store.events import (
     KeepaliveAcked,
     KeepaliveFailed,
     LeaseGone,
+    Sink,
     ViewLoaded,
     WatchBroken,
     WatchResumed,
@@ -80,7 +94,63 @@ from haagent.store.events import (
 log = logging.getLogger("haagent.agent")
 
 DEFAULT_STATE_DIR = Path("/run/haagent")
+# Watch changes, decided on together: one view update per batch.
+CHANGES = (
+    HolderChange,
+    MemberChange,
+    RequestChange,
+    ReleasedChange,
+    DrainChange,
+    SuspicionChange,
+    VerdictChange,
+)
 IDLE_WAKE = 1.0  # seconds: the loop looks at the clock at least this often
+# Seconds between keepalives while the lease is in doubt (its deadline passed without a newer
+# acknowledged one): etcd's first answer after a partition heals reaches the core within this,
+# not within the keeper's lease.interval.
+REJOIN_PROBE = 0.15
+
+
+class _LeaseProbe:
+    """While the lease is in doubt: a keepalive every :data:`REJOIN_PROBE` s until etcd answers.
+
+    The answer (``KeepaliveAcked``, or ``LeaseGone`` once etcd expired the lease) is reported
+    like the keeper's, and the probe ends; failures are the keeper's to report and log. While
+    etcd is unreachable an attempt fails inside this process (the gRPC channel is down; its own
+    reconnect attempts are what reach the network), so probing costs etcd nothing.
+    """
+
+    def __init__(self, store: Store, lease_id: int, sink: Sink) -> None:
+        self.store = store
+        self.lease_id = lease_id
+        self.sink = sink
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="haagent-lease-probe", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, wait: float = 0.0) -> None:
+        """Stop; wait up to ``wait`` s for an RPC under way (an answer it still brings is a
+        true fact about this lease, so leaving it to finish on its own is harmless)."""
+        self._stop.set()
+        if wait > 0:
+            self._thread.join(timeout=wait)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                ttl, sent = self.store.keepalive(self.lease_id)
+            except STORE_ERRORS:
+                pass
+            else:
+                if ttl <= 0:
+                    self.sink(LeaseGone(self.lease_id, "etcd says the lease no longer exists"))
+                else:
+                    self.sink(KeepaliveAcked(self.lease_id, sent, ttl))
+                return
+            self._stop.wait(max(0.0, REJOIN_PROBE - (time.monotonic() - started)))
 
 
 class AgentError(Exception):
@@ -110,6 +180,7 @@ class Agent:
         self.started = time.time()
         self._timers = Timers()  # the loop's own: announcement schedules
         self._keeper: LeaseKeeper | None = None
+        self._lease_probe: _LeaseProbe | None = None
         self._net: AddressManager | None = None
         self._place: Placement | None = None
         self._announcer: Announcer | None = None
@@ -123,6 +194,9 @@ class Agent:
         self.notifier = Notifier(self.node)
         self._stop_requested = threading.Event()
         self._lock_sock: socket.socket | None = None
+        self.fast = FastFailover(
+            cfg, self.core, self.store, self.events.put, self._protection_moved
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -256,6 +330,11 @@ class Agent:
             self.cfg.lease.ttl,
             self.cfg.lease.margin,
         )
+        try:
+            # Before the member record is first written: it says whether we take part.
+            self.fast.start()
+        except (KeyProblem, OSError) as exc:
+            raise AgentError(str(exc)) from None
         self._connect()
         self._check_stop()
         try:
@@ -284,6 +363,7 @@ class Agent:
         self.core.start(view, lease_id, sent, ttl, reason, time.monotonic())
         self._keeper = LeaseKeeper(self.store, lease_id, self.cfg.lease.interval, self.events.put)
         self._keeper.start()
+        self.fast.sync(self._keeper)
         self.store.start_watch(view.revision + 1, self.events.put)
 
     def _connect(self) -> None:
@@ -376,6 +456,7 @@ class Agent:
     def _loop(self) -> None:
         core = self.core
         while True:
+            self.fast.sync(self._keeper)
             now = time.monotonic()
             core.tick(now)
             waits = [IDLE_WAKE]
@@ -386,6 +467,7 @@ class Agent:
             batch = self._drain(max(0.0, min(waits)))
             if self._handle(batch):
                 return
+            self.fast.sync(self._keeper)
             now = time.monotonic()
             core.tick(now)
             for fn in self._timers.pop_due(now):
@@ -412,9 +494,7 @@ class Agent:
         changes: list[Change] = []
         now = time.monotonic()
         for ev in batch:
-            if isinstance(
-                ev, HolderChange | MemberChange | RequestChange | ReleasedChange | DrainChange
-            ):
+            if isinstance(ev, CHANGES):
                 changes.append(ev)  # decided on together: one view update for the batch
                 continue
             if changes:
@@ -436,6 +516,8 @@ class Agent:
                     self.core.health_changed(vip, healthy, reason, now)
                 case LinkChanged(ifname=ifname, up=up, reason=reason):
                     self.core.link_changed(ifname, up, reason, now)
+                case LivenessFacts():
+                    self.core.liveness_changed(ev, now)
                 case StatusRequest(reply=reply):
                     reply.put(self.core.status(now))
                 case Reload(reason=reason):
@@ -451,6 +533,7 @@ class Agent:
 
     def _after_step(self) -> None:
         core = self.core
+        self._probe_while_in_doubt()
         for vip, state in core.take_state_changes().items():
             self.health.set_state(vip, state.value)  # exec checks: HAAGENT_STATE / _HOLDING
             if (rt := core.vips.get(vip)) is not None:
@@ -463,6 +546,25 @@ class Agent:
                 self._place.tidy()
             except NetError as exc:
                 log.error("cannot delete a released vmac link: %s", exc)
+
+    def _probe_while_in_doubt(self) -> None:
+        """Run a :class:`_LeaseProbe` while the lease's deadline has passed without proof.
+
+        The keeper asks once per ``lease.interval``; after a partition heals that alone cost up
+        to an interval before the core learned that its lease expired (and took a new one) or
+        is alive. A probe that answered is kept until the doubt ends: it is not restarted for
+        the same lease (the keeper goes on asking).
+        """
+        clock = self.core.clock
+        lease_id = clock.lease_id
+        in_doubt = self._keeper is not None and not clock.valid(time.monotonic())
+        probe = self._lease_probe
+        if probe is not None and (not in_doubt or probe.lease_id != lease_id):
+            probe.stop()
+            self._lease_probe = None
+        if in_doubt and lease_id is not None and self._lease_probe is None:
+            self._lease_probe = _LeaseProbe(self.store, lease_id, self.events.put)
+            self._lease_probe.start()
 
     # -- reload --------------------------------------------------------------------------
 
@@ -591,6 +693,19 @@ class Agent:
                 self._regrant()
             case Reread(reason=reason):
                 self._reread(reason)
+            case (
+                WriteSuspicion()
+                | DropSuspicion()
+                | WriteVerdict()
+                | RevokeLease()
+                | Refute()
+                | Probe()
+            ):
+                self.fast.execute(action, self._probe)
+
+    def _probe(self, vip: VipConfig) -> str | None:
+        # Out of the VIP's own interface, also for a vmac VIP: the old holder answers there.
+        return probe_vip(vip.interface, list(vip.ips))
 
     def _campaign(self, first: Campaign) -> None:
         """``first`` and the campaigns queued right behind it, in one transaction."""
@@ -616,6 +731,9 @@ class Agent:
             for c in batch:
                 self.core.campaign_failed(c.vip, why, time.monotonic())
             return
+        if any(won for won, _, _ in results):
+            # A key put on our lease: etcd still had the lease after ``sent``.
+            self.core.lease_proven(lease_id, sent)
         for c, (won, holder, rev) in zip(batch, results, strict=True):
             self.core.campaign_done(c.vip, won, holder, rev)
 
@@ -803,16 +921,33 @@ class Agent:
         or an unbind removes: O(1) per call however many VIPs are held (fence/client.py
         ``update``). The fence guards exactly what the loop has bound, told before each bind."""
         core = self.core
-        deadline = core.clock.deadline if core.lease_ok else None
-        if deadline is not None:
-            deadline += self._keep_slack
         self._fence.update(
-            deadline,
+            self._fence_deadline(),
             add=self.place.fenced(add) if add is not None else (),
             remove=self.place.fenced(remove) if remove is not None else (),
             hold=core.outage_keep,
             lease=core.clock.lease_id,
         )
+
+    def _fence_deadline(self) -> float | None:
+        """When the fence removes the addresses if the agent stays silent: the lease deadline
+        or, with fast failover, the hold deadline (decide.quorum.hold_deadline)."""
+        core = self.core
+        if not core.lease_ok:
+            return None
+        if core.fast and not core.outage_keep:
+            return core.hold_deadline()
+        deadline = core.clock.deadline
+        return None if deadline is None else deadline + self._keep_slack
+
+    def _protection_moved(self, until: float) -> None:
+        """From the heartbeat thread: a quorum's protection moved; the fence follows, so a
+        frozen agent's addresses go at its hold deadline. Reads the core's scalars only."""
+        core = self.core
+        if not core.fast or not core.lease_ok:
+            return
+        core.protected_until = until
+        self._fence.update(self._fence_deadline(), hold=core.outage_keep, lease=core.clock.lease_id)
 
     def _refresh(self) -> None:
         """A keepalive was acknowledged: push the new deadline to the fence and the kernel.
@@ -979,6 +1114,7 @@ class Agent:
         lines, fence, hooks, vmac links); their unbinds find nothing left to do, and their
         resigns are dropped when the revoke took the keys already.
         """
+        self.fast.stop()  # no more fence updates from the heartbeat thread
         if self._place is not None:
             for vip in list(self.core.guarded()):
                 with contextlib.suppress(NetError):
@@ -1018,6 +1154,8 @@ class Agent:
             self._links.stop()
         self._fence.stop()
         self.health.stop()
+        if self._lease_probe is not None:
+            self._lease_probe.stop(wait=self.cfg.etcd.timeout + 1.0)
         if self._keeper is not None:
             self._keeper.stop()
         self.store.close()

@@ -28,6 +28,9 @@ class VipRuntime:
     # to have let go; a won VIP's bind waiting for that.
     predecessors: dict[str, Holder] = field(default_factory=dict)
     pending_bind: Bind | None = None
+    # Probe the segment before the bind: a predecessor's lease was condemned by a verdict.
+    probe: bool = False
+    probed: bool = False  # a probe since found nobody answering
     # Placement (decide.placement): the create_revision of the last key seen for it (whose
     # release record names the host that just let go); a campaign deferred by rank, and since
     # when the key is free; the candidate seen ranking first while we hold it, and since when;

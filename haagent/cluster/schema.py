@@ -23,6 +23,9 @@ MEMBER_SCHEMA = "haagent.member/v1"
 REQUEST_SCHEMA = "haagent.request/v1"
 RELEASED_SCHEMA = "haagent.released/v1"
 DRAIN_SCHEMA = "haagent.drain/v1"
+SUSPECT_SCHEMA = "haagent.suspect/v1"
+VERDICT_SCHEMA = "haagent.verdict/v1"
+MAX_SUSPECTERS = 64
 
 # The node a holder key names when its value is not a record this version can read.
 UNREADABLE = "(unreadable)"
@@ -31,7 +34,7 @@ UNREADABLE = "(unreadable)"
 DEFAULT_PRIORITY = 100
 MAX_PRIORITY = 1_000_000
 
-KeyKind = Literal["member", "holder", "request", "released", "drain"]
+KeyKind = Literal["member", "holder", "request", "released", "drain", "suspect", "verdict"]
 
 # Cluster, node and VIP names become etcd key segments: lower-case, no slashes, no control
 # characters. A key or record naming anything else was not written by haagent; refusing it
@@ -61,7 +64,9 @@ class SchemaError(ValueError):
 @dataclass(frozen=True)
 class ParsedKey:
     kind: KeyKind
-    name: str  # the node for member and drain keys, the VIP for holder, request, released
+    name: str  # the node for member and drain keys, the VIP for holder, request, released;
+    # the suspected node for suspect and verdict keys
+    by: str = ""  # the suspecting node of a suspect key
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,15 @@ class Keys:
     def drain(self, node: str) -> str:
         return f"{self.prefix}drain/{node}"
 
+    def suspect(self, target: str, by: str) -> str:
+        return f"{self.prefix}suspects/{target}/{by}"
+
+    def suspects_of(self, target: str) -> str:
+        return f"{self.prefix}suspects/{target}/"
+
+    def verdict(self, target: str) -> str:
+        return f"{self.prefix}verdicts/{target}"
+
     def parse(self, key: str | bytes) -> ParsedKey | None:
         """Classify a key under the cluster prefix; None for anything this version does not know."""
         text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
@@ -99,6 +113,15 @@ class Keys:
             return ParsedKey("member", parts[1])
         if len(parts) == 2 and parts[0] == "drain" and valid_name(parts[1]):
             return ParsedKey("drain", parts[1])
+        if len(parts) == 2 and parts[0] == "verdicts" and valid_name(parts[1]):
+            return ParsedKey("verdict", parts[1])
+        if (
+            len(parts) == 3
+            and parts[0] == "suspects"
+            and valid_name(parts[1])
+            and valid_name(parts[2])
+        ):
+            return ParsedKey("suspect", parts[1], parts[2])
         if len(parts) == 3 and parts[0] == "vips" and valid_name(parts[1]):
             if parts[2] == "holder":
                 return ParsedKey("holder", parts[1])
@@ -461,6 +484,9 @@ class MemberRecord:
     # False during the start-up wait: better-ranked but not ready members are waited for
     # (bounded) before a free key is taken, and are never preempted for.
     ready: bool = True
+    # Sends and answers heartbeats (fast failover, docs/safety.md): only such members count
+    # in a quorum against a silent holder, and only they are expected to vouch for one.
+    liveness: bool = False
 
     def priority_for(self, vip: str) -> int:
         return self.priorities.get(vip, self.priority)
@@ -485,6 +511,7 @@ class MemberRecord:
                 "priority": self.priority,
                 "priorities": dict(self.priorities),
                 "ready": self.ready,
+                "liveness": self.liveness,
             }
         )
 
@@ -536,6 +563,7 @@ class MemberRecord:
             priority=_priority(data.get("priority")),
             priorities=_priorities(data.get("priorities")),
             ready=data.get("ready", True) is not False,
+            liveness=data.get("liveness") is True,
         )
 
 
@@ -699,3 +727,71 @@ class Drain:
         if not isinstance(by, str) or not isinstance(reason, str):
             raise SchemaError("field 'by' or 'reason' is not a string")
         return cls(by=by[:255], at=_time(at, "at"), reason=reason[:255], revision=revision)
+
+
+def _lease_field(data: Mapping[str, Any], name: str) -> int:
+    v = data.get(name)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**63:
+        raise SchemaError(f"field {name!r} is not a lease id")
+    return v
+
+
+@dataclass(frozen=True)
+class Suspicion:
+    """Value of ``suspects/<target>/<by>``, on the suspecter's lease: ``by`` has not heard a
+    heartbeat of ``target`` (in its session ``lease``) for the detection time, and promises
+    it no more until it deletes this key (docs/safety.md, "Fast failover")."""
+
+    target: str
+    by: str
+    lease: int  # the target's lease the suspicion is about
+    own_lease: int = 0  # the lease the key hangs on (from etcd)
+    create_revision: int = 0  # from etcd
+
+    def to_json(self) -> bytes:
+        return _encode({"schema": SUSPECT_SCHEMA, "lease": self.lease})
+
+    @classmethod
+    def from_json(
+        cls, raw: bytes, target: str, by: str, *, own_lease: int = 0, create_revision: int = 0
+    ) -> Suspicion:
+        data = _decode(raw, SUSPECT_SCHEMA)
+        return cls(target, by, _lease_field(data, "lease"), own_lease, create_revision)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Value of ``verdicts/<target>``, on the writer's lease: a majority of the other live
+    members suspected ``target`` in its session ``lease`` and it did not refute in time; the
+    lease is revoked and a new holder binds only after ``liveness.hold`` (docs/safety.md)."""
+
+    target: str
+    lease: int  # the condemned lease
+    by: str
+    suspecters: tuple[str, ...] = ()
+    own_lease: int = 0  # from etcd
+    revision: int = 0  # mod_revision, from etcd
+
+    def to_json(self) -> bytes:
+        return _encode(
+            {
+                "schema": VERDICT_SCHEMA,
+                "lease": self.lease,
+                "by": self.by,
+                "suspecters": list(self.suspecters),
+            }
+        )
+
+    @classmethod
+    def from_json(
+        cls, raw: bytes, target: str, *, own_lease: int = 0, revision: int = 0
+    ) -> Verdict:
+        data = _decode(raw, VERDICT_SCHEMA)
+        by = data.get("by")
+        if not isinstance(by, str) or not valid_name(by):
+            raise SchemaError("field 'by' is not a node name")
+        raw_sus = data.get("suspecters", [])
+        if not isinstance(raw_sus, list) or len(raw_sus) > MAX_SUSPECTERS:
+            raise SchemaError("field 'suspecters' is not a list of node names")
+        sus = tuple(n for n in raw_sus if isinstance(n, str) and valid_name(n))
+        return cls(target, _lease_field(data, "lease"), by, sus, own_lease, revision)

@@ -16,7 +16,16 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TypeVar
 
-from haagent.cluster.schema import Drain, Health, Holder, MemberRecord, Released, Request
+from haagent.cluster.schema import (
+    Drain,
+    Health,
+    Holder,
+    MemberRecord,
+    Released,
+    Request,
+    Suspicion,
+    Verdict,
+)
 
 V = TypeVar("V")
 
@@ -56,7 +65,30 @@ class DrainChange:
     revision: int
 
 
-Change = HolderChange | MemberChange | RequestChange | ReleasedChange | DrainChange
+@dataclass(frozen=True)
+class SuspicionChange:
+    target: str
+    by: str
+    suspicion: Suspicion | None  # None: deleted (cleared, refuted, its lease gone)
+    revision: int
+
+
+@dataclass(frozen=True)
+class VerdictChange:
+    target: str
+    verdict: Verdict | None
+    revision: int
+
+
+Change = (
+    HolderChange
+    | MemberChange
+    | RequestChange
+    | ReleasedChange
+    | DrainChange
+    | SuspicionChange
+    | VerdictChange
+)
 
 
 def _frozen(items: Mapping[str, V]) -> Mapping[str, V]:
@@ -71,6 +103,9 @@ class ClusterView:
     requests: Mapping[str, Request] = field(default_factory=lambda: _frozen({}))
     released: Mapping[str, Released] = field(default_factory=lambda: _frozen({}))
     drains: Mapping[str, Drain] = field(default_factory=lambda: _frozen({}))
+    # target -> suspecter -> record (fast failover, docs/safety.md)
+    suspicions: Mapping[str, Mapping[str, Suspicion]] = field(default_factory=lambda: _frozen({}))
+    verdicts: Mapping[str, Verdict] = field(default_factory=lambda: _frozen({}))
 
     @classmethod
     def of(
@@ -82,6 +117,8 @@ class ClusterView:
         requests: Mapping[str, Request] | None = None,
         released: Mapping[str, Released] | None = None,
         drains: Mapping[str, Drain] | None = None,
+        suspicions: Mapping[str, Mapping[str, Suspicion]] | None = None,
+        verdicts: Mapping[str, Verdict] | None = None,
     ) -> ClusterView:
         return cls(
             revision,
@@ -90,6 +127,8 @@ class ClusterView:
             _frozen(requests or {}),
             _frozen(released or {}),
             _frozen(drains or {}),
+            _frozen({t: _frozen(by) for t, by in (suspicions or {}).items() if by}),
+            _frozen(verdicts or {}),
         )
 
     def apply(self, changes: Iterable[Change]) -> ClusterView:
@@ -99,6 +138,8 @@ class ClusterView:
         requests: dict[str, Request] | None = None
         released: dict[str, Released] | None = None
         drains: dict[str, Drain] | None = None
+        suspicions: dict[str, Mapping[str, Suspicion]] | None = None
+        verdicts: dict[str, Verdict] | None = None
         revision = self.revision
         for ch in changes:
             revision = max(revision, ch.revision)
@@ -118,7 +159,19 @@ class ClusterView:
                 case DrainChange(node=node, drain=d):
                     drains = dict(self.drains) if drains is None else drains
                     _set(drains, node, d)
-        if all(m is None for m in (members, holders, requests, released, drains)):
+                case SuspicionChange(target=target, by=by, suspicion=sus):
+                    suspicions = dict(self.suspicions) if suspicions is None else suspicions
+                    of = dict(suspicions.get(target, {}))
+                    _set(of, by, sus)
+                    if of:
+                        suspicions[target] = MappingProxyType(of)
+                    else:
+                        suspicions.pop(target, None)
+                case VerdictChange(target=target, verdict=v):
+                    verdicts = dict(self.verdicts) if verdicts is None else verdicts
+                    _set(verdicts, target, v)
+        touched = (members, holders, requests, released, drains, suspicions, verdicts)
+        if all(m is None for m in touched):
             return self if revision == self.revision else replace(self, revision=revision)
         return ClusterView(
             revision,
@@ -127,6 +180,8 @@ class ClusterView:
             self.requests if requests is None else MappingProxyType(requests),
             self.released if released is None else MappingProxyType(released),
             self.drains if drains is None else MappingProxyType(drains),
+            self.suspicions if suspicions is None else MappingProxyType(suspicions),
+            self.verdicts if verdicts is None else MappingProxyType(verdicts),
         )
 
     # -- questions every reader asks -----------------------------------------------------

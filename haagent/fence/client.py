@@ -16,6 +16,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ class FenceClient:
         # cannot have changed, which spares a keepalive the comparison.
         self._told: tuple[Address, ...] | None = None
         self.bytes_written = 0  # everything written to fences, for tests and measurements
+        self._lock = threading.RLock()
 
     @property
     def pid(self) -> int | None:
@@ -127,7 +129,7 @@ class FenceClient:
             if error is not None:
                 log.error("cannot reach the fence process: %s", error)
 
-    def tell(
+    def _tell(
         self,
         deadline: float | None,
         addresses: Iterable[Address],
@@ -158,7 +160,7 @@ class FenceClient:
         self._desired = wanted
         self._told = addresses if isinstance(addresses, tuple) else None
 
-    def update(
+    def _update(
         self,
         deadline: float | None,
         *,
@@ -198,6 +200,31 @@ class FenceClient:
         self._known = Known(deadline, hold, lease, desired)
         self._told = None
 
+    def tell(
+        self,
+        deadline: float | None,
+        addresses: Iterable[Address],
+        *,
+        hold: bool = False,
+        lease: int | None = None,
+    ) -> None:
+        with self._lock:
+            self._tell(deadline, addresses, hold=hold, lease=lease)
+
+    def update(
+        self,
+        deadline: float | None,
+        *,
+        add: Iterable[Address] = (),
+        remove: Iterable[Address] = (),
+        hold: bool = False,
+        lease: int | None = None,
+    ) -> None:
+        """See :meth:`_update`. Thread-safe: fast failover's heartbeat thread moves the
+        deadline between the loop's own updates."""
+        with self._lock:
+            self._update(deadline, add=add, remove=remove, hold=hold, lease=lease)
+
     def _send_all(self, deadline: float | None, hold: bool, lease: int | None) -> None:
         """A new fence knows nothing: send it the whole desired state."""
         error = self._write(encode(Known().diff(deadline, self._desired, hold, lease)))
@@ -209,6 +236,10 @@ class FenceClient:
 
     def stop(self, timeout: float = 1.0) -> None:
         """Graceful: the agent unbound everything itself; the fence exits without acting."""
+        with self._lock:
+            self._stop(timeout)
+
+    def _stop(self, timeout: float) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return

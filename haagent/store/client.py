@@ -10,10 +10,16 @@ Facts about the client that shaped this code (measured against etcd 3.4 and etcd
 
 * An endpoint that failed once is skipped for ``time_retry`` seconds (default 300). After an
   etcd restart keepalives would fail for five minutes, so endpoints are created with the
-  configured short ``retry_interval`` and failover on.
-* gRPC's own reconnect backoff grows to two minutes; it is capped at two seconds here.
+  configured short ``retry_interval`` and failover on. When *every* endpoint failed recently
+  the client refused all calls until one's interval ran out (with one endpoint: for a whole
+  ``retry_interval`` after each failure, so a host back from a partition stayed deaf for up
+  to 1 s); :class:`_Client` tries the one that failed longest ago instead.
+* gRPC's own reconnect backoff grows to two minutes; it is capped at 250 ms here: while a host
+  is cut off, each connection attempt waits out its whole backoff (the SYNs are dropped), so
+  the cap is also how long after the heal the next attempt can start (2.4 s with the old 2 s).
 * No watch resumes by itself: the watch thread re-creates it from the last seen revision + 1,
-  and falls back to a fresh range read when that revision has been compacted away.
+  and falls back to a fresh range read when that revision has been compacted away; it retries
+  at most every :data:`WATCH_RETRY_MAX` seconds, and at once when the agent asks.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ from haagent.cluster.schema import (
     Released,
     Request,
     SchemaError,
+    Suspicion,
+    Verdict,
 )
 from haagent.cluster.view import (
     ClusterView,
@@ -61,6 +69,8 @@ from haagent.cluster.view import (
     MemberChange,
     ReleasedChange,
     RequestChange,
+    SuspicionChange,
+    VerdictChange,
 )
 from haagent.config import EtcdConfig
 from haagent.logs import printable
@@ -103,17 +113,55 @@ WARNED_LIMIT = 10_000
 # Campaigns per transaction: etcd refuses more than --max-txn-ops (default 128) per level.
 CAMPAIGN_BATCH = 64
 
+# Seconds between attempts to re-create a broken watch: the first retry after WATCH_RETRY_MIN,
+# then doubling up to WATCH_RETRY_MAX. An attempt while etcd is unreachable fails locally
+# (the channel is down), so a short cap costs etcd nothing; a long one was what kept a host
+# back from a partition without a watch for up to 2 s after its lease came back.
+WATCH_RETRY_MIN = 0.1
+WATCH_RETRY_MAX = 0.2
+
 
 def _grpc_options() -> list[tuple[str, int]]:
+    # A connection attempt to an unreachable member (a partition drops the SYNs) lasts until
+    # the next backoff (at least min_reconnect_backoff_ms, gRPC's minimum connect timeout) and
+    # the next one starts right after: one SYN per channel every 200-300 ms at most (jitter
+    # 20 %), and an attempt starts at most that long after the heal. A member that refuses
+    # (down, RST) is retried at the same rate. The cost: a handshake (TCP, TLS, HTTP/2) must
+    # complete within 200 ms, which holds for any member a lease of seconds can work with.
     return [
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.max_reconnect_backoff_ms", 250),
         # Detect a silently dead connection (partition) under a long-lived watch. etcd refuses
         # pings more often than every 5 s (--grpc-keepalive-min-time), hence 6 s.
         ("grpc.keepalive_time_ms", 6000),
         ("grpc.keepalive_timeout_ms", 3000),
     ]
+
+
+class _Client(pyetcd.MultiEndpointEtcd3Client):  # type: ignore[misc]
+    """pyetcd's client, except when every endpoint failed within its ``time_retry``.
+
+    pyetcd then raises NoServerAvailableError without trying anything, until the first
+    endpoint's interval runs out. With one endpoint that is every call for ``retry_interval``
+    (1 s) after each failure: the calls a host makes right after a partition heals (the
+    keepalive that learns the lease expired, the new lease, the watch) were refused for up to
+    a second although etcd answered. Instead, the endpoint that failed longest ago is tried;
+    while a member is really down its gRPC channel fails the call at once, and a call that
+    fails marks the endpoint again, so the endpoints take turns.
+    """
+
+    @property
+    def channel(self) -> Any:
+        try:
+            return super().channel
+        except etcd_exc.NoServerAvailableError:
+            pass
+        label = min(self.endpoints, key=lambda name: self.endpoints[name].last_failed)
+        self._current_endpoint_label = label  # clears the cached stubs if it is another one
+        endpoint = self.endpoints[label]
+        endpoint.last_failed = 0  # tried again now; a failure marks it afresh
+        return endpoint.use()
 
 
 R = TypeVar("R")
@@ -176,7 +224,7 @@ class Store:
             )
             for host, port, secure in self.cfg.parsed_endpoints()
         ]
-        client = pyetcd.MultiEndpointEtcd3Client(
+        client = _Client(
             endpoints=endpoints,
             timeout=self.cfg.timeout,
             user=self.cfg.username,
@@ -337,6 +385,31 @@ class Store:
             self._warn_once(key, mod_rev, f"malformed request: {exc}")
             return None
 
+    def _suspicion_from_kv(
+        self, key: str, target: str, by: str, value: bytes, lease: int, create_rev: int
+    ) -> Suspicion | None:
+        # A suspicion binds its writer only while its session lives: on no lease, a forgery.
+        try:
+            sus = Suspicion.from_json(
+                value, target, by, own_lease=lease, create_revision=create_rev
+            )
+        except SchemaError as exc:
+            self._warn_once(key, create_rev, f"malformed suspicion: {exc}")
+            return None
+        if lease == 0:
+            self._warn_once(key, create_rev, "suspicion on no lease: not written by haagent")
+            return None
+        return sus
+
+    def _verdict_from_kv(
+        self, key: str, target: str, value: bytes, lease: int, mod_rev: int
+    ) -> Verdict | None:
+        try:
+            return Verdict.from_json(value, target, own_lease=lease, revision=mod_rev)
+        except SchemaError as exc:
+            self._warn_once(key, mod_rev, f"malformed verdict: {exc}")
+            return None
+
     def _drain_from_kv(self, key: str, value: bytes, mod_rev: int) -> Drain | None:
         try:
             return Drain.from_json(value, revision=mod_rev)
@@ -383,6 +456,8 @@ class Store:
         requests: dict[str, Request] = {}
         released: dict[str, Released] = {}
         drains: dict[str, Drain] = {}
+        suspicions: dict[str, dict[str, Suspicion]] = {}
+        verdicts: dict[str, Verdict] = {}
         for kv in resp.kvs:
             key = kv.key.decode("utf-8", "replace")
             parsed = self.keys.parse(key)
@@ -408,6 +483,18 @@ class Store:
                 drain = self._drain_from_kv(key, kv.value, kv.mod_revision)
                 if drain is not None:
                     drains[parsed.name] = drain
+            elif parsed.kind == "suspect":
+                sus = self._suspicion_from_kv(
+                    key, parsed.name, parsed.by, kv.value, kv.lease, kv.create_revision
+                )
+                if sus is not None:
+                    suspicions.setdefault(parsed.name, {})[parsed.by] = sus
+            elif parsed.kind == "verdict":
+                verdict = self._verdict_from_kv(
+                    key, parsed.name, kv.value, kv.lease, kv.mod_revision
+                )
+                if verdict is not None:
+                    verdicts[parsed.name] = verdict
         return ClusterView.of(
             int(resp.header.revision),
             members=members,
@@ -415,6 +502,8 @@ class Store:
             requests=requests,
             released=released,
             drains=drains,
+            suspicions=suspicions,
+            verdicts=verdicts,
         )
 
     # -- lease ---------------------------------------------------------------------------
@@ -545,6 +634,48 @@ class Store:
         )
         return bool(ok)
 
+    # -- fast failover (docs/safety.md) ----------------------------------------------------
+
+    @_relogin_once
+    def suspect(self, sus: Suspicion, lease: int) -> None:
+        self.client.put(self.keys.suspect(sus.target, sus.by), sus.to_json(), lease=lease)
+
+    @_relogin_once
+    def unsuspect(self, target: str, by: str) -> None:
+        self.client.delete(self.keys.suspect(target, by))
+
+    @_relogin_once
+    def verdict(
+        self,
+        verdict: Verdict,
+        lease: int,
+        evidence: Sequence[tuple[str, int]],
+        verdict_revision: int,
+    ) -> bool:
+        """Write ``verdict`` only if every suspicion counted is still the one seen
+        (suspecter, create_revision) and the verdict key is as seen (mod_revision, 0:
+        absent): a refute that deleted any of them wins."""
+        tx = self.client.transactions
+        key = self.keys.verdict(verdict.target)
+        compare = [tx.mod(key) == verdict_revision]
+        compare += [tx.create(self.keys.suspect(verdict.target, by)) == rev for by, rev in evidence]
+        ok, _ = self.client.transaction(
+            compare=compare, success=[tx.put(key, verdict.to_json(), lease=lease)], failure=[]
+        )
+        return bool(ok)
+
+    @_relogin_once
+    def refute(self, target: str, suspecters: Sequence[str], verdict_revision: int) -> bool:
+        """Delete the suspicions of us (``target``) while no verdict has come since the one
+        seen (``verdict_revision``, 0: none). False: a verdict came first."""
+        tx = self.client.transactions
+        ok, _ = self.client.transaction(
+            compare=[tx.mod(self.keys.verdict(target)) == verdict_revision],
+            success=[tx.delete(self.keys.suspect(target, by)) for by in suspecters],
+            failure=[],
+        )
+        return bool(ok)
+
     @_relogin_once
     def confirm_release(self, vip: str, released: Released, lease: int) -> None:
         """Say, on our lease, that we no longer have the address of a key someone else took."""
@@ -561,17 +692,19 @@ class Store:
         self._watch_thread.start()
 
     def request_rewatch(self) -> None:
-        """Re-create the watch from the last seen revision (after a connection came back)."""
+        """Re-create the watch from the last seen revision (after a connection came back);
+        a broken watch waiting to retry retries at once."""
         self._rewatch.set()
 
     def stop_watch(self) -> None:
         self._watch_stop.set()
+        self._rewatch.set()  # wakes a retry wait
         if self._watch_thread is not None:
             self._watch_thread.join(timeout=2.0)
             self._watch_thread = None
 
     def _watch_loop(self, sink: Sink) -> None:
-        backoff = 0.1
+        backoff = WATCH_RETRY_MIN
         broken = False
         while not self._watch_stop.is_set():
             inbox: queue.Queue[Any] = queue.Queue()
@@ -586,20 +719,20 @@ class Store:
                     snap = self.snapshot()
                 except ETCD_ERRORS as exc:
                     broken = self._watch_failed(sink, broken, exc, backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    backoff = min(backoff * 2, WATCH_RETRY_MAX)
                     continue
                 self._next_revision = snap.revision + 1
                 sink(ViewLoaded(snap))
                 continue
             except ETCD_ERRORS as exc:
                 broken = self._watch_failed(sink, broken, exc, backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, WATCH_RETRY_MAX)
                 continue
             if broken:
                 log.info("watch resumed from revision %d", self._next_revision)
                 sink(WatchResumed(self._next_revision))
                 broken = False
-            backoff = 0.1
+            backoff = WATCH_RETRY_MIN
             err = self._pump(inbox, sink)
             with contextlib.suppress(*ETCD_ERRORS):
                 self.client.cancel_watch(watch_id)
@@ -613,7 +746,8 @@ class Store:
         if not broken:
             log.warning("watch broken (%s); resuming from revision %d", why, self._next_revision)
             sink(WatchBroken(why))
-        self._watch_stop.wait(wait)
+        # Cut short by request_rewatch (the agent just heard from etcd) and by stop_watch.
+        self._rewatch.wait(wait)
         return True
 
     def _pump(self, inbox: queue.Queue[Any], sink: Sink) -> str | None:
@@ -658,5 +792,19 @@ class Store:
         if parsed.kind == "drain":
             drain = None if deleted else self._drain_from_kv(key, ev.value, rev)
             return DrainChange(parsed.name, drain, rev)
+        if parsed.kind == "suspect":
+            sus = None
+            if not deleted:
+                sus = self._suspicion_from_kv(
+                    key, parsed.name, parsed.by, ev.value, ev.lease, ev.create_revision
+                )
+            return SuspicionChange(parsed.name, parsed.by, sus, rev)
+        if parsed.kind == "verdict":
+            verdict = (
+                None
+                if deleted
+                else self._verdict_from_kv(key, parsed.name, ev.value, ev.lease, rev)
+            )
+            return VerdictChange(parsed.name, verdict, rev)
         request = None if deleted else self._request_from_kv(key, ev.value, rev)
         return RequestChange(parsed.name, request, rev)

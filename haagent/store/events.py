@@ -12,6 +12,8 @@ from haagent.cluster.view import (
     MemberChange,
     ReleasedChange,
     RequestChange,
+    SuspicionChange,
+    VerdictChange,
 )
 
 
@@ -58,6 +60,8 @@ StoreEvent = (
     | RequestChange
     | ReleasedChange
     | DrainChange
+    | SuspicionChange
+    | VerdictChange
     | ViewLoaded
     | KeepaliveAcked
     | LeaseGone

@@ -30,13 +30,23 @@ class LeaseKeeper:
         self.interval = interval
         self.sink = sink
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a shorter interval takes effect at once
         self._thread = threading.Thread(target=self._run, name="haagent-keepalive", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def set_interval(self, interval: float) -> None:
+        """Fast failover speeds keepalives up while no quorum of peers vouches for us."""
+        if interval != self.interval:
+            shorter = interval < self.interval
+            self.interval = interval
+            if shorter:
+                self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=self.store.cfg.timeout + 1.0)
 
     def _run(self) -> None:
@@ -60,4 +70,8 @@ class LeaseKeeper:
                     log.info("keepalive for lease %x answered again", self.lease_id)
                 failing = False
                 self.sink(KeepaliveAcked(self.lease_id, sent, ttl))
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            while not self._stop.is_set():
+                left = self.interval - (time.monotonic() - started)
+                if left <= 0 or self._wake.wait(left):
+                    break
+            self._wake.clear()

@@ -1,0 +1,1 @@
+"""Fast failover's liveness layer: heartbeats between agents (docs/safety.md)."""
