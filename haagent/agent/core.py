@@ -564,7 +564,7 @@ class Core:
         d = handover.may_bind(doubt)
         if d.yes and rt.probe and not rt.probed:
             rt.pending_bind = bind
-            self._queue(Probe(rt.name))
+            self._probe(rt)
             return
         if d.yes:
             rt.pending_bind = None
@@ -650,7 +650,7 @@ class Core:
             if (rt := self.vips.get(name)) is not None and not rt.probe:
                 rt.probe = True
                 rt.probed = False
-                self._queue(Probe(name))  # meanwhile: the wait and the probe overlap
+                self._probe(rt)  # meanwhile: the wait and the probe overlap
         return True
 
     def _serving(self, name: str) -> bool:
@@ -850,6 +850,8 @@ class Core:
 
     def probe_done(self, vip: str, in_use: str | None, now: float) -> None:
         rt = self.vips.get(vip)
+        if rt is not None:
+            rt.probing = False
         if rt is None or rt.pending_bind is None or rt.state is not State.HOLDER:
             return
         if in_use is None:
@@ -858,7 +860,12 @@ class Core:
             return
         rt.probed = False
         log.warning("vip %s won, not binding: %s; probing again", vip, in_use)
-        self.timers.set(f"probe:{vip}", now + PROBE_RETRY, lambda: self._queue(Probe(vip)))
+        self.timers.set(f"probe:{vip}", now + PROBE_RETRY, lambda: self._probe(rt))
+
+    def _probe(self, rt: VipRuntime) -> None:
+        if not rt.probing:
+            rt.probing = True
+            self._queue(Probe(rt.name))
 
     def _keep_through_outage(self, why: str) -> None:
         """Hold on past the deadline, loudly. The fence and the address lifetimes would remove

@@ -31,6 +31,7 @@ class VipRuntime:
     # Probe the segment before the bind: a predecessor's lease was condemned by a verdict.
     probe: bool = False
     probed: bool = False  # a probe since found nobody answering
+    probing: bool = False  # a Probe is queued or running
     # Placement (decide.placement): the create_revision of the last key seen for it (whose
     # release record names the host that just let go); a campaign deferred by rank, and since
     # when the key is free; the candidate seen ranking first while we hold it, and since when;
