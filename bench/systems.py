@@ -94,10 +94,11 @@ KEEPALIVED_SCRIPT_TIMEOUT = 1
 LIVENESS_KEY = "liveness.key"
 LIVENESS_KEY_BYTES = 32
 Liveness = Literal["fast", "lease"]
-# A surviving agent's log line saying it suspects a silent peer: the "detection" of the
-# host-death timeline (bench/plot.py). "2026-12-02T17:01:00.123Z WARNING haagent.liveness…:
-# … suspect …"
-_HAAGENT_DETECTED = re.compile(r"^(\S+) \S+ haagent\.liveness\S*: [^\n]*\bsuspect", re.M | re.I)
+# A surviving agent's log line saying it suspects a silent peer (haagent/agent/fast.py, once
+# the suspicion is recorded in etcd): the "detection" of the host-death timeline
+# (bench/plot.py). "2026-12-02T17:14:12.913Z WARNING haagent.liveness: suspect h1: no
+# heartbeat for 60 ms"
+_HAAGENT_DETECTED = re.compile(r"^(\S+) \S+ haagent\.liveness: suspect (\S+): ", re.M)
 
 
 @functools.cache
@@ -340,11 +341,12 @@ def _log_time(stamp: str) -> float | None:
     return None
 
 
-def haagent_detected_at(log: str, since: float, until: float) -> float | None:
-    """The first liveness suspicion an agent logged in ``[since, until]`` (unix time)."""
+def haagent_detected_at(log: str, since: float, until: float, node: str) -> float | None:
+    """When an agent first logged in ``[since, until]`` that it suspects ``node`` (unix
+    time): it had missed ``node``'s heartbeats and recorded that in etcd."""
     for m in _HAAGENT_DETECTED.finditer(log):
         at = _log_time(m.group(1))
-        if at is not None and since <= at <= until:
+        if m.group(2) == node and at is not None and since <= at <= until:
             return at
     return None
 
@@ -475,7 +477,8 @@ class HaagentDriver(Driver):
             at
             for h in self.hosts
             if h != old
-            and (at := haagent_detected_at(self.lab.agent_log(h), since, until)) is not None
+            and (at := haagent_detected_at(self.lab.agent_log(h), since, until, old.role))
+            is not None
         ]
         return min(found, default=None)
 

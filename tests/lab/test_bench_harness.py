@@ -7,18 +7,32 @@ SIGTERM trials, judgement, summary). The pure judgement has its own unit tests
 (tests/unit/test_history.py). And the one mode that asks something of haagent rather than
 breaking it, ``move``, goes through the same harness with real agents: the request it writes
 is one the agents act on.
+
+The partition modes too: the system that never moves is reported as *staying* where a mode
+says the VIP must stay (a move there would be the failure), and haagent — fast failover off
+and, once haagent has it, on — goes through a deaf standby (the VIP stays; the standby, not
+the holder, is cut) and a holder cut from etcd and its peers (the VIP moves).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from bench.modes import MODES
 from bench.run import Runner, leftovers, summary_rows
-from bench.systems import Driver, HaagentDriver, HoldCheck, Timing
+from bench.systems import (
+    Driver,
+    HaagentDriver,
+    HoldCheck,
+    Liveness,
+    Timing,
+    liveness_supported,
+)
+from bench.targets import evaluate_targets
 from haagent.lab.topology import Lab, Node
 from tests.lab.conftest import require
 
@@ -92,3 +106,58 @@ def test_a_move_request_hands_the_vip_to_the_host_ranked_next(tmp_path: Path) ->
         assert trial["target"] == "h1"
         assert trial["expected_holder"] not in (None, "h1")
         assert trial["result"]["new_holder"] == trial["expected_holder"]
+
+
+def test_a_vip_that_must_stay_and_stays_is_reported_as_staying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require("ip", "etcd", "etcdctl", "nft")
+    names = ["peers-cut-out", "standby-deaf"]
+    for name in names:
+        m = MODES[name]
+        monkeypatch.setitem(MODES, name, dataclasses.replace(m, systems=m.systems | {"never"}))
+    runner = Runner(trials=1, run_dir=tmp_path, modes=names)
+    run = runner.run_config(NeverFailsOver, "never")
+    assert run.error is None, run.error
+    assert leftovers(runner.lab_ids, tmp_path) == []
+    rows = summary_rows([run])
+    assert sorted((r["mode"], r["family"]) for r in rows) == [
+        (m, f) for m in names for f in ("v4", "v6")
+    ]
+    for r in rows:
+        assert (r["expect"], r["trials"], r["stayed"], r["as_expected"]) == ("stay", 1, 1, 1), r
+        assert (r["failed_over"], r["double_holder_trials"]) == (0, 0), r
+    for trial in run.trials:
+        assert trial["outcome"] == "stayed" and trial["target"] == "h1"
+        # peers-cut-out is done to the holder, standby-deaf to another host.
+        assert (trial["disturbed"] == "h1") == (trial["mode"] == "peers-cut-out"), trial
+    (stays,) = [t for t in evaluate_targets(rows) if t["target"].startswith("VIP stays")]
+    assert stays["met"] is True, stays
+
+
+@pytest.mark.parametrize("liveness", ["lease", "fast"])
+def test_haagent_through_a_deaf_standby_and_a_holder_cut_from_etcd_and_peers(
+    tmp_path: Path, liveness: Liveness
+) -> None:
+    require("ip", "etcd", "etcdctl", "nft")
+    if liveness == "fast" and not liveness_supported():
+        pytest.skip("this haagent has no liveness section (fast failover) yet")
+    runner = Runner(trials=1, run_dir=tmp_path, modes=["standby-deaf", "etcd+peers-cut"])
+    run = runner.run_config(partial(HaagentDriver, liveness=liveness), f"haagent-{liveness}")
+    assert run.error is None, run.error
+    assert run.name == f"haagent {liveness}"
+    assert leftovers(runner.lab_ids, tmp_path) == []
+    rows = summary_rows([run])
+    assert {r["mode"] for r in rows} == {"standby-deaf", "etcd+peers-cut"}
+    for r in rows:
+        assert r["trials"] == 1 and r["unstable_start"] == 0, r
+        assert (r["double_holder_trials"], r["double_answer_trials"]) == (0, 0), r
+        if r["mode"] == "etcd+peers-cut":
+            assert (r["expect"], r["failed_over"]) == ("move", 1), r
+        elif liveness == "lease":
+            assert (r["expect"], r["stayed"]) == ("stay", 1), r  # nothing listens to peers
+    for trial in run.trials:
+        if trial["mode"] == "standby-deaf":
+            assert trial["disturbed"] not in ("", trial["target"]), trial
+        else:
+            assert trial["disturbed"] == trial["target"]

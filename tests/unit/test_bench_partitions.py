@@ -163,20 +163,23 @@ def test_written_configs_parse_with_this_haagent(lab: Lab) -> None:
         parse_config(yaml.safe_load(text))
 
 
-def test_detection_is_the_first_suspicion_of_a_peer_in_the_window() -> None:
+def test_detection_is_the_first_suspicion_of_that_peer_in_the_window() -> None:
     def at(s: str) -> float:
         return datetime.fromisoformat(s).timestamp()
 
     log = (
         "2026-12-02T17:00:00.100Z INFO haagent.agent: granted lease 1 (ttl 3s)\n"
-        "2026-12-02T17:00:01.050Z WARNING haagent.liveness: suspect h1: 4 heartbeats missed\n"
-        "2026-12-02T17:00:01.200Z WARNING haagent.liveness.peers: h1 suspected by h3\n"
+        "2026-12-02T17:00:01.020Z WARNING haagent.liveness: suspect h2: no heartbeat for 60 ms\n"
+        "2026-12-02T17:00:01.050Z WARNING haagent.liveness: suspect h1: no heartbeat for 60 ms\n"
+        "2026-12-02T17:00:01.100Z INFO haagent.liveness: heard h1 again: suspicion withdrawn\n"
+        "2026-12-02T17:00:01.200Z WARNING haagent.liveness: suspect h1: no heartbeat for 60 ms\n"
     )
     t0 = datetime(2026, 12, 2, 17, 0, 1, tzinfo=UTC).timestamp()
-    assert haagent_detected_at(log, t0, t0 + 1) == at("2026-12-02T17:00:01.050Z")
-    assert haagent_detected_at(log, t0 + 0.1, t0 + 1) == at("2026-12-02T17:00:01.200Z")
-    assert haagent_detected_at(log, t0 + 0.3, t0 + 1) is None
-    assert haagent_detected_at("", t0, t0 + 1) is None
+    assert haagent_detected_at(log, t0, t0 + 1, "h1") == at("2026-12-02T17:00:01.050Z")
+    assert haagent_detected_at(log, t0, t0 + 1, "h2") == at("2026-12-02T17:00:01.020Z")
+    assert haagent_detected_at(log, t0 + 0.1, t0 + 1, "h1") == at("2026-12-02T17:00:01.200Z")
+    assert haagent_detected_at(log, t0 + 0.3, t0 + 1, "h1") is None
+    assert haagent_detected_at("", t0, t0 + 1, "h1") is None
 
 
 # --------------------------------------------------------------------------- targets
