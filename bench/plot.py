@@ -145,11 +145,11 @@ def draw_timeline(ax: Any, trials: Sequence[dict[str, Any]]) -> bool:
             ax.scatter([v], [y + offsets[key]], marker=marker, s=55, color=colour, zorder=3)
             right = max(right, v)
         ax.text(
-            0.995,
-            (y + 0.62) / len(rows),
+            0.01,
+            y + 0.45,
             " · ".join(texts) + " ms",
-            transform=ax.transAxes,
-            ha="right",
+            transform=ax.get_yaxis_transform(),  # x: axes fraction, y: data
+            ha="left",
             va="center",
             fontsize=7.5,
         )
@@ -158,7 +158,7 @@ def draw_timeline(ax: Any, trials: Sequence[dict[str, Any]]) -> bool:
     ax.legend(loc="lower right", fontsize=7, ncol=4, frameon=False)
     ax.axvline(0, color="black", linewidth=0.8, linestyle="--")
     ax.set_yticks(range(len(rows)), [n for n, _ in reversed(rows)], fontsize=9)
-    ax.set_ylim(-0.9, len(rows) - 0.1)
+    ax.set_ylim(-0.9, len(rows) - 0.05)
     span = max(right, 100.0)
     ax.set_xlim(-0.05 * span, 1.08 * span)
     ax.grid(axis="x", alpha=0.3)

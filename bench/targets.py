@@ -61,6 +61,9 @@ def _gap(t: Target, rows: Sequence[dict[str, Any]]) -> tuple[bool, str]:
         text += f"; {short} trial(s) without failover"
     elif censored:
         text += " (outage still open)"
+    doubled = sum(r["double_holder_trials"] for r in rows)
+    if doubled:  # a small gap, because the old holder kept answering: said here too
+        text += f"; {doubled} trial(s) with two holders"
     return met, text
 
 

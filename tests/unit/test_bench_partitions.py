@@ -231,7 +231,7 @@ def test_targets_are_judged_per_system_over_both_families() -> None:
     met, text = _met(results, fast, "VIP stays")
     assert met is True and "break-before-make" in text  # within sigterm's p95 (25 ms)
     assert _met(results, fast, "zero double") == (True, "0 in 4 modes")
-    assert _met(results, ka, "host death")[0] is False
+    assert _met(results, ka, "host death") == (False, "v4 290; 3 trial(s) with two holders")
     met, text = _met(results, ka, "VIP stays")
     assert met is False and "3 with two holders" in text
     met, text = _met(results, ka, "agent frozen")
