@@ -2380,6 +2380,13 @@ def check_host(cfg: Config) -> list[ConfigError]:
             p: Path | None = getattr(tls, name)
             if p is not None and (err := _check_readable(p, f"etcd.tls.{name}", source)):
                 errors.append(err)
+    # Lazy: the key loader imports this module.
+    from haagent.liveness.key import KeyProblem, load_key
+
+    try:
+        load_key(cfg)
+    except KeyProblem as exc:
+        errors.append(ConfigError(source, "liveness.key_file", str(exc)))
     return errors
 
 
@@ -2410,6 +2417,21 @@ def _secs(v: float) -> str:
     return f"{v:g} s"
 
 
+def _describe_liveness(cfg: Config) -> str:
+    lv = cfg.liveness
+    if lv.enabled is False or cfg.lease.when_etcd_unreachable == "keep":
+        return "fast failover: off (a dead holder costs up to the lease ttl)"
+    when = "" if lv.enabled else f" if {lv.key_file} exists"
+    return (
+        f"fast failover: on{when}; heartbeats every {_secs(lv.interval)} on udp {lv.port}, a "
+        f"silent peer suspected after {_secs(lv.detection)}, verdict after "
+        f"{_secs(lv.refute_window)}, new holder binds {_secs(lv.hold)} after the lease is "
+        f"gone; a holder gives up {_secs(lv.hold)} after its last keepalive when no quorum "
+        f"vouches for it, and {_secs(lv.etcd_loss)} after etcd went silent while peers "
+        "reach it"
+    )
+
+
 def describe(cfg: Config) -> str:
     """A short human summary, as printed by ``haagent check-config``."""
     lease = cfg.lease
@@ -2422,6 +2444,7 @@ def describe(cfg: Config) -> str:
         f"lease: ttl {lease.ttl} s, keepalive every {_secs(lease.interval)}, VIPs dropped "
         f"{_secs(lease.ttl - lease.margin)} after the last acknowledged keepalive was sent "
         f"(margin {_secs(lease.margin)})",
+        _describe_liveness(cfg),
         f"vips ({len(cfg.vips)}):",
     ]
     width = max((len(v.name) for v in cfg.vips), default=0)

@@ -911,9 +911,12 @@ class Core:
             self._want(Reread("keepalive answered again after an etcd outage"))
         if not self.lease_ok and valid:
             self._want(Reread("keepalive answered again before the lease expired"))
-        elif self.lease_ok and now - self._refreshed_at >= self.cfg.lease.interval:
-            # Address lifetimes at the lease's own pace: fast failover's quicker keepalives
-            # (liveness.etcd_loss / 3) would otherwise cost a pass over every held VIP each.
+        elif self.lease_ok and (
+            not self.fast or now - self._refreshed_at >= self.cfg.lease.interval / 2
+        ):
+            # Address lifetimes at twice the lease's own pace: fast failover's quicker
+            # keepalives (liveness.etcd_loss / 3) would otherwise cost a pass over every held
+            # VIP each; half the interval keeps a whole-second lifetime from lapsing between.
             self._refreshed_at = now
             self._want(Refresh())
         elif self.lease_ok:

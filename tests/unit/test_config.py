@@ -1009,7 +1009,8 @@ def test_describe_summarises():
     assert "198.51.100.200/32 on eth0" in text
     assert "2001:db8::200/128 on eth1 (announce 5 x 0.2 s, refresh every 10 s)" in text
     assert "hunter2-pw" not in text
-    assert len(text.splitlines()) == 6
+    assert "fast failover: on if /etc/haagent/liveness.key exists" in text
+    assert len(text.splitlines()) == 7
 
 
 def test_keepalive_interval_plus_timeout_must_fit_before_the_deadline():

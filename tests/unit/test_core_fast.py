@@ -51,7 +51,7 @@ def members() -> dict[str, MemberRecord]:
 
 
 def drain(c: Core) -> list[object]:
-    out = []
+    out: list[object] = []
     for _ in range(50):
         a = c.next_action()
         if a is None:
