@@ -131,6 +131,24 @@ class Metrics:
         self.fence_guarded = Gauge(
             "haagent_fence_guarded_addresses", "Addresses the fence would remove", registry=r
         )
+        self.liveness_packets = Counter(
+            "haagent_liveness_packets_total",
+            "Heartbeats received: accepted, or why refused (bad mac, replayed or reordered, "
+            "stale session, not a live member, malformed, ...)",
+            ["result"],
+            registry=r,
+        )
+        self.liveness_peers = Gauge(
+            "haagent_liveness_peers",
+            "Peers this node hears (heard) and suspects (suspected) right now",
+            ["state"],
+            registry=r,
+        )
+        self.liveness_vouched = Gauge(
+            "haagent_liveness_vouched",
+            "1 while a quorum of peers vouches for this node (fast failover); 0 otherwise",
+            registry=r,
+        )
         self.reloads = Counter(
             "haagent_config_reloads_total", "SIGHUP reloads by result", ["result"], registry=r
         )
@@ -168,6 +186,14 @@ class Metrics:
     def fence(self, running: Callable[[], bool], guarded: Callable[[], int]) -> None:
         self.fence_running.set_function(lambda: float(running()))
         self.fence_guarded.set_function(lambda: float(guarded()))
+
+    def liveness(self, summary: Callable[[], tuple[int, int, bool]]) -> None:
+        self.liveness_peers.labels("heard").set_function(lambda: float(summary()[0]))
+        self.liveness_peers.labels("suspected").set_function(lambda: float(summary()[1]))
+        self.liveness_vouched.set_function(lambda: float(summary()[2]))
+
+    def liveness_packet(self, result: str) -> None:
+        self.liveness_packets.labels(result).inc()
 
     # -- the endpoint ------------------------------------------------------------------
 

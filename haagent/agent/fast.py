@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
 
     from haagent.config import VipConfig
+    from haagent.metrics import Metrics
     from haagent.store.keeper import LeaseKeeper
 
 log = logging.getLogger("haagent.liveness")
@@ -49,12 +50,14 @@ class FastFailover:
         store: Store,
         post: Callable[[LivenessFacts], None],
         on_protection: Callable[[float], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.core = core
         self.store = store
         self._post = post
         self._on_protection = on_protection
+        self._metrics = metrics
         self.service: LivenessService | None = None
         self._peers_of: object = None  # the members mapping last told to the service
         self._self = SelfFacts()
@@ -78,9 +81,18 @@ class FastFailover:
             )
             return
         lv = self.cfg.liveness
+        m = self._metrics
         self.service = LivenessService(
-            lv, self.cfg.cluster, self.cfg.node, key, self._report, self._on_protection
+            lv,
+            self.cfg.cluster,
+            self.cfg.node,
+            key,
+            self._report,
+            self._on_protection,
+            on_packet=m.liveness_packet if m is not None else lambda _r: None,
         )
+        if m is not None:
+            m.liveness(self.service.summary)
         self.service.start()
         self.core.fast = True
         log.info(

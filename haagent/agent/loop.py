@@ -195,7 +195,7 @@ class Agent:
         self._stop_requested = threading.Event()
         self._lock_sock: socket.socket | None = None
         self.fast = FastFailover(
-            cfg, self.core, self.store, self.events.put, self._protection_moved
+            cfg, self.core, self.store, self.events.put, self._protection_moved, self.metrics
         )
 
     # -- lifecycle -----------------------------------------------------------------------

@@ -62,6 +62,7 @@ class LivenessService:
         key: bytes,
         report: Callable[[LivenessFacts], None],
         on_protection: Callable[[float], None] = lambda _until: None,
+        on_packet: Callable[[str], None] = lambda _result: None,
     ) -> None:
         self.cfg = cfg
         self.cluster = cluster
@@ -69,6 +70,7 @@ class LivenessService:
         self._key = key
         self._report = report
         self._on_protection = on_protection
+        self._on_packet = on_packet  # "accepted" or why it was refused (a bounded set)
         self._lock = threading.Lock()
         self._state = Liveness(node, cfg.detection, MAX_CLOCK_DRIFT)
         self._peers: dict[str, PeerAddress] = {}
@@ -130,6 +132,17 @@ class LivenessService:
     def protected_until(self) -> float:
         with self._lock:
             return self._protection(time.monotonic())
+
+    def summary(self) -> tuple[int, int, bool]:
+        """(peers heard lately, peers suspected, vouched for now), for the metrics."""
+        with self._lock:
+            now = time.monotonic()
+            heard = len(self._state.heard_set(now))
+            suspected = sum(
+                1 for p in self._state.peers.values() if now - p.heard_at >= self.cfg.detection
+            )
+            vouched = self._protection(now) > now
+        return heard, suspected, vouched
 
     def counters(self) -> dict[str, int]:
         with self._lock:
@@ -197,11 +210,13 @@ class LivenessService:
                 hb = wire.decode(data, self._key, self.cluster)
             except wire.BadPacket as exc:
                 with self._lock:
-                    self._state.rejected[str(exc)] += 1
+                    self._state.rejected[exc.kind] += 1
+                self._on_packet(exc.kind)
                 continue
             with self._lock:
                 peer = self._peers.get(hb.node)
-                self._state.receive(hb, now, None if peer is None else peer.lease)
+                why = self._state.receive(hb, now, None if peer is None else peer.lease)
+            self._on_packet(why or "accepted")
 
     def _vouched(self, facts: LivenessFacts, now: float) -> bool:
         return facts.protected_until > now + self.cfg.detection / 2

@@ -30,7 +30,16 @@ MAX_MEMBERS = 10_000
 
 
 class BadPacket(ValueError):
-    """Why a datagram was refused; the reason is counted, never trusted further."""
+    """Why a datagram was refused; the reason is counted, never trusted further.
+
+    ``kind`` is one of :data:`KINDS`: a bounded label for the metric, whatever the packet."""
+
+    def __init__(self, message: str, kind: str = "malformed") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+KINDS = ("bad mac", "malformed", "another cluster", "oversized", "not a heartbeat")
 
 
 @dataclass(frozen=True)
@@ -92,12 +101,12 @@ def _name(v: object, what: str) -> str:
 def decode(data: bytes, key: bytes, cluster: str) -> Heartbeat:
     """The heartbeat in ``data`` if it is authentic and for ``cluster``; BadPacket otherwise."""
     if len(data) > MAX_DATAGRAM:
-        raise BadPacket("oversized")
+        raise BadPacket("oversized", "oversized")
     if len(data) < len(MAGIC) + MAC_SIZE + 2 or not data.startswith(MAGIC):
-        raise BadPacket("not a haagent heartbeat")
+        raise BadPacket("not a haagent heartbeat", "not a heartbeat")
     signed, mac = data[:-MAC_SIZE], data[-MAC_SIZE:]
     if not hmac.compare_digest(mac, _mac(key, signed)):
-        raise BadPacket("bad mac")
+        raise BadPacket("bad mac", "bad mac")
     try:
         body = json.loads(signed[len(MAGIC) :])
     except ValueError:
@@ -105,7 +114,7 @@ def decode(data: bytes, key: bytes, cluster: str) -> Heartbeat:
     if not isinstance(body, dict):
         raise BadPacket("malformed body")
     if body.get("c") != cluster:
-        raise BadPacket("another cluster")
+        raise BadPacket("another cluster", "another cluster")
     heard_raw = body.get("h", {})
     if not isinstance(heard_raw, dict) or len(heard_raw) > MAX_HEARD:
         raise BadPacket("malformed heard set")
