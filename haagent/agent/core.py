@@ -178,6 +178,10 @@ _PROMPT = (
     Refute,
 )
 PROBE_RETRY = 0.05  # seconds between probes while someone still answers for a VIP
+# Seconds a new holder adds to the old holder's hold after a verdict: how late the old
+# holder's loop or fence may act on its hold deadline (docs/safety.md, "timing rules").
+HOLD_SLACK = 0.01
+SUSPICION_RETRY = 0.1  # seconds before a suspicion etcd did not take is tried again
 
 
 @dataclass(frozen=True)
@@ -630,9 +634,11 @@ class Core:
         segment (its agent and fence may both be dead). True: still waiting."""
         until = self._condemned.get(lease)
         if until is None:
-            if not any(v.lease == lease for v in self.view.verdicts.values()):
+            holds = [v.hold for v in self.view.verdicts.values() if v.lease == lease]
+            if not holds:
                 return False
-            wait = self.cfg.liveness.hold * (1 + 2 * MAX_CLOCK_DRIFT) + 0.002
+            hold = max(self.cfg.liveness.hold, *holds)
+            wait = hold * (1 + 2 * MAX_CLOCK_DRIFT) + HOLD_SLACK
             until = self._condemned[lease] = now + wait
             while len(self._condemned) > GONE_LEASES_KEPT:
                 del self._condemned[next(iter(self._condemned))]
@@ -824,6 +830,10 @@ class Core:
 
     def suspicion_written(self, target: str, ok: bool, now: float) -> None:
         self.witness.written(target, ok)
+        if not ok:  # etcd did not take it (a leader change?): the silence still stands
+            self.timers.set(
+                f"suspect:{target}", now + SUSPICION_RETRY, lambda: self._witness(self._now)
+            )
         self._witness(now)
 
     def suspicion_dropped(self, target: str, ok: bool, now: float) -> None:

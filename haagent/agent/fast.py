@@ -183,8 +183,13 @@ class FastFailover:
             case WriteVerdict(evidence=ev):
                 written = False
                 if lease is not None:
+                    holds = dict(core.witness.facts.holds)
                     verdict = Verdict(
-                        ev.target, ev.lease, core.node, tuple(b for b, _ in ev.suspecters)
+                        ev.target,
+                        ev.lease,
+                        core.node,
+                        tuple(b for b, _ in ev.suspecters),
+                        hold=max(holds.get(ev.target, 0.0), self.cfg.liveness.hold),
                     )
                     try:
                         written = self.store.verdict(

@@ -36,6 +36,7 @@ class LivenessFacts:
     surrenders: tuple[tuple[str, int], ...] = ()  # (node, lease) peers gave up
     claimed: tuple[tuple[str, int], ...] = ()  # (node, member count it announces)
     etcd_elsewhere: tuple[str, ...] = ()  # peers heard lately that etcd answers
+    holds: tuple[tuple[str, float], ...] = ()  # (node, the liveness.hold it announces)
     protected_until: float = -math.inf
 
 
@@ -68,6 +69,8 @@ class Refute:
     suspecters: tuple[tuple[str, int], ...]  # (suspecter, create_revision of its record)
     verdict_revision: int
 
+
+PAIR_REFUTE_FACTOR = 5
 
 WitnessAction = WriteSuspicion | DropSuspicion | WriteVerdict | RevokeLease | Refute
 
@@ -174,9 +177,12 @@ class Witness:
                 self.majority_since.pop(target, None)
                 continue
             since = self.majority_since.setdefault(target, now)
-            d = quorum.verdict_due(ev, since, self.refute_window, now)
+            # One other member alone is a majority of one: a deaf peer would dethrone the
+            # holder if its refute came late, so the holder gets longer (docs/safety.md).
+            window = self.refute_window * (PAIR_REFUTE_FACTOR if ev.others == 1 else 1)
+            d = quorum.verdict_due(ev, since, window, now)
             if not d.yes:
-                due = since + self.refute_window
+                due = since + window
                 self.wake_at = due if self.wake_at is None else min(self.wake_at, due)
             elif ev.lease not in self.verdicts:
                 self.verdicts.add(ev.lease)

@@ -769,6 +769,9 @@ class Verdict:
     lease: int  # the condemned lease
     by: str
     suspecters: tuple[str, ...] = ()
+    # The condemned's liveness.hold as it announced it (seconds): the new holder waits at
+    # least this long after the lease is gone.
+    hold: float = 0.0
     own_lease: int = 0  # from etcd
     revision: int = 0  # mod_revision, from etcd
 
@@ -779,6 +782,7 @@ class Verdict:
                 "lease": self.lease,
                 "by": self.by,
                 "suspecters": list(self.suspecters),
+                "hold": round(self.hold, 3),
             }
         )
 
@@ -794,4 +798,7 @@ class Verdict:
         if not isinstance(raw_sus, list) or len(raw_sus) > MAX_SUSPECTERS:
             raise SchemaError("field 'suspecters' is not a list of node names")
         sus = tuple(n for n in raw_sus if isinstance(n, str) and valid_name(n))
-        return cls(target, _lease_field(data, "lease"), by, sus, own_lease, revision)
+        hold = data.get("hold", 0.0)
+        if isinstance(hold, bool) or not isinstance(hold, int | float) or not 0 <= hold <= 60:
+            raise SchemaError("field 'hold' is not a number of seconds from 0 to 60")
+        return cls(target, _lease_field(data, "lease"), by, sus, float(hold), own_lease, revision)

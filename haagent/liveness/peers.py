@@ -48,6 +48,8 @@ class Peer:
     members: int = 0
     heard: dict[str, int] = field(default_factory=dict)
     surrender: int | None = None
+    detection: float = 0.0  # its own detection time (0: not said; ours is assumed)
+    hold: float = 0.0  # its liveness.hold
 
 
 class Liveness:
@@ -101,7 +103,16 @@ class Liveness:
         self.accepted += 1
         age = None if hb.etcd_age_ms is None else hb.etcd_age_ms / 1000.0
         self.peers[hb.node] = Peer(
-            hb.node, hb.lease, hb.seq, now, age, hb.members, hb.heard, hb.surrender
+            hb.node,
+            hb.lease,
+            hb.seq,
+            now,
+            age,
+            hb.members,
+            hb.heard,
+            hb.surrender,
+            hb.detection_ms / 1000.0,
+            hb.hold_ms / 1000.0,
         )
         return None
 
@@ -127,7 +138,9 @@ class Liveness:
         sent = self._sent.get(seq) if seq is not None else None
         if sent is None:
             return None
-        return sent + self.detection * (1 - 2 * self.drift)
+        # The promiser waits its own detection time; the shorter of its and ours counts.
+        d = min(self.detection, p.detection) if p.detection > 0 else self.detection
+        return sent + d * (1 - 2 * self.drift)
 
     def protected_until(self, others: int) -> float:
         """Until when no majority of ``others`` other members can suspect us."""

@@ -188,6 +188,8 @@ class LivenessService:
             members=me.members,
             heard=dict(list(heard.items())[: wire.MAX_HEARD]),
             surrender=me.surrender,
+            detection_ms=round(self.cfg.detection * 1000),
+            hold_ms=round(self.cfg.hold * 1000),
         )
         data = wire.encode(hb, self._key)
         for addr in targets:
@@ -230,6 +232,7 @@ class LivenessService:
                 withheld=frozenset(st.withheld),
                 surrenders=tuple(sorted(st.surrenders().items())),
                 claimed=tuple(sorted((p.node, p.members) for p in st.peers.values())),
+                holds=tuple(sorted((p.node, p.hold) for p in st.peers.values())),
                 etcd_elsewhere=tuple(st.etcd_reachable_elsewhere(now, self.cfg.etcd_loss)),
                 protected_until=self._protection(now),
             )

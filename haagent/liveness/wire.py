@@ -59,6 +59,11 @@ class Heartbeat:
     # A lease the sender gave up after unbinding every VIP on it: peers that reach etcd
     # revoke it for the sender, which cannot.
     surrender: int | None = None
+    # The sender's liveness.interval x multiplier and liveness.hold, in ms: a promise lasts
+    # as long as the promiser waits before it suspects, and a new holder waits as long as the
+    # old one holds (configs may differ between hosts during a rollout).
+    detection_ms: int = 0
+    hold_ms: int = 0
 
 
 def _mac(key: bytes, data: bytes) -> bytes:
@@ -73,6 +78,8 @@ def encode(hb: Heartbeat, key: bytes) -> bytes:
         "s": hb.seq,
         "m": hb.members,
         "h": hb.heard,
+        "d": hb.detection_ms,
+        "g": hb.hold_ms,
     }
     if hb.etcd_age_ms is not None:
         body["e"] = hb.etcd_age_ms
@@ -134,4 +141,6 @@ def decode(data: bytes, key: bytes, cluster: str) -> Heartbeat:
         members=_int(body, "m", MAX_MEMBERS),
         heard=heard,
         surrender=surrender,
+        detection_ms=_int(body, "d", MAX_AGE_MS) if "d" in body else 0,
+        hold_ms=_int(body, "g", MAX_AGE_MS) if "g" in body else 0,
     )

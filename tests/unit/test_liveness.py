@@ -346,3 +346,22 @@ def test_the_defaults_pass_and_say_what_detection_costs() -> None:
     assert cfg.liveness.detection == pytest.approx(0.06)
     assert cfg.liveness.keepalive == pytest.approx(0.1)
     assert cfg.liveness.fast_keepalive == pytest.approx(0.02)
+
+
+def test_a_promise_lasts_only_as_long_as_the_promiser_waits() -> None:
+    lv = Liveness("h1", D, MAX_CLOCK_DRIFT)
+    s = lv.sending(10.0)
+    lv.receive(hb("h2", 1, 0xB2, heard={"h1": s}, detection_ms=30), 10.01, 0xB2)
+    assert lv.protected_until(1) == pytest.approx(10.0 + 0.03 * (1 - 2 * MAX_CLOCK_DRIFT))
+
+
+def test_two_members_give_the_holder_a_longer_refute_window() -> None:
+    v = view(nodes=("h1", "h2"), suspects={"h2": ["h1"]})
+    w = witness(suspected=frozenset({"h2"}))
+    w.records["h2"] = "written"
+    w.record_lease["h2"] = LEASES["h2"]
+    assert w.step(v, True, LEASES["h1"], 1.0) == []
+    assert w.step(v, True, LEASES["h1"], 1.02) == []  # a lone deaf peer must wait longer
+    assert w.wake_at == pytest.approx(1.05)
+    out = w.step(v, True, LEASES["h1"], 1.05)
+    assert len(out) == 1 and isinstance(out[0], WriteVerdict)
