@@ -696,13 +696,11 @@ class Core:
         whens = [t] if (t := self.timers.next_at()) is not None else []
         if self.lease_ok and not self.outage_keep and self.clock.deadline is not None:
             whens.append(self.clock.deadline)
-            if self.fast and (self.held or self.bound):
+            if self.fast and (self.held or self.bound) and not self.vouched:
+                # While vouched for, the hold deadline moves with every heartbeat and the
+                # liveness service says when that ends; only then is it a time to wake at.
                 if (hd := self.hold_deadline()) is not None:
                     whens.append(hd)
-                # The moment the quorum's protection thins: keepalives speed up from then.
-                thin = self.protected_until - self.cfg.liveness.detection / 2
-                if math.isfinite(thin) and thin > now:
-                    whens.append(thin)
                 if self.clock.last_ack is not None:
                     whens.append(self.clock.last_ack + self.cfg.liveness.etcd_loss)
         return max(0.0, min(whens) - now) if whens else None

@@ -77,6 +77,7 @@ class LivenessService:
         self._self = SelfFacts()
         self._view_others = 0
         self._last_facts: LivenessFacts | None = None
+        self._last_key: tuple[object, ...] | None = None
         self._last_protection = -math.inf
         self._stop = threading.Event()
         self._sock = self._open(cfg.port)
@@ -157,18 +158,21 @@ class LivenessService:
         return self._state.protected_until(self._state.others(self._view_others, now))
 
     def _run(self) -> None:
+        # The facts are worked out once per heartbeat sent, not per packet received: a peer's
+        # silence is judged to within one interval, and an idle agent wakes its loop and its
+        # fence only when something changed (what the idle CPU measurement asked for).
         next_send = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_send:
                 self._send(now)
+                self._publish(now)
                 next_send = max(next_send + self.cfg.interval, now)
             timeout = max(0.0, min(next_send - time.monotonic(), self.cfg.interval))
             with contextlib.suppress(OSError, ValueError):
                 ready, _, _ = select.select([self._sock], [], [], timeout)
-                if ready:
-                    self._receive_all()
-            self._publish(time.monotonic())
+                if ready and self._receive_all():
+                    self._publish(time.monotonic())
 
     def _send(self, now: float) -> None:
         with self._lock:
@@ -199,14 +203,17 @@ class LivenessService:
             except OSError:
                 self.send_errors += 1  # no route while a link is down: silence is the signal
 
-    def _receive_all(self) -> None:
+    def _receive_all(self) -> bool:
+        """Read what is queued; True when a peer's news needs the facts now (a surrender,
+        or a peer heard again after it was suspected)."""
+        urgent = False
         for _ in range(256):  # bounded: a flood costs a bounded slice per turn
             try:
                 data, _addr = self._sock.recvfrom(RECV_BUFFER)
             except (BlockingIOError, InterruptedError):
-                return
+                return urgent
             except OSError:
-                return
+                return urgent
             now = time.monotonic()
             try:
                 hb = wire.decode(data, self._key, self.cluster)
@@ -218,7 +225,11 @@ class LivenessService:
             with self._lock:
                 peer = self._peers.get(hb.node)
                 why = self._state.receive(hb, now, None if peer is None else peer.lease)
+                urgent = urgent or (
+                    why is None and (hb.surrender is not None or hb.node in self._state.withheld)
+                )
             self._on_packet(why or "accepted")
+        return urgent
 
     def _vouched(self, facts: LivenessFacts, now: float) -> bool:
         return facts.protected_until > now + self.cfg.detection / 2
@@ -236,15 +247,18 @@ class LivenessService:
                 etcd_elsewhere=tuple(st.etcd_reachable_elsewhere(now, self.cfg.etcd_loss)),
                 protected_until=self._protection(now),
             )
-        changed = self._last_facts is None or (
-            facts.suspected != self._last_facts.suspected
-            or facts.withheld != self._last_facts.withheld
-            or facts.surrenders != self._last_facts.surrenders
-            or bool(facts.etcd_elsewhere) != bool(self._last_facts.etcd_elsewhere)
-            or (facts.protected_until > now) != (self._last_facts.protected_until > now)
-            or self._vouched(facts, now) != self._vouched(self._last_facts, now)
+        # What the core decides on: compared as computed now, not against a stale time.
+        key = (
+            facts.suspected,
+            facts.withheld,
+            facts.surrenders,
+            bool(facts.etcd_elsewhere),
+            facts.protected_until > now,
+            self._vouched(facts, now),
         )
+        changed = key != self._last_key
         if changed:
+            self._last_key = key
             self._last_facts = facts
             self._report(facts)
         p = facts.protected_until

@@ -343,7 +343,7 @@ def test_the_timing_rules_are_enforced(liveness: dict[str, object], key: str) ->
 
 def test_the_defaults_pass_and_say_what_detection_costs() -> None:
     cfg = parse_config(base({}))
-    assert cfg.liveness.detection == pytest.approx(0.06)
+    assert cfg.liveness.detection == pytest.approx(0.08)
     assert cfg.liveness.keepalive == pytest.approx(0.1)
     assert cfg.liveness.fast_keepalive == pytest.approx(0.02)
 
