@@ -108,7 +108,7 @@ IDLE_WAKE = 1.0  # seconds: the loop looks at the clock at least this often
 # Seconds between keepalives while the lease is in doubt (its deadline passed without a newer
 # acknowledged one): etcd's first answer after a partition heals reaches the core within this,
 # not within the keeper's lease.interval.
-REJOIN_PROBE = 0.15
+REJOIN_PROBE = 0.1
 
 
 class _LeaseProbe:
