@@ -144,8 +144,10 @@ class FastFailover:
             core.witness.cleared.clear()
         if keeper is not None:
             lv = self.cfg.liveness
-            holding = bool(core.held or core.bound)
-            fast = holding and not core.vouched
+            # Also while actions wait (a campaign about to be sent): a key won then must find a
+            # keepalive answer younger than hold when it is bound.
+            busy = bool(core.held or core.bound or core.busy)
+            fast = busy and not core.vouched
             normal = min(self.cfg.lease.interval, lv.keepalive)
             keeper.set_interval(lv.fast_keepalive if fast else normal)
 
