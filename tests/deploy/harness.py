@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -330,15 +330,20 @@ def booted_hosts(
 
 
 def playbook(
-    workdir: Path, inventory: dict[str, Any], extra: dict[str, Any], n: int
+    workdir: Path,
+    inventory: dict[str, Any],
+    extra: dict[str, Any],
+    n: int,
+    args: Sequence[str] = (),
 ) -> tuple[int, dict[str, Any], Path]:
-    """ansible-playbook site.yml with ``inventory``: (exit code, json record, log file)."""
+    """ansible-playbook site.yml with ``inventory`` (and more ``args``, e.g. ``--limit``):
+    (exit code, json record, log file)."""
     inv = workdir / f"inventory-{n}.yml"
     inv.write_text(yaml.safe_dump(inventory, sort_keys=False))
     record = workdir / f"play-{n}.json"
     record.unlink(missing_ok=True)
     argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(inv), str(ANSIBLE / "site.yml")]
-    argv += ["-e", json.dumps(extra)]
+    argv += ["-e", json.dumps(extra), *args]
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
