@@ -25,7 +25,7 @@ from haagent.config import Config, VipConfig
 PLACE_FIELDS = ("address", "extra_addresses", "interface", "vmac", "vrid", "bind")
 # Config sections a reload cannot apply: the etcd connection, the lease, the identity and the
 # metrics listener.
-RESTART_FIELDS = ("cluster", "node", "etcd", "lease", "metrics")
+RESTART_FIELDS = ("cluster", "node", "etcd", "lease", "metrics", "liveness")
 
 
 @dataclass(frozen=True)

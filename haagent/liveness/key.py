@@ -1,4 +1,4 @@
-"""The cluster's heartbeat key: a file only root may read, the same on every host."""
+"""The cluster's heartbeat key: a file only the agent's user may read, the same on every host."""
 
 from __future__ import annotations
 
